@@ -1,0 +1,272 @@
+// Package resolved holds the resolved policy of an endpoint: the contract
+// between the policy engine, which computes it, and the datapath, which loads
+// it into BPF maps (and the offline checker, which evaluates it in Go).
+//
+// Entries are a sum, not a product: an entry names a peer selector, and the
+// membership of identities in selectors is given separately (Selectors), so
+// "allow from the whole cluster on 80" is one entry however many identities
+// the cluster has. The datapath compiles entries × membership into its own
+// lookup structures.
+//
+// Invariants every producer and consumer keeps:
+//   - Deny wins: a packet matched by any Deny entry is denied, whatever else
+//     matches.
+//   - Otherwise a matching Redirect sends it to the proxy (L7 rules apply),
+//     otherwise a matching Allow forwards it.
+//   - Nothing matches: denied if the direction is Enforced (default deny),
+//     allowed if not.
+package resolved
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/bulwark-net/bulwark/internal/identity"
+)
+
+// Direction of traffic relative to the endpoint.
+type Direction uint8
+
+const (
+	Ingress Direction = 0 // traffic into the endpoint
+	Egress  Direction = 1 // traffic leaving the endpoint
+)
+
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// Verdict of an entry.
+type Verdict uint8
+
+const (
+	None     Verdict = 0 // no entry matched
+	Allow    Verdict = 1
+	Deny     Verdict = 2
+	Redirect Verdict = 3 // allowed, through the L7 proxy
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Allow:
+		return "allow"
+	case Deny:
+		return "deny"
+	case Redirect:
+		return "redirect"
+	}
+	return "none"
+}
+
+// Protocol is an IP protocol number; ProtoAny matches every protocol.
+type Protocol uint8
+
+const (
+	ProtoAny    Protocol = 0
+	ProtoICMP   Protocol = 1
+	ProtoTCP    Protocol = 6
+	ProtoUDP    Protocol = 17
+	ProtoICMPv6 Protocol = 58
+	ProtoSCTP   Protocol = 132
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtoAny:
+		return "ANY"
+	case ProtoICMP:
+		return "ICMP"
+	case ProtoTCP:
+		return "TCP"
+	case ProtoUDP:
+		return "UDP"
+	case ProtoICMPv6:
+		return "ICMPv6"
+	case ProtoSCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// SelectorID names a peer selector (a set of identities). Membership is
+// given by Selectors.
+type SelectorID uint32
+
+// PolicyRef names a policy document.
+type PolicyRef struct {
+	Kind      string // NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy
+	Namespace string // empty for cluster-scoped kinds
+	Name      string
+}
+
+// String is "namespace/name", or "name" for cluster-scoped policies.
+func (r PolicyRef) String() string {
+	if r.Namespace == "" {
+		return r.Name
+	}
+	return r.Namespace + "/" + r.Name
+}
+
+// L7Rules are the application-level rules of a Redirect entry.
+type L7Rules struct {
+	HTTP []HTTPRule
+	DNS  []DNSRule
+}
+
+// HTTPRule allows requests matching all of its set fields (regular
+// expressions as in Cilium: method, path, host; headers "Name: value-regex").
+type HTTPRule struct {
+	Method, Path, Host string
+	Headers            []string
+}
+
+// DNSRule allows DNS queries for a name (matchName) or a pattern (matchPattern).
+type DNSRule struct {
+	MatchName, MatchPattern string
+}
+
+// Entry is one line of an endpoint's table for a direction.
+type Entry struct {
+	Peer SelectorID // the peer identities this entry applies to
+	// Proto is the IP protocol, ProtoAny for every protocol. An entry with
+	// ProtoAny and PortLo == 0 is L3-only: every protocol and port (ICMP too).
+	Proto Protocol
+	// PortLo..PortHi is the inclusive destination port range; 0..0 means
+	// every port. For ICMP, ports do not apply.
+	PortLo, PortHi uint16
+	Verdict        Verdict
+	L7             *L7Rules    // set for Redirect
+	Origin         []PolicyRef // policies whose rules produced the entry
+}
+
+// MatchesPort reports whether the entry covers proto/port.
+func (e *Entry) MatchesPort(proto Protocol, port uint16) bool {
+	if e.Proto != ProtoAny && e.Proto != proto {
+		return false
+	}
+	if e.PortLo == 0 && e.PortHi == 0 {
+		return true
+	}
+	if proto == ProtoICMP || proto == ProtoICMPv6 {
+		return false // a port-specific entry never matches ICMP
+	}
+	return port >= e.PortLo && port <= e.PortHi
+}
+
+// DirectionPolicy is an endpoint's table for one direction.
+type DirectionPolicy struct {
+	// Enforced: the endpoint is default-deny in this direction.
+	Enforced bool
+	Entries  []Entry
+	// Selecting lists the policies with a rule for this direction that
+	// selects the endpoint: they are named when a default deny drops.
+	Selecting []PolicyRef
+}
+
+// EndpointPolicy is the resolved policy of one endpoint.
+type EndpointPolicy struct {
+	Identity identity.NumericIdentity
+	Ingress  DirectionPolicy
+	Egress   DirectionPolicy
+	Revision uint64
+}
+
+// Dir returns the table for a direction.
+func (p *EndpointPolicy) Dir(d Direction) *DirectionPolicy {
+	if d == Egress {
+		return &p.Egress
+	}
+	return &p.Ingress
+}
+
+// Selectors gives the membership of identities in peer selectors.
+type Selectors interface {
+	// Selects reports whether the selector matches the identity.
+	Selects(sel SelectorID, id identity.NumericIdentity) bool
+}
+
+// Decision is the reference evaluation of one packet against a table.
+type Decision struct {
+	Verdict Verdict // Allow, Deny or Redirect: never None
+	// Matched are the entries that decided (all matching deny entries for a
+	// deny, all matching allow/redirect entries otherwise); empty for a
+	// default decision.
+	Matched []*Entry
+	// Default is true when no entry matched and Enforced/not decided.
+	Default bool
+	// L7 is the union of the L7 rules of matching Redirect entries; nil with
+	// AllowAllL7 when a plain Allow also matched (L7 wildcard, as Cilium).
+	L7         *L7Rules
+	AllowAllL7 bool
+}
+
+// Policies returns the sorted, distinct policies behind a decision; for a
+// default deny, the policies selecting the endpoint in that direction.
+func (d Decision) Policies(dp *DirectionPolicy) []PolicyRef {
+	var refs []PolicyRef
+	if d.Default {
+		if d.Verdict == Deny {
+			refs = append(refs, dp.Selecting...)
+		}
+	} else {
+		for _, e := range d.Matched {
+			refs = append(refs, e.Origin...)
+		}
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].String() < refs[j].String() })
+	out := refs[:0]
+	for i, r := range refs {
+		if i > 0 && r == refs[i-1] {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Lookup is the reference evaluation that the datapath mirrors: deny wins,
+// then redirect, then allow, then the default of the direction.
+func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity, proto Protocol, port uint16) Decision {
+	var deny, allow, redirect []*Entry
+	for i := range dp.Entries {
+		e := &dp.Entries[i]
+		if !e.MatchesPort(proto, port) || !sels.Selects(e.Peer, peer) {
+			continue
+		}
+		switch e.Verdict {
+		case Deny:
+			deny = append(deny, e)
+		case Redirect:
+			redirect = append(redirect, e)
+		case Allow:
+			allow = append(allow, e)
+		}
+	}
+	switch {
+	case len(deny) > 0:
+		return Decision{Verdict: Deny, Matched: deny}
+	case len(redirect) > 0:
+		d := Decision{Verdict: Redirect, Matched: append(redirect, allow...)}
+		if len(allow) > 0 {
+			d.AllowAllL7 = true
+		} else {
+			d.L7 = &L7Rules{}
+			for _, e := range redirect {
+				if e.L7 != nil {
+					d.L7.HTTP = append(d.L7.HTTP, e.L7.HTTP...)
+					d.L7.DNS = append(d.L7.DNS, e.L7.DNS...)
+				}
+			}
+		}
+		return d
+	case len(allow) > 0:
+		return Decision{Verdict: Allow, Matched: allow}
+	case dp.Enforced:
+		return Decision{Verdict: Deny, Default: true}
+	default:
+		return Decision{Verdict: Allow, Default: true}
+	}
+}

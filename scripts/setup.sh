@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what Bulwark needs on a fresh Debian machine (root) and builds
+# ./bin/bulwark. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in clang:clang llvm-strip:llvm bpftool:bpftool ip:iproute2 iptables:iptables \
+            iperf3:iperf3 wrk:wrk nc:netcat-openbsd curl:curl wget:wget; do
+	cmd=${pair%%:*} pkg=${pair##*:}
+	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "setup: installing ${need[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# bpffs for pinned maps and links.
+if ! grep -q ' /sys/fs/bpf bpf ' /proc/mounts; then
+	mount -t bpf bpf /sys/fs/bpf
+fi
+
+mkdir -p bin
+go build -o bin/bulwark ./cmd/bulwark
+echo "setup: built bin/bulwark"

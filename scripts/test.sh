@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs Bulwark's checks and tests: vet, generated-code freshness, unit,
+# kernel (BPF_PROG_TEST_RUN) and privileged end-to-end tests (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== go vet"
+go vet ./...
+
+echo "== generated BPF objects match their C sources"
+bash scripts/check-generated.sh
+
+echo "== go test"
+go test -count=1 -timeout 40m ./... 2>&1 | tee /tmp/bulwark-test.log
