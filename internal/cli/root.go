@@ -27,6 +27,7 @@ func NewRootCmd() *cobra.Command {
 	}
 	// Subcommands: one line each, keep sorted.
 	root.AddCommand(
+		newPolicyCmd(),
 		newVersionCmd(),
 	)
 	return root

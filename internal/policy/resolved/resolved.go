@@ -270,3 +270,11 @@ func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity,
 		return Decision{Verdict: Allow, Default: true}
 	}
 }
+
+// SelectorSet is a snapshot of selector membership that can also enumerate:
+// what the datapath needs to compile its lookup structures.
+type SelectorSet interface {
+	Selectors
+	// Identities returns the identities a selector matches, sorted.
+	Identities(sel SelectorID) []identity.NumericIdentity
+}
