@@ -9,6 +9,10 @@ func newPolicyCmd() *cobra.Command {
 		Short: "Validate, lint, check and trace network policies offline",
 	}
 	// Subcommands: one line each, keep sorted.
-	cmd.AddCommand()
+	cmd.AddCommand(
+		newPolicyCheckCmd(),
+		newPolicyTraceCmd(),
+		newPolicyValidateCmd(),
+	)
 	return cmd
 }

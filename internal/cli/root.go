@@ -27,8 +27,20 @@ func NewRootCmd() *cobra.Command {
 	}
 	// Subcommands: one line each, keep sorted.
 	root.AddCommand(
+		newAgentCmd(),
+		newApplyCmd(),
+		newBPFCmd(),
+		newDeleteCmd(),
+		newDownCmd(),
+		newEndpointCmd(),
+		newExecCmd(),
+		newGetCmd(),
+		newIdentityCmd(),
 		newPolicyCmd(),
+		newStatusCmd(),
+		newUpCmd(),
 		newVersionCmd(),
+		newWorkloadCmd(), // hidden: sandbox pod process
 	)
 	return root
 }

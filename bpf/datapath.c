@@ -1,0 +1,519 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Bulwark pod datapath: one program body, instantiated for the two
+ * directions of a pod's host-side veth.
+ *
+ *   bulwark_from_pod  tc/tcx ingress of the host veth = the pod's egress
+ *   bulwark_to_pod    tc/tcx egress of the host veth  = the pod's ingress
+ *
+ * Invariants:
+ *  - Fail closed: an interface without an endpoint record, an endpoint not
+ *    READY, or with OVERFLOW set, drops every IP packet.
+ *  - Established flows (conntrack hit, either direction) skip the policy
+ *    lookup unless the global policy revision moved; then the original
+ *    direction is re-evaluated and a flow that lost its allow is deleted.
+ *  - Policy: deny wins over redirect over allow; no match = the direction's
+ *    default (drop when enforced).
+ *  - Non-IP (ARP) and IPv6 neighbour discovery pass.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "include/bulwark_maps.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Emit struct bw_event into BTF so bpf2go generates its Go twin. */
+const struct bw_event *bw_event_type_anchor __attribute__((unused));
+
+#define CT_LIFETIME_TCP_NS (21600ULL * 1000000000ULL)
+#define CT_LIFETIME_TCP_SYN_NS (60ULL * 1000000000ULL)
+#define CT_LIFETIME_NONTCP_NS (60ULL * 1000000000ULL)
+#define CT_LIFETIME_CLOSING_NS (10ULL * 1000000000ULL)
+#define CT_REFRESH_GRANULARITY_NS (1000000000ULL)
+#define DROP_NOTIFY_INTERVAL_NS (1000000000ULL)
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+#define PROXY_MARK_MAGIC 0x0200
+
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 is_ipv6;
+	__u8 icmp_kind; /* 0 not ICMP, 1 echo request, 2 echo reply, 3 other */
+	__u16 icmp_typecode;
+};
+
+#define ICMP_NONE 0
+#define ICMP_ECHO_REQUEST 1
+#define ICMP_ECHO_REPLY 2
+#define ICMP_OTHER 3
+
+#define PARSE_OK 0
+#define PARSE_PASS 1 /* not for policy: ARP, neighbour discovery */
+#define PARSE_INVALID 2
+
+static __always_inline void count(__u8 dir, __u32 code, __u32 bytes)
+{
+	__u32 slot = (__u32)dir * BW_METRIC_CODES + code;
+	struct bw_metric *m = bpf_map_lookup_elem(&bw_metrics, &slot);
+	if (m) {
+		m->packets++;
+		m->bytes += bytes;
+	}
+}
+
+static __always_inline int is_icmp(__u8 proto)
+{
+	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
+static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		__u8 hdr[14];
+		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return PARSE_INVALID;
+		__builtin_memcpy(&p->sport, &hdr[0], 2);
+		__builtin_memcpy(&p->dport, &hdr[2], 2);
+		p->tcp_flags = hdr[13];
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return PARSE_INVALID;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 hdr[8];
+		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return PARSE_INVALID;
+		__u8 type = hdr[0];
+		p->icmp_typecode = ((__u16)type << 8) | hdr[1];
+		if (p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137)
+			return PARSE_PASS;
+		if ((p->proto == IPPROTO_ICMP && type == 8) ||
+		    (p->proto == IPPROTO_ICMPV6 && type == 128))
+			p->icmp_kind = ICMP_ECHO_REQUEST;
+		else if ((p->proto == IPPROTO_ICMP && type == 0) ||
+			 (p->proto == IPPROTO_ICMPV6 && type == 129))
+			p->icmp_kind = ICMP_ECHO_REPLY;
+		else
+			p->icmp_kind = ICMP_OTHER;
+		if (p->icmp_kind != ICMP_OTHER) {
+			/* the echo id stands for both ports */
+			__builtin_memcpy(&p->sport, &hdr[4], 2);
+			p->dport = p->sport;
+		}
+		return PARSE_OK;
+	}
+	}
+	return PARSE_OK; /* other protocols: no ports */
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u16 eth_proto;
+	if (bpf_skb_load_bytes(skb, 12, &eth_proto, 2) < 0)
+		return PARSE_PASS;
+	if (eth_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+			return PARSE_INVALID;
+		if (ip.ihl < 5)
+			return PARSE_INVALID;
+		p->saddr[10] = 0xff;
+		p->saddr[11] = 0xff;
+		__builtin_memcpy(&p->saddr[12], &ip.saddr, 4);
+		p->daddr[10] = 0xff;
+		p->daddr[11] = 0xff;
+		__builtin_memcpy(&p->daddr[12], &ip.daddr, 4);
+		p->proto = ip.protocol;
+		if (ip.frag_off & bpf_htons(0x1fff))
+			return PARSE_INVALID; /* non-first fragment: no ports to judge */
+		return parse_l4(skb, ETH_HLEN + ip.ihl * 4, p);
+	}
+	if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+			return PARSE_INVALID;
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		p->is_ipv6 = 1;
+		__u8 nexthdr = ip6.nexthdr;
+		__u32 off = ETH_HLEN + sizeof(ip6);
+		/* skip a bounded number of extension headers */
+		for (int i = 0; i < 4; i++) {
+			__u8 ext[2];
+			if (nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+			    nexthdr == IPPROTO_DSTOPTS) {
+				if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+					return PARSE_INVALID;
+				nexthdr = ext[0];
+				off += ((__u32)ext[1] + 1) * 8;
+			} else if (nexthdr == IPPROTO_FRAGMENT) {
+				__u8 frag[4];
+				if (bpf_skb_load_bytes(skb, off, frag, 4) < 0)
+					return PARSE_INVALID;
+				if (((frag[2] << 8) | frag[3]) & 0xfff8)
+					return PARSE_INVALID; /* non-first fragment */
+				nexthdr = frag[0];
+				off += 8;
+			} else {
+				break;
+			}
+		}
+		p->proto = nexthdr;
+		return parse_l4(skb, off, p);
+	}
+	return PARSE_PASS;
+}
+
+static __always_inline __u32 ipcache_identity(const __u8 addr[16])
+{
+	struct bw_ipcache_key k = { .prefixlen = 128 };
+	__builtin_memcpy(k.addr, addr, 16);
+	struct bw_ipcache_value *v = bpf_map_lookup_elem(&bw_ipcache, &k);
+	return v ? v->identity : 2; /* miss: reserved:world */
+}
+
+struct decision {
+	__u8 verdict; /* BW_VERDICT_ALLOW, _DENY or _REDIRECT */
+	__u8 reason;  /* drop reason when DENY */
+	__u16 proxy_port;
+	__u32 rule_id;
+};
+
+static __always_inline __u8 verdict_rank(__u8 v)
+{
+	/* deny > redirect > allow > none */
+	switch (v) {
+	case BW_VERDICT_DENY:
+		return 3;
+	case BW_VERDICT_REDIRECT:
+		return 2;
+	case BW_VERDICT_ALLOW:
+		return 1;
+	}
+	return 0;
+}
+
+/* policy_lookup evaluates an endpoint's table for dir against a peer: for
+ * each selector the peer belongs to, the port LPM under the packet's
+ * protocol, else under protocol ANY (not for ICMP); the strongest verdict
+ * wins. It is a global function so the verifier checks its bounded loop
+ * once, not once per caller path. Returns a packed decision:
+ * verdict | reason << 8 | proxy_port << 16 | rule_id << 32. */
+__attribute__((noinline)) __u64 policy_lookup(__u32 table_id, __u32 ep_flags, __u32 peer, __u32 match)
+{
+	/* match packs dir | proto << 8 | port (network order) << 16 */
+	__u32 dir = match & 0xff;
+	__u32 proto = (match >> 8) & 0xff;
+	__u32 port = match >> 16;
+	__u32 enforce = dir == BW_INGRESS ? (ep_flags & BW_EP_ENFORCE_INGRESS)
+					  : (ep_flags & BW_EP_ENFORCE_EGRESS);
+	struct bw_selector_list *sl = bpf_map_lookup_elem(&bw_id_selectors, &peer);
+	__u8 best_rank = 0;
+	__u64 verdict = BW_VERDICT_NONE, reason = BW_REASON_NONE, proxy_port = 0, rule_id = 0;
+
+	if (sl && (sl->flags & BW_SEL_OVERFLOW))
+		return BW_VERDICT_DENY | (BW_REASON_TABLE_OVERFLOW << 8);
+	if (is_icmp(proto))
+		port = 0; /* ports do not apply to ICMP */
+	if (sl) {
+		__u32 n = sl->count;
+		struct bw_policy_key k = {
+			.table_id = table_id,
+			.dir = dir,
+		};
+		for (__u32 i = 0; i < BW_MAX_SELECTORS; i++) {
+			if (i >= n)
+				break;
+			k.prefixlen = BW_POLICY_FULL_BITS;
+			k.selector = sl->selectors[i];
+			k.proto = proto;
+			k.port = port;
+			struct bw_policy_value *v = bpf_map_lookup_elem(&bw_policy, &k);
+			if (!v && !is_icmp(proto)) {
+				k.proto = 0;
+				v = bpf_map_lookup_elem(&bw_policy, &k);
+			}
+			if (!v)
+				continue;
+			__u8 r = verdict_rank(v->verdict);
+			if (r > best_rank) {
+				best_rank = r;
+				verdict = v->verdict;
+				proxy_port = v->proxy_port;
+				rule_id = v->rule_id;
+				if (r == 3)
+					break;
+			}
+		}
+	}
+	if (verdict == BW_VERDICT_DENY) {
+		reason = BW_REASON_POLICY_DENY_RULE;
+	} else if (verdict == BW_VERDICT_NONE) {
+		if (enforce) {
+			verdict = BW_VERDICT_DENY;
+			reason = BW_REASON_POLICY_DENIED;
+		} else {
+			verdict = BW_VERDICT_ALLOW;
+		}
+	}
+	return verdict | (reason << 8) | (proxy_port << 16) | (rule_id << 32);
+}
+
+static __always_inline void decide(const struct bw_endpoint *ep, __u8 dir, __u32 peer, __u8 proto,
+				   __be16 port, struct decision *d)
+{
+	__u32 match = (__u32)dir | ((__u32)proto << 8) | ((__u32)port << 16);
+	__u64 r = policy_lookup(ep->table_id[dir & 1], ep->flags, peer, match);
+	d->verdict = r & 0xff;
+	d->reason = (r >> 8) & 0xff;
+	d->proxy_port = (r >> 16) & 0xffff;
+	d->rule_id = r >> 32;
+}
+
+static __always_inline void fill_tuple_key(struct bw_ct_key *k, const struct pkt *p, __u32 ifindex,
+					   int reverse)
+{
+	if (reverse) {
+		__builtin_memcpy(k->saddr, p->daddr, 16);
+		__builtin_memcpy(k->daddr, p->saddr, 16);
+		k->sport = p->dport;
+		k->dport = p->sport;
+	} else {
+		__builtin_memcpy(k->saddr, p->saddr, 16);
+		__builtin_memcpy(k->daddr, p->daddr, 16);
+		k->sport = p->sport;
+		k->dport = p->dport;
+	}
+	k->proto = p->proto;
+	k->ifindex = ifindex;
+}
+
+static __always_inline void emit(struct __sk_buff *skb, __u8 dir, __u8 type, __u8 verdict, __u8 reason,
+				 const struct pkt *p, __u32 ep_id, __u32 local_id, __u32 peer_id,
+				 const struct decision *d, __u8 is_reply)
+{
+	struct bw_event *e = bpf_ringbuf_reserve(&bw_events, sizeof(*e), 0);
+	if (!e) {
+		count(dir, BW_CODE_EVENTS_LOST, 0);
+		return;
+	}
+	e->timestamp = bpf_ktime_get_ns();
+	e->endpoint_id = ep_id;
+	if (dir == BW_EGRESS) {
+		e->src_identity = local_id;
+		e->dst_identity = peer_id;
+	} else {
+		e->src_identity = peer_id;
+		e->dst_identity = local_id;
+	}
+	e->rule_id = d ? d->rule_id : 0;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	if (is_icmp(p->proto)) {
+		e->sport = p->sport;
+		e->dport = p->icmp_typecode;
+	} else {
+		e->sport = p->sport;
+		e->dport = p->dport;
+	}
+	e->bytes = skb->len;
+	e->type = type;
+	e->dir = dir;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->proto = p->proto;
+	e->tcp_flags = p->tcp_flags;
+	e->is_reply = is_reply;
+	e->is_ipv6 = p->is_ipv6;
+	e->proxy_port = d ? d->proxy_port : 0;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* drop counts the drop and emits an event, at most one per flow per
+ * DROP_NOTIFY_INTERVAL_NS. */
+static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, const struct pkt *p,
+				__u32 ep_id, __u32 local_id, __u32 peer_id, const struct decision *d,
+				__u8 is_reply)
+{
+	count(dir, reason, skb->len);
+	struct bw_ct_key k = {};
+	fill_tuple_key(&k, p, skb->ifindex, 0);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *last = bpf_map_lookup_elem(&bw_drop_notify, &k);
+	if (last && now - *last < DROP_NOTIFY_INTERVAL_NS)
+		return TC_ACT_SHOT;
+	bpf_map_update_elem(&bw_drop_notify, &k, &now, BPF_ANY);
+	emit(skb, dir, BW_EVENT_DROP, BW_EV_DROPPED, reason, p, ep_id, local_id, peer_id, d, is_reply);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline __u64 ct_lifetime(const struct pkt *p, const struct bw_ct_entry *ct)
+{
+	if (p->proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP_NS;
+	if (ct->closing)
+		return CT_LIFETIME_CLOSING_NS;
+	if ((ct->tcp_flags_seen & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+		return CT_LIFETIME_TCP_NS;
+	return CT_LIFETIME_TCP_SYN_NS;
+}
+
+static __always_inline void redirect_to_proxy(struct __sk_buff *skb, __u16 proxy_port)
+{
+	skb->mark = ((__u32)proxy_port << 16) | PROXY_MARK_MAGIC;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+{
+	struct pkt p = {};
+	int pr = parse(skb, &p);
+	if (pr == PARSE_PASS)
+		return TC_ACT_OK;
+
+	__u32 ifindex = skb->ifindex;
+	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
+	__u8 *peer_addr = dir == BW_EGRESS ? p.daddr : p.saddr;
+
+	if (!ep)
+		return drop(skb, dir, BW_REASON_UNKNOWN_ENDPOINT, &p, 0, 0, 0, 0, 0);
+	__u32 ep_id = ep->endpoint_id;
+	__u32 local_id = ep->identity;
+	if (pr == PARSE_INVALID)
+		return drop(skb, dir, BW_REASON_INVALID, &p, ep_id, local_id, 0, 0, 0);
+	if (ep->flags & BW_EP_OVERFLOW)
+		return drop(skb, dir, BW_REASON_TABLE_OVERFLOW, &p, ep_id, local_id, 0, 0, 0);
+	if (!(ep->flags & BW_EP_READY))
+		return drop(skb, dir, BW_REASON_NOT_READY, &p, ep_id, local_id, 0, 0, 0);
+
+	__u32 zero = 0;
+	struct bw_config *cfg = bpf_map_lookup_elem(&bw_config_map, &zero);
+	__u64 revision = cfg ? cfg->revision : 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	/* Conntrack: same direction as the original packet = established,
+	 * opposite = reply. ICMP errors are not tracked; echo is. */
+	struct bw_ct_key key = {};
+	struct bw_ct_entry *ct = 0;
+	__u8 is_reply = 0;
+	if (p.icmp_kind != ICMP_OTHER) {
+		if (p.icmp_kind != ICMP_ECHO_REPLY) {
+			fill_tuple_key(&key, &p, ifindex, 0);
+			ct = bpf_map_lookup_elem(&bw_conntrack, &key);
+			if (ct && ct->dir != dir)
+				ct = 0;
+		}
+		if (!ct && p.icmp_kind != ICMP_ECHO_REQUEST) {
+			fill_tuple_key(&key, &p, ifindex, 1);
+			ct = bpf_map_lookup_elem(&bw_conntrack, &key);
+			if (ct && ct->dir == dir)
+				ct = 0;
+			is_reply = ct != 0;
+		}
+	}
+
+	struct decision d = {};
+	if (ct) {
+		__u32 peer_id = ct->peer_identity;
+		if (ct->revision != revision) {
+			/* Revalidate the original direction under the new policy:
+			 * the key holds the original tuple. */
+			__u8 odir = ct->dir;
+			peer_id = ipcache_identity(odir == BW_EGRESS ? key.daddr : key.saddr);
+			decide(ep, odir, peer_id, key.proto, key.dport, &d);
+			if (d.verdict == BW_VERDICT_DENY) {
+				bpf_map_delete_elem(&bw_conntrack, &key);
+				return drop(skb, dir, BW_REASON_REVOKED, &p, ep_id, local_id,
+					    peer_id, &d, is_reply);
+			}
+			ct->revision = revision;
+			ct->rule_id = d.rule_id;
+			ct->verdict = d.verdict;
+			ct->proxy_port = d.proxy_port;
+			ct->peer_identity = peer_id;
+		}
+		if (p.proto == IPPROTO_TCP) {
+			ct->tcp_flags_seen |= p.tcp_flags;
+			if (p.tcp_flags & (TCP_FIN | TCP_RST))
+				ct->closing = 1;
+		}
+		__u64 expires = now + ct_lifetime(&p, ct);
+		if (expires - ct->expires > CT_REFRESH_GRANULARITY_NS || ct->closing)
+			ct->expires = expires;
+		if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
+			redirect_to_proxy(skb, ct->proxy_port);
+			count(dir, BW_CODE_REDIRECTED, skb->len);
+		} else {
+			count(dir, BW_CODE_FORWARDED, skb->len);
+		}
+		return TC_ACT_OK;
+	}
+
+	/* New flow: policy decides. */
+	__u32 peer_id = ipcache_identity(peer_addr);
+	decide(ep, dir, peer_id, p.proto, p.dport, &d);
+	if (d.verdict == BW_VERDICT_DENY)
+		return drop(skb, dir, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
+
+	if (p.icmp_kind != ICMP_OTHER) {
+		struct bw_ct_entry nct = {
+			.revision = revision,
+			.rule_id = d.rule_id,
+			.peer_identity = peer_id,
+			.proxy_port = d.proxy_port,
+			.dir = dir,
+			.verdict = d.verdict,
+			.tcp_flags_seen = p.tcp_flags,
+			.closing = (p.tcp_flags & (TCP_FIN | TCP_RST)) ? 1 : 0,
+		};
+		nct.expires = now + ct_lifetime(&p, &nct);
+		fill_tuple_key(&key, &p, ifindex, 0);
+		bpf_map_update_elem(&bw_conntrack, &key, &nct, BPF_ANY);
+	}
+	if (d.verdict == BW_VERDICT_REDIRECT) {
+		redirect_to_proxy(skb, d.proxy_port);
+		count(dir, BW_CODE_REDIRECTED, skb->len);
+		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_REDIRECTED, 0, &p, ep_id, local_id, peer_id, &d, 0);
+	} else {
+		count(dir, BW_CODE_FORWARDED, skb->len);
+		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_FORWARDED, 0, &p, ep_id, local_id, peer_id, &d, 0);
+	}
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int bulwark_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, BW_EGRESS);
+}
+
+SEC("tc")
+int bulwark_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, BW_INGRESS);
+}

@@ -1,0 +1,228 @@
+// Package agent is Bulwark's long-running agent for one sandbox instance.
+// It owns the desired objects (persisted in the state directory), turns them
+// into pods, services and DNS records through the sandbox, resolves the
+// policies through the policy engine, pushes the result into the datapath,
+// feeds datapath events to the observer and serves the local API.
+//
+// Invariants:
+//   - Fail closed: a new pod's endpoint is attached in the not-ready state
+//     (drop all) before its workload starts, and becomes ready only when
+//     the datapath has loaded its policy.
+//   - All or nothing: a change whose documents do not decode, validate and
+//     resolve is rejected whole; the desired state and the datapath are
+//     untouched.
+//   - Restart keeps traffic: the datapath's pins and the sandbox's pods
+//     outlive the agent; a new agent adopts them and re-syncs the same
+//     content.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/sandbox"
+)
+
+// Options configure Run.
+type Options struct {
+	Paths Paths
+	// Foreground logs to stderr; otherwise the log goes to Paths.LogFile.
+	Foreground bool
+	// HubbleAddr is the Hubble gRPC TCP address ("" = unix socket only);
+	// MetricsAddr the Prometheus address ("" = off).
+	HubbleAddr  string
+	MetricsAddr string
+	// Log overrides the logger (tests).
+	Log *slog.Logger
+}
+
+// Agent is a running agent. Its exported methods implement agentapi.Backend.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	started time.Time
+
+	// mu serialises changes: apply, delete and reconcile passes.
+	mu    sync.Mutex
+	store *store
+	node  *node // the sandbox, datapath, engine and observer, once open
+
+	errMu  sync.Mutex
+	errors []string // recent reconcile errors, newest last
+
+	shutdown    chan agentapi.ShutdownRequest
+	trigger     chan struct{}
+	destroyDone chan error
+}
+
+// Run runs the agent until ctx ends or a client asks it to shut down. It
+// holds the instance lock for its whole life.
+func Run(ctx context.Context, opts Options) (err error) {
+	lock, err := AcquireLock(opts.Paths)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if err := os.MkdirAll(opts.Paths.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	log := opts.Log
+	if log == nil {
+		var w io.Writer = os.Stderr
+		if !opts.Foreground {
+			f, err := os.OpenFile(opts.Paths.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return fmt.Errorf("open log file: %w", err)
+			}
+			defer f.Close()
+			w = f
+		}
+		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	a := &Agent{
+		opts: opts, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
+		shutdown: make(chan agentapi.ShutdownRequest, 1),
+		trigger:  make(chan struct{}, 1),
+	}
+	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)
+	if a.store, err = openStore(opts.Paths.Objects); err != nil {
+		return err
+	}
+	if a.node, err = openNode(ctx, a); err != nil {
+		return fmt.Errorf("open node: %w", err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			a.node.close()
+		}
+	}()
+	// Adopt what exists and converge to the persisted desired state before
+	// answering clients, so that status is meaningful from the first call.
+	a.mu.Lock()
+	if err := a.reconcileLocked(ctx); err != nil {
+		a.recordError(err)
+	}
+	a.mu.Unlock()
+
+	srv, err := agentapi.Listen(opts.Paths.Socket, a)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve() }()
+	a.log.Info("agent ready", "socket", opts.Paths.Socket)
+
+	var req agentapi.ShutdownRequest
+	resync := time.NewTicker(30 * time.Second)
+	defer resync.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case req = <-a.shutdown:
+			break loop
+		case err := <-serveErr:
+			return fmt.Errorf("serve API: %w", err)
+		case <-a.trigger:
+			a.reconcile(ctx)
+		case <-resync.C:
+			// Converge again: restarts crashed workloads, retries
+			// failed pods, re-pushes tables.
+			a.reconcile(ctx)
+		}
+	}
+	a.log.Info("agent stopping", "destroy", req.Destroy)
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = srv.Close(shutCtx)
+	cancel()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	closed = true
+	if req.Destroy {
+		return a.node.destroy()
+	}
+	a.node.close()
+	return nil
+}
+
+func (a *Agent) reconcile(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.reconcileLocked(ctx); err != nil {
+		a.recordError(err)
+	}
+}
+
+func (a *Agent) recordError(err error) {
+	a.log.Error("reconcile", "err", err)
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	a.errors = append(a.errors, time.Now().UTC().Format(time.RFC3339)+" "+err.Error())
+	if len(a.errors) > 10 {
+		a.errors = a.errors[len(a.errors)-10:]
+	}
+}
+
+func (a *Agent) clearErrors() {
+	a.errMu.Lock()
+	a.errors = nil
+	a.errMu.Unlock()
+}
+
+func (a *Agent) recentErrors() []string {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	return append([]string(nil), a.errors...)
+}
+
+// Shutdown implements agentapi.Backend: the main loop stops the agent
+// after this call has answered.
+func (a *Agent) Shutdown(_ context.Context, req agentapi.ShutdownRequest) error {
+	select {
+	case a.shutdown <- req:
+		return nil
+	default:
+		return errors.New("shutdown already in progress")
+	}
+}
+
+// Teardown removes everything an instance left, without a running agent:
+// the sandbox (processes, namespaces, cgroup, pins), the datapath's pins
+// and links, the state and run directories. Idempotent. It refuses while
+// an agent holds the instance.
+func Teardown(_ context.Context, p Paths) error {
+	lock, err := AcquireLock(p)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	var errs []error
+	pins := datapathPinDir(p)
+	if _, err := os.Stat(pins); err == nil {
+		dp, err := datapath.Open(datapath.Options{PinDir: pins, ConntrackGCInterval: -1})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open datapath pins: %w", err))
+		} else if err := dp.Destroy(); err != nil {
+			errs = append(errs, fmt.Errorf("destroy datapath: %w", err))
+		}
+	}
+	if err := sandbox.TeardownWith(sandbox.TeardownOptions{Instance: p.Instance, StateRoot: p.RunRoot, BPFFSRoot: p.PinRoot}); err != nil {
+		errs = append(errs, fmt.Errorf("tear down sandbox: %w", err))
+	}
+	for _, dir := range []string{p.PinDir, p.StateDir, p.RunDir} {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,521 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/policy"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+	"github.com/bulwark-net/bulwark/internal/sandbox"
+	"github.com/bulwark-net/bulwark/internal/sandbox/netns"
+)
+
+// node is the agent's hold on the machine: the datapath, the sandbox node
+// and the policy repository, and what the agent knows of each endpoint.
+//
+// Locking: the agent's mu serialises every change (so node methods that
+// change things run one at a time); n.mu guards the fields the read-only
+// views use, so status answers while a change is in progress.
+type node struct {
+	log       *slog.Logger
+	paths     Paths
+	dp        *datapath.Datapath
+	sb        *sandbox.Node
+	repo      *policy.Repository
+	ids       *endpointIDs
+	nodeNetns string // where the host-side veths live
+	nodeIP    netip.Addr
+	events    *eventPump
+
+	mu        sync.Mutex
+	snap      *policy.Snapshot          // last snapshot pushed into the datapath
+	attached  map[uint32]string         // endpoint ID → pod key, attached by us (or adopted)
+	loaded    map[uint32]bool           // endpoints that had a policy in the last successful sync
+	syncedRev uint64                    // repository revision of the last successful sync
+	inRepo    map[policy.ObjectRef]bool // objects (not pods) upserted into the repository
+	problems  map[string]string         // desired pod key → why it does not run
+	desired   map[string]bool           // desired pod keys (DNS pod included)
+	policies  int
+}
+
+func (n *node) identitiesFile() string { return filepath.Join(n.paths.StateDir, "identities.json") }
+
+// openNode opens the datapath (adopting pins), fills the policy repository
+// from the persisted desired state and the pods that already exist, then
+// opens the sandbox node (whose cluster DNS pod, when new, goes through the
+// same fail-closed path as every pod).
+func openNode(ctx context.Context, a *Agent) (*node, error) {
+	p := a.opts.Paths
+	n := &node{
+		log: a.log, paths: p,
+		attached: map[uint32]string{}, loaded: map[uint32]bool{},
+		inRepo: map[policy.ObjectRef]bool{}, problems: map[string]string{}, desired: map[string]bool{},
+		nodeNetns: netns.Path(sandbox.NodeNetns(p.Instance)),
+	}
+	alloc := identity.NewAllocator()
+	if err := restoreIdentities(n.identitiesFile(), alloc); err != nil {
+		// Not fatal: identities are renumbered; Sync swaps them without
+		// a gap, and connections revalidate against the new tables.
+		n.log.Warn("identities not restored", "err", err)
+		alloc = identity.NewAllocator()
+	}
+	n.repo = policy.NewRepository(policy.Options{Allocator: alloc})
+	var err error
+	if n.ids, err = openEndpointIDs(filepath.Join(p.StateDir, "endpoints.json")); err != nil {
+		return nil, err
+	}
+	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p)}); err != nil {
+		return nil, fmt.Errorf("open datapath: %w", err)
+	}
+	fail := func(err error) (*node, error) {
+		if n.sb != nil {
+			n.sb.Close()
+		}
+		n.dp.Close()
+		return nil, err
+	}
+	// The repository must know every existing pod and policy before the
+	// first Sync: a partial first Sync would unload adopted endpoints.
+	if err := n.loadBase(a.store.set()); err != nil {
+		n.log.Error("persisted objects do not resolve", "err", err)
+	}
+	if st, err := sandbox.ReadState(p.RunRoot, p.Instance); err == nil {
+		for _, pod := range st.Pods {
+			if _, err := n.repo.Upsert(podObject(pod)); err != nil {
+				n.log.Error("adopt pod", "pod", pod.Key(), "err", err)
+			}
+		}
+	}
+	sb, err := sandbox.New(sandbox.Options{
+		Instance:    p.Instance,
+		StateRoot:   p.RunRoot,
+		BPFFSRoot:   p.PinRoot,
+		BeforeStart: n.beforeStart,
+	})
+	if err != nil {
+		return fail(fmt.Errorf("open sandbox: %w", err))
+	}
+	n.sb = sb
+	n.nodeIP = sb.State().NodeIP
+	n.events = startEventPump(ctx, n, a.opts)
+	return n, nil
+}
+
+// datapathPinDir keeps the datapath's pins beside the sandbox's own
+// (socklb) under the instance's bpffs directory.
+func datapathPinDir(p Paths) string { return filepath.Join(p.PinDir, "datapath") }
+
+func (n *node) close() {
+	if n.events != nil {
+		n.events.stop()
+	}
+	if n.sb != nil {
+		n.sb.Close()
+	}
+	n.dp.Close()
+}
+
+// destroy removes everything of the instance: pods, namespaces, the
+// datapath's programs and pins, the state.
+func (n *node) destroy() error {
+	if n.events != nil {
+		n.events.stop()
+	}
+	var errs []error
+	if err := n.dp.Destroy(); err != nil {
+		errs = append(errs, fmt.Errorf("destroy datapath: %w", err))
+	}
+	if err := n.sb.Teardown(); err != nil {
+		errs = append(errs, fmt.Errorf("tear down sandbox: %w", err))
+	}
+	if err := os.RemoveAll(n.paths.StateDir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// revision is the datapath's policy revision.
+func (n *node) revision() uint64 { return n.dp.Revision() }
+
+// podObject is the Pod the policy repository sees for a sandbox pod.
+func podObject(p sandbox.PodInfo) *corev1.Pod {
+	pod := &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels},
+	}
+	c := corev1.Container{Name: "main"}
+	for _, cp := range p.Ports {
+		c.Ports = append(c.Ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: int32(cp.Port), Protocol: corev1.Protocol(cp.Protocol)})
+	}
+	pod.Spec.Containers = []corev1.Container{c}
+	if len(p.IPs) > 0 {
+		pod.Status.PodIP = p.IPs[0].String()
+	}
+	return pod
+}
+
+// baseObjects are the repository inputs other than pods: namespaces,
+// services and policies.
+func baseObjects(set *manifest.Set) (objs []any, refs map[policy.ObjectRef]bool) {
+	refs = map[policy.ObjectRef]bool{}
+	add := func(kind, ns, name string, o any) {
+		objs = append(objs, o)
+		refs[policy.ObjectRef{Kind: kind, Namespace: ns, Name: name}] = true
+	}
+	for _, o := range set.Namespaces {
+		add("Namespace", "", o.Name, o)
+	}
+	for _, o := range set.Services {
+		add("Service", o.Namespace, o.Name, o)
+	}
+	for _, o := range set.NetworkPolicies {
+		add(policy.KindNetworkPolicy, o.Namespace, o.Name, o)
+	}
+	for _, o := range set.CNPs {
+		add(policy.KindCNP, o.Namespace, o.Name, o)
+	}
+	for _, o := range set.CCNPs {
+		add(policy.KindCCNP, "", o.Name, o)
+	}
+	return objs, refs
+}
+
+// loadBase makes the repository's namespaces, services and policies those
+// of set.
+func (n *node) loadBase(set *manifest.Set) error {
+	objs, refs := baseObjects(set)
+	if len(objs) > 0 {
+		if _, err := n.repo.Upsert(objs...); err != nil {
+			return err
+		}
+	}
+	var gone []policy.ObjectRef
+	n.mu.Lock()
+	for r := range n.inRepo {
+		if !refs[r] {
+			gone = append(gone, r)
+		}
+	}
+	n.mu.Unlock()
+	sort.Slice(gone, func(i, j int) bool { return gone[i].String() < gone[j].String() })
+	for _, r := range gone {
+		// Deleting a namespace would take its pods out of the repository
+		// while they still run: only pods leave through removePod.
+		if r.Kind == "Namespace" {
+			if _, err := n.repo.Upsert(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: r.Name}}); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := n.repo.Delete(r); err != nil {
+			return err
+		}
+	}
+	n.mu.Lock()
+	n.inRepo = refs
+	n.policies = len(set.NetworkPolicies) + len(set.CNPs) + len(set.CCNPs)
+	n.mu.Unlock()
+	return nil
+}
+
+// desiredPodSpecs computes the sandbox pods of set, with the cluster DNS
+// pod. Objects that cannot run in the sandbox are reported per object.
+func desiredPodSpecs(set *manifest.Set) ([]sandbox.PodSpec, []error) {
+	var specs []sandbox.PodSpec
+	var errs []error
+	for _, p := range set.Pods {
+		s, err := sandbox.PodSpecFromPod(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		specs = append(specs, s)
+	}
+	for _, d := range set.Deployments {
+		s, err := sandbox.PodsForDeployment(d)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		specs = append(specs, s...)
+	}
+	for _, o := range set.StatefulSets {
+		errs = append(errs, fmt.Errorf("StatefulSet %s/%s: the sandbox runs Pods and Deployments only", o.Namespace, o.Name))
+	}
+	for _, o := range set.DaemonSets {
+		errs = append(errs, fmt.Errorf("DaemonSet %s/%s: the sandbox runs Pods and Deployments only", o.Namespace, o.Name))
+	}
+	for _, o := range set.ReplicaSets {
+		errs = append(errs, fmt.Errorf("ReplicaSet %s/%s: the sandbox runs Pods and Deployments only", o.Namespace, o.Name))
+	}
+	seen := map[string]bool{}
+	for _, s := range specs {
+		k := s.Namespace + "/" + s.Name
+		if seen[k] {
+			errs = append(errs, fmt.Errorf("pod %s is defined twice", k))
+		}
+		seen[k] = true
+	}
+	return specs, errs
+}
+
+func serviceSpecs(set *manifest.Set) ([]sandbox.ServiceSpec, error) {
+	var out []sandbox.ServiceSpec
+	for _, s := range set.Services {
+		spec, err := sandbox.ServiceSpecFromService(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, spec)
+	}
+	return out, nil
+}
+
+// check resolves set in a throw-away repository: what apply runs before
+// committing, so a set the engine or the sandbox cannot take is refused
+// whole.
+func (n *node) check(set *manifest.Set) error {
+	specs, errs := desiredPodSpecs(set)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if _, err := serviceSpecs(set); err != nil {
+		return err
+	}
+	objs, _ := baseObjects(set)
+	for _, s := range specs {
+		objs = append(objs, podObject(sandbox.PodInfo{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels, Ports: s.Ports}))
+	}
+	if _, err := policy.NewRepository(policy.Options{}).Upsert(objs...); err != nil {
+		return err
+	}
+	return nil
+}
+
+func podKey(ns, name string) string { return ns + "/" + name }
+
+func endpointKey(p sandbox.PodInfo) policy.EndpointKey {
+	return policy.EndpointKey{Namespace: p.Namespace, Name: p.Name}
+}
+
+// beforeStart runs inside sandbox.AddPod for a new pod, after its network
+// exists and before its workload starts: the endpoint is attached not
+// ready (drop all), then the datapath loads its policy. Only then may the
+// workload start. On error everything done here is undone and the sandbox
+// removes the pod.
+func (n *node) beforeStart(p sandbox.PodInfo) (err error) {
+	key := p.Key()
+	id, err := n.ids.assign(key)
+	if err != nil {
+		return err
+	}
+	if _, err := n.repo.Upsert(podObject(p)); err != nil {
+		n.ids.release(key)
+		return fmt.Errorf("resolve policy: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			n.dp.DetachEndpoint(id)
+			n.repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: p.Namespace, Name: p.Name})
+			n.mu.Lock()
+			delete(n.attached, id)
+			n.mu.Unlock()
+			n.ids.release(key)
+		}
+	}()
+	snap := n.repo.Snapshot()
+	ep := snap.Endpoints[endpointKey(p)]
+	if ep == nil {
+		return fmt.Errorf("pod %s missing from the policy repository", key)
+	}
+	if err := n.dp.AttachEndpoint(datapath.Endpoint{ID: id, IfIndex: p.HostIfIndex, NetNSPath: n.nodeNetns, Identity: ep.Identity}); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.attached[id] = key
+	n.mu.Unlock()
+	if err := n.syncDatapath(); err != nil {
+		return err
+	}
+	n.log.Info("endpoint enforcing", "pod", key, "endpoint", id, "identity", ep.Identity)
+	return nil
+}
+
+// syncDatapath pushes the repository's current state into the datapath for
+// every attached endpoint.
+func (n *node) syncDatapath() error {
+	snap := n.repo.Snapshot()
+	n.mu.Lock()
+	eps := map[uint32]*resolved.EndpointPolicy{}
+	for id, key := range n.attached {
+		ns, name := splitKey(key)
+		if ep := snap.Endpoints[policy.EndpointKey{Namespace: ns, Name: name}]; ep != nil && ep.Policy != nil {
+			eps[id] = ep.Policy
+		}
+	}
+	n.mu.Unlock()
+	ipc := map[netip.Prefix]identity.NumericIdentity{}
+	for _, e := range snap.IPCache.Entries() {
+		ipc[e.Prefix] = e.Identity
+	}
+	if n.nodeIP.IsValid() {
+		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
+	}
+	ipc[netip.PrefixFrom(sandbox.Gateway, 32)] = identity.Host
+	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision}
+	if err := n.dp.Sync(st); err != nil {
+		return fmt.Errorf("load datapath: %w", err)
+	}
+	n.mu.Lock()
+	n.snap = snap
+	n.syncedRev = snap.Revision
+	n.loaded = map[uint32]bool{}
+	for id := range eps {
+		n.loaded[id] = true
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+func splitKey(k string) (string, string) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '/' {
+			return k[:i], k[i+1:]
+		}
+	}
+	return "", k
+}
+
+// removePod takes a pod out in the order that never lets its address be
+// mistaken for another: policy and ipcache first, then the programs, then
+// the pod itself.
+func (n *node) removePod(p sandbox.PodInfo) error {
+	key := p.Key()
+	if _, err := n.repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}); err != nil {
+		n.log.Debug("pod not in repository", "pod", key, "err", err)
+	}
+	if err := n.syncDatapath(); err != nil {
+		return err
+	}
+	if id, ok := n.ids.lookup(key); ok {
+		if err := n.dp.DetachEndpoint(id); err != nil {
+			return fmt.Errorf("detach endpoint %d: %w", id, err)
+		}
+		n.mu.Lock()
+		delete(n.attached, id)
+		n.mu.Unlock()
+	}
+	if err := n.sb.RemovePod(p.Namespace, p.Name); err != nil {
+		return err
+	}
+	n.log.Info("pod removed", "pod", key)
+	return n.ids.release(key)
+}
+
+// reconcile converges the machine to set.
+func (n *node) reconcile(set *manifest.Set) error {
+	var errs []error
+	if err := n.loadBase(set); err != nil {
+		return fmt.Errorf("policy repository: %w", err)
+	}
+	specs, specErrs := desiredPodSpecs(set)
+	errs = append(errs, specErrs...)
+	want := map[string]sandbox.PodSpec{}
+	for _, s := range specs {
+		want[podKey(s.Namespace, s.Name)] = s
+	}
+	// 1. Pods that should not exist.
+	for _, p := range n.sb.Pods() {
+		if p.Role == sandbox.RoleDNS {
+			continue
+		}
+		if _, ok := want[p.Key()]; !ok {
+			if err := n.removePod(p); err != nil {
+				errs = append(errs, fmt.Errorf("remove pod %s: %w", p.Key(), err))
+			}
+		}
+	}
+	// 2. Pods to create or update (a new one goes through beforeStart).
+	problems := map[string]string{}
+	desired := map[string]bool{}
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		desired[k] = true
+		if _, err := n.sb.AddPod(want[k]); err != nil {
+			problems[k] = err.Error()
+			errs = append(errs, err)
+		}
+	}
+	// 3. Every pod (adopted, updated, DNS): known to the repository with
+	// its current labels and address, and attached.
+	for _, p := range n.sb.Pods() {
+		if p.Role == sandbox.RoleDNS {
+			desired[p.Key()] = true
+		}
+		if _, err := n.repo.Upsert(podObject(p)); err != nil {
+			problems[p.Key()] = err.Error()
+			errs = append(errs, err)
+			continue
+		}
+		if err := n.ensureAttached(p); err != nil {
+			problems[p.Key()] = err.Error()
+			errs = append(errs, err)
+		}
+	}
+	if err := n.syncDatapath(); err != nil {
+		errs = append(errs, err)
+	}
+	// 4. Services (backends follow pods inside the sandbox).
+	if svcs, err := serviceSpecs(set); err != nil {
+		errs = append(errs, err)
+	} else if _, err := n.sb.SetServices(svcs); err != nil {
+		errs = append(errs, fmt.Errorf("services: %w", err))
+	}
+	if err := saveIdentities(n.identitiesFile(), n.repo.Allocator()); err != nil {
+		errs = append(errs, err)
+	}
+	n.mu.Lock()
+	n.problems, n.desired = problems, desired
+	n.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// ensureAttached attaches an existing pod's endpoint (a no-op for one the
+// datapath already has, also from a previous agent).
+func (n *node) ensureAttached(p sandbox.PodInfo) error {
+	id, err := n.ids.assign(p.Key())
+	if err != nil {
+		return err
+	}
+	ep := n.repo.Snapshot().Endpoints[endpointKey(p)]
+	if ep == nil {
+		return fmt.Errorf("pod %s missing from the policy repository", p.Key())
+	}
+	if err := n.dp.AttachEndpoint(datapath.Endpoint{ID: id, IfIndex: p.HostIfIndex, NetNSPath: n.nodeNetns, Identity: ep.Identity}); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.attached[id] = p.Key()
+	n.mu.Unlock()
+	return nil
+}
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }

@@ -1,0 +1,151 @@
+package agentapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"syscall"
+)
+
+// ErrNotRunning is returned (wrapped) when no agent listens on the socket.
+var ErrNotRunning = errors.New("agent is not running")
+
+// Client talks to one agent over its unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the socket at path. It does not connect.
+func NewClient(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}
+	return &Client{socket: path, http: &http.Client{Transport: tr}}
+}
+
+// Socket returns the socket path.
+func (c *Client) Socket() string { return c.socket }
+
+// APIError is a non-2xx answer from the agent.
+type APIError struct {
+	StatusCode int
+	Message    string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("%w (no agent on %s)", ErrNotRunning, c.socket)
+		}
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
+			eb.Error = resp.Status
+		}
+		return &APIError{StatusCode: resp.StatusCode, Message: eb.Error}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// Status returns the agent's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// Apply creates or updates the objects of the documents, all or nothing.
+func (c *Client) Apply(ctx context.Context, req ApplyRequest) (ApplyResponse, error) {
+	var r ApplyResponse
+	return r, c.do(ctx, http.MethodPost, "/v1/apply", req, &r)
+}
+
+// Delete removes the objects named by the documents, all or nothing.
+func (c *Client) Delete(ctx context.Context, req ApplyRequest) (ApplyResponse, error) {
+	var r ApplyResponse
+	return r, c.do(ctx, http.MethodPost, "/v1/delete", req, &r)
+}
+
+// Pods lists the pods.
+func (c *Client) Pods(ctx context.Context) ([]Pod, error) {
+	var r []Pod
+	return r, c.do(ctx, http.MethodGet, "/v1/pods", nil, &r)
+}
+
+// Services lists the services.
+func (c *Client) Services(ctx context.Context) ([]Service, error) {
+	var r []Service
+	return r, c.do(ctx, http.MethodGet, "/v1/services", nil, &r)
+}
+
+// Policies lists the policies in force.
+func (c *Client) Policies(ctx context.Context) ([]Policy, error) {
+	var r []Policy
+	return r, c.do(ctx, http.MethodGet, "/v1/policies", nil, &r)
+}
+
+// Endpoints lists the local endpoints.
+func (c *Client) Endpoints(ctx context.Context) ([]Endpoint, error) {
+	var r []Endpoint
+	return r, c.do(ctx, http.MethodGet, "/v1/endpoints", nil, &r)
+}
+
+// Identities lists the identities in use.
+func (c *Client) Identities(ctx context.Context) ([]Identity, error) {
+	var r []Identity
+	return r, c.do(ctx, http.MethodGet, "/v1/identities", nil, &r)
+}
+
+// BPFPolicy returns the datapath entries of endpoint id, or of all
+// endpoints when id is 0.
+func (c *Client) BPFPolicy(ctx context.Context, id uint32) ([]EndpointPolicy, error) {
+	path := "/v1/bpf/policy"
+	if id != 0 {
+		path += "/" + strconv.FormatUint(uint64(id), 10)
+	}
+	var r []EndpointPolicy
+	return r, c.do(ctx, http.MethodGet, path, nil, &r)
+}
+
+// Shutdown asks the agent to stop (and, with Destroy, to remove everything).
+// It returns once the agent has accepted; the process exits shortly after.
+func (c *Client) Shutdown(ctx context.Context, req ShutdownRequest) error {
+	return c.do(ctx, http.MethodPost, "/v1/shutdown", req, nil)
+}

@@ -1,0 +1,157 @@
+package agentapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// Backend is what the agent provides to the API. Every method is safe for
+// concurrent use.
+type Backend interface {
+	Status(ctx context.Context) (Status, error)
+	Apply(ctx context.Context, req ApplyRequest) (ApplyResponse, error)
+	Delete(ctx context.Context, req ApplyRequest) (ApplyResponse, error)
+	Pods(ctx context.Context) ([]Pod, error)
+	Services(ctx context.Context) ([]Service, error)
+	Policies(ctx context.Context) ([]Policy, error)
+	Endpoints(ctx context.Context) ([]Endpoint, error)
+	Identities(ctx context.Context) ([]Identity, error)
+	// BPFPolicy returns the datapath entries of one endpoint (id != 0) or of
+	// every endpoint (id == 0).
+	BPFPolicy(ctx context.Context, id uint32) ([]EndpointPolicy, error)
+	Shutdown(ctx context.Context, req ShutdownRequest) error
+}
+
+// UserError marks an error caused by the request (bad documents): the API
+// answers 400 instead of 500.
+type UserError struct{ Err error }
+
+func (e *UserError) Error() string { return e.Err.Error() }
+func (e *UserError) Unwrap() error { return e.Err }
+
+// NotFoundError marks a lookup of something that does not exist (404).
+type NotFoundError struct{ What string }
+
+func (e *NotFoundError) Error() string { return e.What + " not found" }
+
+// Server serves a Backend on a unix socket.
+type Server struct {
+	path string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// Listen creates the socket at path (its directory 0700, the socket 0600,
+// a stale socket replaced) and returns a server ready to Serve.
+func Listen(path string, b Backend) (*Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("restrict socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("an agent is already listening on %s", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restrict socket: %w", err)
+	}
+	return &Server{path: path, ln: ln, srv: &http.Server{Handler: newMux(b), ReadHeaderTimeout: 10 * time.Second}}, nil
+}
+
+// Serve answers requests until Close; it returns nil after Close.
+func (s *Server) Serve() error {
+	err := s.srv.Serve(s.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops the server, waiting up to ctx for requests in flight, and
+// removes the socket.
+func (s *Server) Close(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	_ = os.Remove(s.path)
+	return err
+}
+
+func newMux(b Backend) *http.ServeMux {
+	mux := http.NewServeMux()
+	get := func(path string, f func(ctx context.Context, r *http.Request) (any, error)) {
+		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
+			v, err := f(r.Context(), r)
+			reply(w, v, err)
+		})
+	}
+	post := func(path string, body func() any, f func(ctx context.Context, body any) (any, error)) {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			req := body()
+			dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<20))
+			if err := dec.Decode(req); err != nil {
+				reply(w, nil, &UserError{fmt.Errorf("decode request: %w", err)})
+				return
+			}
+			v, err := f(r.Context(), req)
+			reply(w, v, err)
+		})
+	}
+	get("/v1/status", func(ctx context.Context, _ *http.Request) (any, error) { return b.Status(ctx) })
+	get("/v1/pods", func(ctx context.Context, _ *http.Request) (any, error) { return b.Pods(ctx) })
+	get("/v1/services", func(ctx context.Context, _ *http.Request) (any, error) { return b.Services(ctx) })
+	get("/v1/policies", func(ctx context.Context, _ *http.Request) (any, error) { return b.Policies(ctx) })
+	get("/v1/endpoints", func(ctx context.Context, _ *http.Request) (any, error) { return b.Endpoints(ctx) })
+	get("/v1/identities", func(ctx context.Context, _ *http.Request) (any, error) { return b.Identities(ctx) })
+	get("/v1/bpf/policy", func(ctx context.Context, _ *http.Request) (any, error) { return b.BPFPolicy(ctx, 0) })
+	get("/v1/bpf/policy/{id}", func(ctx context.Context, r *http.Request) (any, error) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 32)
+		if err != nil || id == 0 {
+			return nil, &UserError{fmt.Errorf("endpoint id %q: not a positive number", r.PathValue("id"))}
+		}
+		return b.BPFPolicy(ctx, uint32(id))
+	})
+	post("/v1/apply", func() any { return &ApplyRequest{} }, func(ctx context.Context, v any) (any, error) {
+		return b.Apply(ctx, *v.(*ApplyRequest))
+	})
+	post("/v1/delete", func() any { return &ApplyRequest{} }, func(ctx context.Context, v any) (any, error) {
+		return b.Delete(ctx, *v.(*ApplyRequest))
+	})
+	post("/v1/shutdown", func() any { return &ShutdownRequest{} }, func(ctx context.Context, v any) (any, error) {
+		return struct{}{}, b.Shutdown(ctx, *v.(*ShutdownRequest))
+	})
+	return mux
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		code := http.StatusInternalServerError
+		var ue *UserError
+		var nf *NotFoundError
+		switch {
+		case errors.As(err, &ue):
+			code = http.StatusBadRequest
+		case errors.As(err, &nf):
+			code = http.StatusNotFound
+		}
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(ErrorBody{Error: err.Error()})
+		return
+	}
+	_ = json.NewEncoder(w).Encode(v)
+}

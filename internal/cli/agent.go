@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/agentapi"
+)
+
+// instanceFlags locate one instance's agent: its name, and the run and state
+// roots (overridable for tests).
+type instanceFlags struct {
+	instance  string
+	runDir    string
+	stateRoot string
+}
+
+func (f *instanceFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.instance, "instance", "default", "sandbox instance name")
+	cmd.Flags().StringVar(&f.runDir, "run-dir", agentapi.DefaultRunDir, "directory of the instances' sockets and pid files")
+	cmd.Flags().StringVar(&f.stateRoot, "state-root", agentapi.DefaultStateRoot, "directory of the instances' persistent state")
+	_ = cmd.Flags().MarkHidden("run-dir")
+	_ = cmd.Flags().MarkHidden("state-root")
+}
+
+func (f *instanceFlags) paths() (agent.Paths, error) {
+	if err := agent.ValidInstanceName(f.instance); err != nil {
+		return agent.Paths{}, err
+	}
+	return agent.NewPaths(agent.PathsOptions{Instance: f.instance, RunRoot: f.runDir, StateRoot: f.stateRoot}), nil
+}
+
+func (f *instanceFlags) client() (*agentapi.Client, error) {
+	p, err := f.paths()
+	if err != nil {
+		return nil, err
+	}
+	return agentapi.NewClient(p.Socket), nil
+}
+
+// newAgentCmd runs the long-lived agent of an instance.
+func newAgentCmd() *cobra.Command {
+	var inst instanceFlags
+	var opts agent.Options
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("the agent needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)")
+			}
+			p, err := inst.paths()
+			if err != nil {
+				return err
+			}
+			if stateDir != "" {
+				p = p.WithStateDir(stateDir)
+			}
+			opts.Paths = p
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return agent.Run(ctx, opts)
+		},
+	}
+	inst.register(cmd)
+	cmd.Flags().StringVar(&stateDir, "state-dir", "", "state directory (default /var/lib/bulwark/<instance>)")
+	cmd.Flags().BoolVar(&opts.Foreground, "foreground", false, "log to stderr (the agent always runs in the calling process)")
+	cmd.Flags().StringVar(&opts.HubbleAddr, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
+	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	return cmd
+}
+
+// outputFlag holds -o and checks its value.
+type outputFlag struct {
+	format  string
+	allowed []string
+}
+
+func (o *outputFlag) register(cmd *cobra.Command, allowed ...string) {
+	o.allowed = append([]string{""}, allowed...)
+	cmd.Flags().StringVarP(&o.format, "output", "o", "", "output format: "+joinOr(allowed))
+}
+
+func (o *outputFlag) check() error {
+	for _, a := range o.allowed {
+		if o.format == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("--output %q: must be one of %s", o.format, joinOr(o.allowed[1:]))
+}
+
+func joinOr(s []string) string {
+	out := ""
+	for i, v := range s {
+		switch {
+		case i == 0:
+		case i == len(s)-1:
+			out += " or "
+		default:
+			out += ", "
+		}
+		out += v
+	}
+	return out
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
+}
+
+func cmdContext(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}
+
+// absPaths makes file arguments absolute for messages and for the agent.
+func absPaths(in []string) []string {
+	out := make([]string, len(in))
+	for i, p := range in {
+		if a, err := filepath.Abs(p); err == nil {
+			out[i] = a
+		} else {
+			out[i] = p
+		}
+	}
+	return out
+}

@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/internal/manifest"
+)
+
+// readDocuments reads every manifest file under paths ("-" is stdin) and
+// decodes and validates them all; any problem fails the whole batch before
+// anything is sent to the agent.
+func readDocuments(stdin io.Reader, paths []string, validate bool) ([]agentapi.Document, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("no input: give -f FILE|DIR (or -f - for stdin)")
+	}
+	var docs []agentapi.Document
+	var files []string
+	for _, p := range paths {
+		if p == "-" {
+			b, err := io.ReadAll(stdin)
+			if err != nil {
+				return nil, fmt.Errorf("read stdin: %w", err)
+			}
+			docs = append(docs, agentapi.Document{Source: "<stdin>", Data: b})
+			continue
+		}
+		files = append(files, p)
+	}
+	if len(files) > 0 {
+		found, err := manifest.Files(absPaths(files)...)
+		if err != nil {
+			return nil, err
+		}
+		if len(found) == 0 {
+			return nil, fmt.Errorf("no manifest files (.yaml, .yml, .json) under %v", files)
+		}
+		for _, f := range found {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("read manifests: %w", err)
+			}
+			docs = append(docs, agentapi.Document{Source: f, Data: b})
+		}
+	}
+	if _, err := agent.DecodeDocuments(docs, validate); err != nil {
+		return nil, err
+	}
+	return docs, nil
+}
+
+func printChanges(w io.Writer, changes []agentapi.ObjectChange) {
+	for _, c := range changes {
+		fmt.Fprintf(w, "%s %s\n", kindRef(c), c.Action)
+	}
+}
+
+// kindRef is kubectl's "kind.group/name" form, with the namespace when set.
+func kindRef(c agentapi.ObjectChange) string {
+	ref := c.Kind + "/" + c.Name
+	if c.Namespace != "" {
+		ref = c.Kind + "/" + c.Name + " -n " + c.Namespace
+	}
+	return ref
+}
+
+// newApplyCmd changes workloads and policies of a running sandbox.
+func newApplyCmd() *cobra.Command {
+	return newChangeCmd("apply", "Create or update objects in a running sandbox (all or nothing)", false)
+}
+
+// newDeleteCmd removes objects from a running sandbox.
+func newDeleteCmd() *cobra.Command {
+	return newChangeCmd("delete", "Delete the objects named in the files from a running sandbox (all or nothing)", true)
+}
+
+func newChangeCmd(use, short string, del bool) *cobra.Command {
+	var inst instanceFlags
+	var files []string
+	cmd := &cobra.Command{
+		Use:   use + " -f FILE|DIR...",
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			docs, err := readDocuments(cmd.InOrStdin(), files, !del)
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), err)
+				fmt.Fprintln(cmd.ErrOrStderr(), "nothing was changed")
+				return &ExitError{Code: 1}
+			}
+			c, err := inst.client()
+			if err != nil {
+				return err
+			}
+			req := agentapi.ApplyRequest{Documents: docs}
+			var resp agentapi.ApplyResponse
+			if del {
+				resp, err = c.Delete(cmdContext(cmd), req)
+			} else {
+				resp, err = c.Apply(cmdContext(cmd), req)
+			}
+			if err != nil {
+				return err
+			}
+			printChanges(cmd.OutOrStdout(), resp.Changes)
+			return nil
+		},
+	}
+	inst.register(cmd)
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
+	return cmd
+}

@@ -1,0 +1,210 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/agentapi"
+)
+
+// newUpCmd starts a sandbox instance: validates the input, starts the agent
+// (detached unless --foreground), applies the objects and waits until every
+// pod runs and every policy is enforced.
+func newUpCmd() *cobra.Command {
+	var inst instanceFlags
+	var files []string
+	var foreground bool
+	var wait time.Duration
+	var hubble, metrics string
+	cmd := &cobra.Command{
+		Use:   "up -f FILE|DIR...",
+		Short: "Start a sandbox running the given workloads and policies",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			stderr := cmd.ErrOrStderr()
+			docs, err := readDocuments(cmd.InOrStdin(), files, true)
+			if err != nil {
+				fmt.Fprintln(stderr, err)
+				fmt.Fprintln(stderr, "nothing was started")
+				return &ExitError{Code: 1}
+			}
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF)")
+			}
+			p, err := inst.paths()
+			if err != nil {
+				return err
+			}
+			if pid, _ := agent.RunningPID(p); pid != 0 {
+				fmt.Fprintf(stderr, "instance %q is already running (agent pid %d, socket %s)\n", p.Instance, pid, p.Socket)
+				fmt.Fprintf(stderr, "use 'bulwark apply -f ...' to change it, or 'bulwark down --instance %s' first\n", p.Instance)
+				return &ExitError{Code: 1}
+			}
+			ctx := cmdContext(cmd)
+			c := agentapi.NewClient(p.Socket)
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics}
+			var agentDone <-chan error
+			if foreground {
+				done := make(chan error, 1)
+				sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				go func() { done <- agent.Run(sigCtx, agentOpts) }()
+				agentDone = done
+			} else {
+				agentDone, err = startDetached(p, agentOpts)
+				if err != nil {
+					return err
+				}
+			}
+			if err := waitForAgent(ctx, c, agentDone, p); err != nil {
+				return err
+			}
+			resp, err := c.Apply(ctx, agentapi.ApplyRequest{Documents: docs})
+			if err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
+			printChanges(cmd.OutOrStdout(), resp.Changes)
+			st, err := waitReady(ctx, c, wait, agentDone)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "sandbox %q is up: %d/%d pods ready, %d policies enforced (revision %d), datapath %s\n",
+				st.Instance, st.PodsReady, st.Pods, st.Policies, st.Revision, st.DatapathMode)
+			if st.HubbleAddr != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "hubble: %s   metrics: %s\n", st.HubbleAddr, st.MetricsAddr)
+			}
+			if !foreground {
+				fmt.Fprintf(cmd.OutOrStdout(), "agent log: %s\n", p.LogFile)
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "running in the foreground; Ctrl-C stops the agent (the sandbox stays; 'bulwark down' removes it)")
+			return <-agentDone
+		},
+	}
+	inst.register(cmd)
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
+	cmd.Flags().BoolVar(&foreground, "foreground", false, "run the agent in this process instead of detaching it")
+	cmd.Flags().DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for pods and policies to be ready")
+	cmd.Flags().StringVar(&hubble, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
+	cmd.Flags().StringVar(&metrics, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	return cmd
+}
+
+// startDetached starts 'bulwark agent' in its own session with its output
+// in the instance's log file. The returned channel yields the agent's exit
+// if it dies while we wait for it.
+func startDetached(p agent.Paths, o agent.Options) (<-chan error, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable: %w", err)
+	}
+	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open agent log: %w", err)
+	}
+	defer logf.Close()
+	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir,
+		"--run-dir", parentDir(p.RunDir), "--hubble-listen", o.HubbleAddr, "--metrics-listen", o.MetricsAddr}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		if err == nil {
+			err = errors.New("agent exited")
+		}
+		done <- err
+	}()
+	return done, nil
+}
+
+func parentDir(dir string) string {
+	for i := len(dir) - 1; i > 0; i-- {
+		if dir[i] == '/' {
+			return dir[:i]
+		}
+	}
+	return dir
+}
+
+// waitForAgent polls the socket until the agent answers, or fails when the
+// agent exits first.
+func waitForAgent(ctx context.Context, c *agentapi.Client, done <-chan error, p agent.Paths) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := c.Status(ctx); err == nil {
+			return nil
+		}
+		select {
+		case err := <-done:
+			return fmt.Errorf("agent failed to start: %v (log: %s)\n%s", err, p.LogFile, tailFile(p.LogFile, 20))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent did not answer on %s within 2m (log: %s)", c.Socket(), p.LogFile)
+		}
+	}
+}
+
+// waitReady polls the status until every pod is ready and every endpoint
+// enforces the current revision.
+func waitReady(ctx context.Context, c *agentapi.Client, wait time.Duration, done <-chan error) (agentapi.Status, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && st.Ready {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return st, err
+			}
+			return st, fmt.Errorf("not ready after %s: %d/%d pods ready; errors: %v", wait, st.PodsReady, st.Pods, st.Errors)
+		}
+		select {
+		case err := <-done:
+			return st, fmt.Errorf("agent exited: %v", err)
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func tailFile(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 1<<20))
+	lines := 0
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == '\n' {
+			lines++
+			if lines > n {
+				return string(b[i+1:])
+			}
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,366 @@
+package datapath
+
+import (
+	"fmt"
+	"hash/fnv"
+	"sort"
+
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+)
+
+// MaxSelectorsPerIdentity bounds the selector list of one identity (the C
+// constant BW_MAX_SELECTORS). An identity in more referenced selectors
+// fails closed: every new flow with it as peer is dropped.
+const MaxSelectorsPerIdentity = 64
+
+const (
+	policyFullBits  = 96 // prefixlen covering table, selector, dir, proto, port
+	policyProtoBits = 80 // prefixlen covering everything but the port
+)
+
+// TableKey is one policy LPM entry without its table id: the port prefix
+// PortBits long (0 = every port) under (Dir, Selector, Proto).
+type TableKey struct {
+	Dir      resolved.Direction
+	Selector resolved.SelectorID
+	Proto    resolved.Protocol // 0 = the verdicts of ProtoAny entries
+	Port     uint16            // host byte order, low bits beyond PortBits zero
+	PortBits uint8
+}
+
+// TableValue is what a TableKey decides.
+type TableValue struct {
+	Verdict   resolved.Verdict
+	ProxyPort uint16
+	RuleID    uint32
+}
+
+// CompiledEndpoint is an endpoint's policy as the datapath holds it.
+type CompiledEndpoint struct {
+	Identity       identity.NumericIdentity
+	EnforceIngress bool
+	EnforceEgress  bool
+	Entries        map[TableKey]TableValue
+}
+
+// Compiled is a State turned into datapath tables. The C program and
+// ReferenceLookup both evaluate exactly these tables.
+type Compiled struct {
+	Endpoints map[uint32]*CompiledEndpoint
+	// SelectorLists: identity -> referenced selectors it belongs to, in
+	// ascending selector order (the order the datapath iterates).
+	SelectorLists map[identity.NumericIdentity][]resolved.SelectorID
+	// Overflowed identities belong to more than MaxSelectorsPerIdentity
+	// referenced selectors.
+	Overflowed map[identity.NumericIdentity]int
+	// Rules maps a rule id to the policies behind it.
+	Rules map[uint32][]resolved.PolicyRef
+}
+
+// ruleInterner gives a stable id to each distinct set of policies: the
+// FNV-1a hash of its sorted names, probed linearly on collision, so ids
+// survive an agent restart without persisted state.
+type ruleInterner struct {
+	byKey map[string]uint32
+	rules map[uint32][]resolved.PolicyRef
+}
+
+func newRuleInterner() *ruleInterner {
+	return &ruleInterner{byKey: map[string]uint32{}, rules: map[uint32][]resolved.PolicyRef{}}
+}
+
+func (ri *ruleInterner) intern(refs []resolved.PolicyRef) uint32 {
+	refs = dedupRefs(refs)
+	if len(refs) == 0 {
+		return 0
+	}
+	key := ""
+	for _, r := range refs {
+		key += r.Kind + "\x00" + r.Namespace + "\x00" + r.Name + "\x01"
+	}
+	if id, ok := ri.byKey[key]; ok {
+		return id
+	}
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	id := h.Sum32()
+	for id == 0 || ri.rules[id] != nil {
+		id++
+	}
+	ri.byKey[key] = id
+	ri.rules[id] = refs
+	return id
+}
+
+func dedupRefs(refs []resolved.PolicyRef) []resolved.PolicyRef {
+	out := append([]resolved.PolicyRef(nil), refs...)
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Kind != b.Kind {
+			return a.Kind < b.Kind
+		}
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+	n := 0
+	for i, r := range out {
+		if i > 0 && r == out[n-1] {
+			continue
+		}
+		out[n] = r
+		n++
+	}
+	return out[:n]
+}
+
+// Compile turns the desired state into datapath tables.
+func Compile(st State) (*Compiled, error) {
+	c := &Compiled{
+		Endpoints:     map[uint32]*CompiledEndpoint{},
+		SelectorLists: map[identity.NumericIdentity][]resolved.SelectorID{},
+		Overflowed:    map[identity.NumericIdentity]int{},
+	}
+	ri := newRuleInterner()
+	referenced := map[resolved.SelectorID]bool{}
+	for epID, pol := range st.Endpoints {
+		if pol == nil {
+			return nil, fmt.Errorf("compile endpoint %d: nil policy", epID)
+		}
+		ce := &CompiledEndpoint{
+			Identity:       pol.Identity,
+			EnforceIngress: pol.Ingress.Enforced,
+			EnforceEgress:  pol.Egress.Enforced,
+			Entries:        map[TableKey]TableValue{},
+		}
+		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+			dp := pol.Dir(dir)
+			bySel := map[resolved.SelectorID][]*resolved.Entry{}
+			for i := range dp.Entries {
+				e := &dp.Entries[i]
+				switch e.Verdict {
+				case resolved.Allow, resolved.Deny, resolved.Redirect:
+				default:
+					return nil, fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny or redirect", epID, dir, i, e.Verdict)
+				}
+				if e.PortHi < e.PortLo {
+					continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
+				}
+				bySel[e.Peer] = append(bySel[e.Peer], e)
+				referenced[e.Peer] = true
+			}
+			for sel, entries := range bySel {
+				compileSelector(ce.Entries, epID, dir, sel, entries, st.ProxyPort, ri)
+			}
+		}
+		c.Endpoints[epID] = ce
+	}
+	if len(referenced) > 0 && st.Selectors == nil {
+		return nil, fmt.Errorf("compile: state has policy entries but no selector set")
+	}
+	sels := make([]resolved.SelectorID, 0, len(referenced))
+	for s := range referenced {
+		sels = append(sels, s)
+	}
+	sort.Slice(sels, func(i, j int) bool { return sels[i] < sels[j] })
+	for _, s := range sels {
+		for _, id := range st.Selectors.Identities(s) {
+			c.SelectorLists[id] = append(c.SelectorLists[id], s)
+		}
+	}
+	for id, l := range c.SelectorLists {
+		if len(l) > MaxSelectorsPerIdentity {
+			c.Overflowed[id] = len(l)
+		}
+	}
+	c.Rules = ri.rules
+	return c, nil
+}
+
+// entryRange is the inclusive port range an entry covers (0..0 = all).
+func entryRange(e *resolved.Entry) (uint16, uint16) {
+	if e.PortLo == 0 && e.PortHi == 0 {
+		return 0, 65535
+	}
+	return e.PortLo, e.PortHi
+}
+
+// compileSelector writes the entries of one (dir, selector): for each
+// protocol named by an entry, the combined verdict of its own and ProtoAny
+// entries over the port space; for ICMP/ICMPv6 the port-less verdict; for
+// proto 0 the ProtoAny entries alone (used for protocols without entries).
+func compileSelector(out map[TableKey]TableValue, epID uint32, dir resolved.Direction, sel resolved.SelectorID,
+	entries []*resolved.Entry, proxy ProxyPortFunc, ri *ruleInterner) {
+	protos := map[resolved.Protocol]bool{}
+	var anyL3 bool
+	for _, e := range entries {
+		if e.Proto != resolved.ProtoAny {
+			protos[e.Proto] = true
+		} else if e.PortLo == 0 && e.PortHi == 0 {
+			anyL3 = true
+		}
+	}
+	if anyL3 {
+		protos[resolved.ProtoICMP] = true
+		protos[resolved.ProtoICMPv6] = true
+	}
+	value := func(matched []*resolved.Entry) (TableValue, bool) {
+		var deny, redirect, allow []*resolved.Entry
+		for _, e := range matched {
+			switch e.Verdict {
+			case resolved.Deny:
+				deny = append(deny, e)
+			case resolved.Redirect:
+				redirect = append(redirect, e)
+			case resolved.Allow:
+				allow = append(allow, e)
+			}
+		}
+		var win []*resolved.Entry
+		v := TableValue{}
+		switch {
+		case len(deny) > 0:
+			v.Verdict, win = resolved.Deny, deny
+		case len(redirect) > 0:
+			v.Verdict, win = resolved.Redirect, append(redirect, allow...)
+			if proxy != nil {
+				for _, e := range redirect {
+					if p := proxy(epID, dir, e); p != 0 {
+						v.ProxyPort = p
+						break
+					}
+				}
+			}
+		case len(allow) > 0:
+			v.Verdict, win = resolved.Allow, allow
+		default:
+			return v, false
+		}
+		var refs []resolved.PolicyRef
+		for _, e := range win {
+			refs = append(refs, e.Origin...)
+		}
+		v.RuleID = ri.intern(refs)
+		return v, true
+	}
+	for proto := range protos {
+		if proto == resolved.ProtoICMP || proto == resolved.ProtoICMPv6 {
+			var matched []*resolved.Entry
+			for _, e := range entries {
+				if e.MatchesPort(proto, 0) {
+					matched = append(matched, e)
+				}
+			}
+			if v, ok := value(matched); ok {
+				out[TableKey{Dir: dir, Selector: sel, Proto: proto}] = v
+			}
+			continue
+		}
+		var relevant []*resolved.Entry
+		for _, e := range entries {
+			if e.Proto == proto || e.Proto == resolved.ProtoAny {
+				relevant = append(relevant, e)
+			}
+		}
+		addPortSegments(out, dir, sel, proto, relevant, value)
+	}
+	var anyEntries []*resolved.Entry
+	for _, e := range entries {
+		if e.Proto == resolved.ProtoAny {
+			anyEntries = append(anyEntries, e)
+		}
+	}
+	addPortSegments(out, dir, sel, resolved.ProtoAny, anyEntries, value)
+}
+
+// addPortSegments splits the port space at every entry boundary, combines
+// the verdicts of each segment, merges equal neighbours and stores each
+// resulting range as LPM prefixes.
+func addPortSegments(out map[TableKey]TableValue, dir resolved.Direction, sel resolved.SelectorID,
+	proto resolved.Protocol, entries []*resolved.Entry, value func([]*resolved.Entry) (TableValue, bool)) {
+	if len(entries) == 0 {
+		return
+	}
+	cuts := map[uint32]bool{0: true}
+	for _, e := range entries {
+		lo, hi := entryRange(e)
+		cuts[uint32(lo)] = true
+		cuts[uint32(hi)+1] = true
+	}
+	bounds := make([]uint32, 0, len(cuts))
+	for b := range cuts {
+		if b <= 65535 {
+			bounds = append(bounds, b)
+		}
+	}
+	sort.Slice(bounds, func(i, j int) bool { return bounds[i] < bounds[j] })
+	type seg struct {
+		lo, hi uint32
+		v      TableValue
+	}
+	var segs []seg
+	for i, lo := range bounds {
+		hi := uint32(65535)
+		if i+1 < len(bounds) {
+			hi = bounds[i+1] - 1
+		}
+		var matched []*resolved.Entry
+		for _, e := range entries {
+			elo, ehi := entryRange(e)
+			if uint32(elo) <= lo && hi <= uint32(ehi) {
+				matched = append(matched, e)
+			}
+		}
+		v, ok := value(matched)
+		if !ok {
+			continue
+		}
+		if n := len(segs); n > 0 && segs[n-1].hi+1 == lo && segs[n-1].v == v {
+			segs[n-1].hi = hi
+			continue
+		}
+		segs = append(segs, seg{lo, hi, v})
+	}
+	for _, s := range segs {
+		for _, p := range rangeToPrefixes(uint16(s.lo), uint16(s.hi)) {
+			out[TableKey{Dir: dir, Selector: sel, Proto: proto, Port: p.port, PortBits: p.bits}] = s.v
+		}
+	}
+}
+
+type portPrefix struct {
+	port uint16
+	bits uint8
+}
+
+// rangeToPrefixes covers lo..hi exactly with the fewest aligned prefixes.
+func rangeToPrefixes(lo, hi uint16) []portPrefix {
+	var out []portPrefix
+	l, h := uint32(lo), uint32(hi)
+	for l <= h {
+		size := uint32(1)
+		bits := uint8(16)
+		for bits > 0 {
+			next := size << 1
+			if l%next != 0 || l+next-1 > h {
+				break
+			}
+			size = next
+			bits--
+		}
+		out = append(out, portPrefix{uint16(l), bits})
+		l += size
+	}
+	return out
+}
+
+// PortRange returns the inclusive range a prefix covers.
+func (k TableKey) PortRange() (uint16, uint16) {
+	if k.PortBits == 0 {
+		return 0, 65535
+	}
+	span := uint32(1) << (16 - uint32(k.PortBits))
+	return k.Port, uint16(uint32(k.Port) + span - 1)
+}

@@ -1,0 +1,105 @@
+package datapath
+
+import (
+	"fmt"
+
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+)
+
+// Metric slot codes beyond the drop reasons (bpf/include/bulwark_maps.h).
+const (
+	metricCodes    = 32
+	codeForwarded  = 0
+	codeRedirected = 29
+	codeEventsLost = 30
+)
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets, Bytes uint64
+}
+
+// DirMetrics are the counters of one direction.
+type DirMetrics struct {
+	Forwarded  Counter
+	Redirected Counter
+	Dropped    map[event.DropReason]Counter // only reasons seen
+	EventsLost uint64                       // ring buffer full
+}
+
+// Metrics is a snapshot of the datapath's counters, summed over CPUs.
+type Metrics struct {
+	Ingress, Egress DirMetrics
+	// Overflows counts table/identity overflows the syncer raised.
+	Overflows uint64
+}
+
+// Dir returns the counters of a direction.
+func (m *Metrics) Dir(d resolved.Direction) *DirMetrics {
+	if d == resolved.Egress {
+		return &m.Egress
+	}
+	return &m.Ingress
+}
+
+// Metrics reads the per-CPU counters.
+func (dp *Datapath) Metrics() (Metrics, error) {
+	m := Metrics{Overflows: dp.overflows.Load()}
+	for _, d := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		dm := m.Dir(d)
+		dm.Dropped = map[event.DropReason]Counter{}
+		for code := uint32(0); code < metricCodes; code++ {
+			var per []bpfBwMetric
+			if err := dp.objs.BwMetrics.Lookup(uint32(d)*metricCodes+code, &per); err != nil {
+				return Metrics{}, fmt.Errorf("read metrics: %w", err)
+			}
+			var c Counter
+			for _, p := range per {
+				c.Packets += p.Packets
+				c.Bytes += p.Bytes
+			}
+			switch {
+			case code == codeForwarded:
+				dm.Forwarded = c
+			case code == codeRedirected:
+				dm.Redirected = c
+			case code == codeEventsLost:
+				dm.EventsLost = c.Packets
+			case c.Packets > 0:
+				dm.Dropped[event.DropReason(code)] = c
+			}
+		}
+	}
+	return m, nil
+}
+
+// MapPressure is the fill ratio (0..1) of each bounded map, as of the last
+// Sync and conntrack GC.
+func (dp *Datapath) MapPressure() map[string]float64 {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	ratio := func(n int, max uint32) float64 { return float64(n) / float64(max) }
+	return map[string]float64{
+		"endpoints":    ratio(len(dp.endpoints), dp.sizes.Endpoints),
+		"ipcache":      ratio(dp.counts["ipcache"], dp.sizes.IPCache),
+		"id_selectors": ratio(dp.counts["id_selectors"], dp.sizes.IdentitySelectors),
+		"policy":       ratio(dp.counts["policy"], dp.sizes.Policy),
+		"conntrack":    ratio(dp.counts["conntrack"], dp.sizes.Conntrack),
+	}
+}
+
+// RulePolicies names the policies behind a rule id of an event or a CT
+// entry; nil for 0 (a default verdict) or an unknown id.
+func (dp *Datapath) RulePolicies(ruleID uint32) []resolved.PolicyRef {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return append([]resolved.PolicyRef(nil), dp.rules[ruleID]...)
+}
+
+// Compiled returns the tables of the last Sync (for reference evaluation).
+func (dp *Datapath) Compiled() *Compiled {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return dp.compiled
+}

@@ -1,0 +1,92 @@
+package datapath
+
+import (
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+)
+
+// RefDecision is the outcome of ReferenceLookup.
+type RefDecision struct {
+	Verdict   resolved.Verdict // Allow, Deny or Redirect
+	Reason    event.DropReason // set when Deny
+	RuleID    uint32           // 0 for a default verdict
+	ProxyPort uint16
+}
+
+// ReferenceLookup evaluates a new flow of an endpoint the way the C
+// policy_lookup does, on the same compiled tables: the selectors of the
+// peer in ascending order, per selector the longest port prefix under the
+// packet's protocol, else under protocol 0 (not for ICMP); the strongest
+// verdict wins (deny > redirect > allow), first found on a tie; no match =
+// the direction's default.
+func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer identity.NumericIdentity,
+	proto resolved.Protocol, port uint16) RefDecision {
+	ep := c.Endpoints[epID]
+	if ep == nil {
+		return RefDecision{Verdict: resolved.Deny, Reason: event.ReasonEndpointNotReady}
+	}
+	if _, over := c.Overflowed[peer]; over {
+		return RefDecision{Verdict: resolved.Deny, Reason: event.ReasonTableOverflow}
+	}
+	icmp := proto == resolved.ProtoICMP || proto == resolved.ProtoICMPv6
+	if icmp {
+		port = 0
+	}
+	var best RefDecision
+	rank := func(v resolved.Verdict) int {
+		switch v {
+		case resolved.Deny:
+			return 3
+		case resolved.Redirect:
+			return 2
+		case resolved.Allow:
+			return 1
+		}
+		return 0
+	}
+	for _, sel := range c.SelectorLists[peer] {
+		v, ok := ep.lpm(dir, sel, proto, port)
+		if !ok && !icmp {
+			v, ok = ep.lpm(dir, sel, resolved.ProtoAny, port)
+		}
+		if !ok {
+			continue
+		}
+		if rank(v.Verdict) > rank(best.Verdict) {
+			best = RefDecision{Verdict: v.Verdict, RuleID: v.RuleID, ProxyPort: v.ProxyPort}
+			if v.Verdict == resolved.Deny {
+				break
+			}
+		}
+	}
+	switch best.Verdict {
+	case resolved.Deny:
+		best.Reason = event.ReasonPolicyDenyRule
+	case resolved.None:
+		enforced := ep.EnforceIngress
+		if dir == resolved.Egress {
+			enforced = ep.EnforceEgress
+		}
+		if enforced {
+			return RefDecision{Verdict: resolved.Deny, Reason: event.ReasonPolicyDenied}
+		}
+		return RefDecision{Verdict: resolved.Allow}
+	}
+	return best
+}
+
+// lpm is the longest-prefix match of the port under (dir, sel, proto).
+func (ep *CompiledEndpoint) lpm(dir resolved.Direction, sel resolved.SelectorID, proto resolved.Protocol, port uint16) (TableValue, bool) {
+	for bits := 16; bits >= 0; bits-- {
+		mask := uint16(0)
+		if bits > 0 {
+			mask = uint16(0xffff << (16 - bits))
+		}
+		k := TableKey{Dir: dir, Selector: sel, Proto: proto, Port: port & mask, PortBits: uint8(bits)}
+		if v, ok := ep.Entries[k]; ok {
+			return v, true
+		}
+	}
+	return TableValue{}, false
+}

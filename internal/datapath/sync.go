@@ -1,0 +1,458 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+)
+
+// Sync makes the maps hold st. Nothing is applied when st does not compile.
+// The order never opens a window:
+//  1. ipcache additions and changes;
+//  2. each changed endpoint's tables go into its inactive buffer;
+//  3. identity selector lists become the union of old and new membership;
+//  4. endpoint records switch to the new buffer (one atomic update each);
+//  5. selector lists become exactly the new membership;
+//  6. old buffers and removed ipcache prefixes are deleted;
+//  7. the policy revision moves, so established flows revalidate on their
+//     next packet (kept when still allowed, ended when not).
+//
+// An endpoint whose tables do not fit is marked OVERFLOW (drops everything)
+// and an overflow event is raised: never a silent allow.
+func (dp *Datapath) Sync(st State) error {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return dp.syncLocked(st)
+}
+
+type pendingSwitch struct {
+	es    *endpointState
+	gen   uint32
+	flags uint32
+}
+
+func (dp *Datapath) syncLocked(st State) error {
+	if dp.closed {
+		return fmt.Errorf("sync: datapath closed")
+	}
+	c, err := Compile(st)
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	changed := false
+
+	// 1. ipcache additions.
+	curIP, err := dp.readIPCache()
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	wantIP := make(map[bpfBwIpcacheKey]uint32, len(st.IPCache))
+	for p, id := range st.IPCache {
+		wantIP[ipcacheKey(p)] = uint32(id)
+	}
+	for k, id := range wantIP {
+		if old, ok := curIP[k]; ok && old == id {
+			continue
+		}
+		if err := dp.objs.BwIpcache.Put(&k, &bpfBwIpcacheValue{Identity: id}); err != nil {
+			return fmt.Errorf("sync: ipcache %s: %w", ipcachePrefix(k), err)
+		}
+		changed = true
+	}
+
+	// 2. tables into inactive buffers.
+	loaded, err := dp.scanPolicy()
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	total := 0
+	for _, t := range loaded {
+		total += len(t)
+	}
+	var switches []pendingSwitch
+	ids := make([]uint32, 0, len(dp.endpoints))
+	for id := range dp.endpoints {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		es := dp.endpoints[id]
+		ce := c.Endpoints[id]
+		if ce == nil {
+			if es.flags != 0 {
+				switches = append(switches, pendingSwitch{es, es.gen, 0})
+			}
+			continue
+		}
+		flags := uint32(epFlagReady)
+		if ce.EnforceIngress {
+			flags |= epFlagEnforceIngress
+		}
+		if ce.EnforceEgress {
+			flags |= epFlagEnforceEgress
+		}
+		activeTID := id<<1 | es.gen
+		want := tableEntries(id<<1, ce)
+		if es.flags&epFlagReady != 0 && sameTable(loaded[activeTID], want) {
+			if es.flags != flags {
+				switches = append(switches, pendingSwitch{es, es.gen, flags})
+			}
+			continue
+		}
+		newGen := es.gen ^ 1
+		newTID := id<<1 | newGen
+		if stale := loaded[newTID]; len(stale) > 0 {
+			if err := dp.deletePolicyKeys(stale); err != nil {
+				return fmt.Errorf("sync: clear inactive table of endpoint %d: %w", id, err)
+			}
+			total -= len(stale)
+			delete(loaded, newTID)
+		}
+		if total+len(want) > int(dp.sizes.Policy) {
+			dp.raiseOverflow(id, fmt.Sprintf("policy table needs %d entries, %d of %d in use", len(want), total, dp.sizes.Policy))
+			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow})
+			continue
+		}
+		written := make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(want))
+		var werr error
+		for k, v := range want {
+			k.TableId = newTID
+			if werr = dp.objs.BwPolicy.Put(&k, &v); werr != nil {
+				break
+			}
+			written[k] = v
+		}
+		if werr != nil {
+			dp.deletePolicyKeys(written)
+			dp.raiseOverflow(id, fmt.Sprintf("writing policy table: %v", werr))
+			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow})
+			continue
+		}
+		total += len(written)
+		loaded[newTID] = written
+		switches = append(switches, pendingSwitch{es, newGen, flags})
+	}
+
+	// 3. selector lists: union of old and new membership.
+	curSel, err := dp.readSelectorLists()
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	for id, sels := range c.SelectorLists {
+		union := unionSelectors(curSel[id], sels)
+		if len(union) > MaxSelectorsPerIdentity {
+			union = sels
+		}
+		if err := dp.putSelectorList(id, union); err != nil {
+			return fmt.Errorf("sync: %w", err)
+		}
+	}
+
+	// 4. switch endpoints.
+	for _, sw := range switches {
+		sw.es.gen, sw.es.flags = sw.gen, sw.flags
+		if err := dp.writeEndpoint(sw.es); err != nil {
+			return fmt.Errorf("sync: endpoint %d: %w", sw.es.ep.ID, err)
+		}
+		changed = true
+	}
+
+	// 5. selector lists: exactly the new membership.
+	for id, sels := range c.SelectorLists {
+		if !sameSelectors(curSel[id], sels) {
+			changed = true
+		}
+		if err := dp.putSelectorList(id, sels); err != nil {
+			return fmt.Errorf("sync: %w", err)
+		}
+		if n, over := c.Overflowed[id]; over {
+			if _, was := dp.compiledOverflow(id); !was {
+				dp.raiseIdentityOverflow(id, n)
+			}
+		}
+	}
+	for id := range curSel {
+		if _, ok := c.SelectorLists[id]; !ok {
+			if err := dp.objs.BwIdSelectors.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("sync: delete selector list of %d: %w", id, err)
+			}
+			changed = true
+		}
+	}
+
+	// 6. old buffers and removed prefixes.
+	active := map[uint32]bool{}
+	for id, es := range dp.endpoints {
+		if es.flags&epFlagReady != 0 {
+			active[id<<1|es.gen] = true
+		}
+	}
+	for tid, keys := range loaded {
+		if !active[tid] {
+			if err := dp.deletePolicyKeys(keys); err != nil {
+				return fmt.Errorf("sync: delete old table %d: %w", tid, err)
+			}
+			total -= len(keys)
+		}
+	}
+	for k := range curIP {
+		if _, ok := wantIP[k]; !ok {
+			if err := dp.objs.BwIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("sync: delete ipcache %s: %w", ipcachePrefix(k), err)
+			}
+			changed = true
+		}
+	}
+
+	// 7. revision.
+	if changed {
+		rev := dp.revision + 1
+		if st.Revision > rev {
+			rev = st.Revision
+		}
+		if err := dp.objs.BwConfigMap.Put(uint32(0), &bpfBwConfig{Revision: rev}); err != nil {
+			return fmt.Errorf("sync: write revision: %w", err)
+		}
+		dp.revision = rev
+	}
+	stCopy := st
+	dp.desired = &stCopy
+	dp.compiled = c
+	for id, refs := range c.Rules {
+		dp.rules[id] = refs
+	}
+	dp.counts["policy"] = total
+	dp.counts["ipcache"] = len(wantIP)
+	dp.counts["id_selectors"] = len(c.SelectorLists)
+	dp.counts["endpoints"] = len(dp.endpoints)
+	return nil
+}
+
+func (dp *Datapath) compiledOverflow(id identity.NumericIdentity) (int, bool) {
+	if dp.compiled == nil {
+		return 0, false
+	}
+	n, ok := dp.compiled.Overflowed[id]
+	return n, ok
+}
+
+func (dp *Datapath) raiseOverflow(epID uint32, why string) {
+	dp.overflows.Add(1)
+	dp.sendSynthetic(event.Event{
+		Time: time.Now(), Type: event.TypeOverflow, EndpointID: epID,
+		Verdict: event.Dropped, Reason: event.ReasonTableOverflow,
+	})
+	_ = why
+}
+
+func (dp *Datapath) raiseIdentityOverflow(id identity.NumericIdentity, n int) {
+	dp.overflows.Add(1)
+	dp.sendSynthetic(event.Event{
+		Time: time.Now(), Type: event.TypeOverflow, Verdict: event.Dropped,
+		Reason: event.ReasonTableOverflow, SrcIdentity: id,
+	})
+	_ = n
+}
+
+func (dp *Datapath) sendSynthetic(e event.Event) {
+	select {
+	case dp.synthetic <- e:
+	default: // nobody reading and the buffer is full: counted in overflows
+	}
+}
+
+// tableEntries turns a compiled endpoint into map keys (table id left at
+// base; the caller sets the buffer's id).
+func tableEntries(base uint32, ce *CompiledEndpoint) map[bpfBwPolicyKey]bpfBwPolicyValue {
+	out := make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(ce.Entries))
+	for k, v := range ce.Entries {
+		out[policyKey(base, k)] = bpfBwPolicyValue{Verdict: uint8(v.Verdict), ProxyPort: v.ProxyPort, RuleId: v.RuleID}
+	}
+	return out
+}
+
+func policyKey(tableID uint32, k TableKey) bpfBwPolicyKey {
+	return bpfBwPolicyKey{
+		Prefixlen: policyProtoBits + uint32(k.PortBits),
+		TableId:   tableID,
+		Selector:  uint32(k.Selector),
+		Dir:       uint8(k.Dir),
+		Proto:     uint8(k.Proto),
+		Port:      htons(k.Port),
+	}
+}
+
+func tableKey(k bpfBwPolicyKey) TableKey {
+	return TableKey{
+		Dir:      resolved.Direction(k.Dir),
+		Selector: resolved.SelectorID(k.Selector),
+		Proto:    resolved.Protocol(k.Proto),
+		Port:     htons(k.Port),
+		PortBits: uint8(k.Prefixlen - policyProtoBits),
+	}
+}
+
+// sameTable compares loaded entries of one table with wanted ones (whose
+// table id is the base id: compared without it).
+func sameTable(loaded, want map[bpfBwPolicyKey]bpfBwPolicyValue) bool {
+	if len(loaded) != len(want) {
+		return false
+	}
+	for k, v := range loaded {
+		k.TableId &^= 1
+		if w, ok := want[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (dp *Datapath) scanPolicy() (map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue, error) {
+	out := map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue{}
+	var k bpfBwPolicyKey
+	var v bpfBwPolicyValue
+	it := dp.objs.BwPolicy.Iterate()
+	for it.Next(&k, &v) {
+		t := out[k.TableId]
+		if t == nil {
+			t = map[bpfBwPolicyKey]bpfBwPolicyValue{}
+			out[k.TableId] = t
+		}
+		t[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read policy map: %w", err)
+	}
+	return out, nil
+}
+
+func (dp *Datapath) deletePolicyKeys(keys map[bpfBwPolicyKey]bpfBwPolicyValue) error {
+	for k := range keys {
+		if err := dp.objs.BwPolicy.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete policy entry: %w", err)
+		}
+	}
+	return nil
+}
+
+// deleteTables removes every table whose id match selects.
+func (dp *Datapath) deleteTables(match func(tableID uint32) bool) error {
+	loaded, err := dp.scanPolicy()
+	if err != nil {
+		return err
+	}
+	for tid, keys := range loaded {
+		if match(tid) {
+			if err := dp.deletePolicyKeys(keys); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (dp *Datapath) readIPCache() (map[bpfBwIpcacheKey]uint32, error) {
+	out := map[bpfBwIpcacheKey]uint32{}
+	var k bpfBwIpcacheKey
+	var v bpfBwIpcacheValue
+	it := dp.objs.BwIpcache.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v.Identity
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read ipcache: %w", err)
+	}
+	return out, nil
+}
+
+func (dp *Datapath) readSelectorLists() (map[identity.NumericIdentity][]resolved.SelectorID, error) {
+	out := map[identity.NumericIdentity][]resolved.SelectorID{}
+	var k uint32
+	var v bpfBwSelectorList
+	it := dp.objs.BwIdSelectors.Iterate()
+	for it.Next(&k, &v) {
+		n := min(int(v.Count), MaxSelectorsPerIdentity)
+		l := make([]resolved.SelectorID, n)
+		for i := range n {
+			l[i] = resolved.SelectorID(v.Selectors[i])
+		}
+		out[identity.NumericIdentity(k)] = l
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read selector lists: %w", err)
+	}
+	return out, nil
+}
+
+func (dp *Datapath) putSelectorList(id identity.NumericIdentity, sels []resolved.SelectorID) error {
+	var v bpfBwSelectorList
+	if len(sels) > MaxSelectorsPerIdentity {
+		v.Flags = selFlagOverflow
+	} else {
+		v.Count = uint32(len(sels))
+		for i, s := range sels {
+			v.Selectors[i] = uint32(s)
+		}
+	}
+	if err := dp.objs.BwIdSelectors.Put(uint32(id), &v); err != nil {
+		return fmt.Errorf("write selector list of identity %d: %w", id, err)
+	}
+	return nil
+}
+
+func unionSelectors(a, b []resolved.SelectorID) []resolved.SelectorID {
+	seen := map[resolved.SelectorID]bool{}
+	var out []resolved.SelectorID
+	for _, l := range [][]resolved.SelectorID{a, b} {
+		for _, s := range l {
+			if !seen[s] {
+				seen[s] = true
+				out = append(out, s)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+func sameSelectors(a, b []resolved.SelectorID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// ipcacheKey is a prefix as the trie holds it: 16 bytes, IPv4 v4-mapped.
+func ipcacheKey(p netip.Prefix) bpfBwIpcacheKey {
+	p = p.Masked()
+	a := p.Addr()
+	bits := p.Bits()
+	if a.Is4() {
+		bits += 96
+	}
+	return bpfBwIpcacheKey{Prefixlen: uint32(bits), Addr: a.As16()}
+}
+
+func ipcachePrefix(k bpfBwIpcacheKey) netip.Prefix {
+	a := netip.AddrFrom16(k.Addr)
+	bits := int(k.Prefixlen)
+	if a.Is4In6() && bits >= 96 {
+		return netip.PrefixFrom(a.Unmap(), bits-96)
+	}
+	return netip.PrefixFrom(a, bits)
+}

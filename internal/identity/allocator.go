@@ -1,0 +1,160 @@
+package identity
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+)
+
+// Entity names usable in toEntities/fromEntities (Cilium's list).
+const (
+	EntityAll           = "all"
+	EntityWorld         = "world"
+	EntityWorldIPv4     = "world-ipv4"
+	EntityWorldIPv6     = "world-ipv6"
+	EntityCluster       = "cluster"
+	EntityHost          = "host"
+	EntityRemoteNode    = "remote-node"
+	EntityKubeAPIServer = "kube-apiserver"
+	EntityHealth        = "health"
+	EntityInit          = "init"
+	EntityIngress       = "ingress"
+	EntityUnmanaged     = "unmanaged"
+	EntityNone          = "none"
+)
+
+// ReservedLabels returns the label set of a reserved identity. The world
+// identities also carry the cidr: label of the whole address space of their
+// family, so that a 0.0.0.0/0 (or ::/0) CIDR selector selects addresses that
+// no known prefix covers.
+func ReservedLabels(id NumericIdentity) (Labels, bool) {
+	name, ok := reservedNames[id]
+	if !ok || id == Unknown {
+		return nil, false
+	}
+	ls := []Label{{SourceReserved, name, ""}}
+	v4 := Label{SourceCIDR, CIDRKey(netip.MustParsePrefix("0.0.0.0/0")), ""}
+	v6 := Label{SourceCIDR, CIDRKey(netip.MustParsePrefix("::/0")), ""}
+	switch id {
+	case World:
+		ls = append(ls, v4, v6)
+	case WorldIPv4:
+		ls = append(ls, v4)
+	case WorldIPv6:
+		ls = append(ls, v6)
+	}
+	return NewLabels(ls...), true
+}
+
+// ReservedIdentities lists the reserved identities that have labels, in
+// numeric order.
+func ReservedIdentities() []NumericIdentity {
+	return []NumericIdentity{Host, World, Unmanaged, Health, Init, RemoteNode, KubeAPIServer, Ingress, WorldIPv4, WorldIPv6}
+}
+
+// WorldFor returns the world identity of an address's family.
+func WorldFor(a netip.Addr) NumericIdentity {
+	if a.Unmap().Is4() {
+		return WorldIPv4
+	}
+	return WorldIPv6
+}
+
+// Allocator assigns numeric identities to label sets. Invariants: a label
+// set keeps its identity for the life of the allocator; cluster identities
+// are allocated from MinCluster up, CIDR identities from LocalScope|1 up;
+// reserved identities are pre-registered with their labels. Safe for
+// concurrent use.
+type Allocator struct {
+	mu        sync.RWMutex
+	byKey     map[string]NumericIdentity
+	labels    map[NumericIdentity]Labels
+	nextPod   NumericIdentity
+	nextLocal NumericIdentity
+}
+
+// NewAllocator returns an allocator holding the reserved identities.
+func NewAllocator() *Allocator {
+	a := &Allocator{
+		byKey:     map[string]NumericIdentity{},
+		labels:    map[NumericIdentity]Labels{},
+		nextPod:   MinCluster,
+		nextLocal: LocalScope | 1,
+	}
+	for _, id := range ReservedIdentities() {
+		ls, _ := ReservedLabels(id)
+		a.byKey[ls.String()] = id
+		a.labels[id] = ls
+	}
+	return a
+}
+
+// Allocate returns the cluster identity of a label set, allocating it on
+// first use; created reports a new allocation.
+func (a *Allocator) Allocate(ls Labels) (id NumericIdentity, created bool, err error) {
+	return a.allocate(ls, false)
+}
+
+// AllocateCIDR returns the local identity of a prefix (labels CIDRLabels(p)).
+func (a *Allocator) AllocateCIDR(p netip.Prefix) (id NumericIdentity, created bool, err error) {
+	return a.allocate(CIDRLabels(p), true)
+}
+
+func (a *Allocator) allocate(ls Labels, local bool) (NumericIdentity, bool, error) {
+	key := ls.String()
+	a.mu.RLock()
+	id, ok := a.byKey[key]
+	a.mu.RUnlock()
+	if ok {
+		return id, false, nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if id, ok := a.byKey[key]; ok {
+		return id, false, nil
+	}
+	if local {
+		if a.nextLocal >= LocalScope<<1 {
+			return 0, false, fmt.Errorf("allocate local identity for %s: local identity space exhausted", key)
+		}
+		id = a.nextLocal
+		a.nextLocal++
+	} else {
+		if a.nextPod >= LocalScope {
+			return 0, false, fmt.Errorf("allocate identity for %s: cluster identity space exhausted", key)
+		}
+		id = a.nextPod
+		a.nextPod++
+	}
+	a.byKey[key] = id
+	a.labels[id] = ls
+	return id, true, nil
+}
+
+// Lookup returns the labels of an identity.
+func (a *Allocator) Lookup(id NumericIdentity) (Labels, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	ls, ok := a.labels[id]
+	return ls, ok
+}
+
+// LookupLabels returns the identity of a label set without allocating.
+func (a *Allocator) LookupLabels(ls Labels) (NumericIdentity, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	id, ok := a.byKey[ls.String()]
+	return id, ok
+}
+
+// All returns every allocated identity (reserved included) with its labels.
+// The map is a copy.
+func (a *Allocator) All() map[NumericIdentity]Labels {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make(map[NumericIdentity]Labels, len(a.labels))
+	for id, ls := range a.labels {
+		out[id] = ls
+	}
+	return out
+}

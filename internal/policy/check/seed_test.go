@@ -1,0 +1,65 @@
+package check
+
+import (
+	"path/filepath"
+	"testing"
+)
+
+func seed(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		out = append(out, filepath.Join("..", "..", "..", "testdata", "seed", n))
+	}
+	return out
+}
+
+// The article's scenario: default-deny.yaml denies both directions in demo;
+// frontend-to-backend.yaml only allows backend's ingress, so frontend's
+// egress stays default-denied and the flow is DENIED.
+func TestSeedFrontendToBackend(t *testing.T) {
+	st, err := Load(seed("sample-app.yaml", "default-deny.yaml", "frontend-to-backend.yaml", "backend-to-database.yaml")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name                     string
+		flow                     Flow
+		verdict, egress, ingress string
+		policies                 []string
+	}{
+		{"frontend to backend 8080", Flow{"demo/frontend-0", "demo/backend-0", 8080, "TCP"}, denied, denied, allowed,
+			[]string{"demo/default-deny-all"}},
+		{"backend to database 5432", Flow{"demo/backend-0", "demo/database-0", 5432, "TCP"}, denied, denied, allowed,
+			[]string{"demo/default-deny-all"}},
+		{"frontend to backend 9090", Flow{"demo/frontend-0", "demo/backend-0", 9090, "TCP"}, denied, denied, denied,
+			[]string{"demo/default-deny-all", "demo/frontend-to-backend"}},
+		{"world to backend", Flow{"203.0.113.9", "demo/backend-0", 8080, "TCP"}, denied, allowed, denied,
+			[]string{"demo/default-deny-all", "demo/frontend-to-backend"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res, err := st.Check(c.flow)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Verdict != c.verdict || res.Egress != c.egress || res.Ingress != c.ingress {
+				t.Errorf("got verdict=%s egress=%s ingress=%s, want %s %s %s", res.Verdict, res.Egress, res.Ingress, c.verdict, c.egress, c.ingress)
+			}
+			if !equalStrings(res.Policies, c.policies) {
+				t.Errorf("policies %v, want %v", res.Policies, c.policies)
+			}
+		})
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,400 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/api"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+	"github.com/bulwark-net/bulwark/internal/policy/selector"
+)
+
+// compileCilium translates a CiliumNetworkPolicy or
+// CiliumClusterwideNetworkPolicy.
+//
+// Semantics (Cilium documentation and CRD reference):
+//   - A namespaced policy's endpointSelector applies in its namespace only;
+//     its peer selectors (fromEndpoints/toEndpoints) are confined to its
+//     namespace unless they name io.kubernetes.pod.namespace or a reserved:
+//     label. A clusterwide policy's peer selectors that don't name the
+//     namespace select pods of every namespace (never reserved identities).
+//   - A rule with a non-empty ingress or ingressDeny section puts the
+//     selected endpoints in ingress default deny unless
+//     enableDefaultDeny.ingress is false (same for egress). An empty list
+//     ("ingress: []") is no section, as the CRD says.
+//   - Within an element, the peer fields are ORed. An element with ports
+//     (or icmps) but no peer field applies to every peer; an element with
+//     neither ("{}") allows nothing; one with peers and no ports is L3-only.
+//   - Protocol ANY (or none) is TCP, UDP and SCTP; port 0 (or none) is
+//     every port. L7 rules make the ports' entries Redirect entries.
+//   - Deny sections produce Deny entries, which win over every allow.
+func compileCilium(p api.Policy) (*compiledPolicy, error) {
+	meta := p.Meta()
+	ref := resolved.PolicyRef{Kind: p.PolicyKind(), Namespace: meta.Namespace, Name: meta.Name}
+	where := p.PolicyKind() + " " + ref.String()
+	if meta.Name == "" {
+		return nil, fmt.Errorf("%s: metadata.name is empty", p.PolicyKind())
+	}
+	ns := ""
+	if p.PolicyKind() == KindCNP {
+		if meta.Namespace == "" {
+			return nil, fmt.Errorf("%s: metadata.namespace is empty", where)
+		}
+		ns = meta.Namespace
+	} else {
+		ref.Namespace = ""
+	}
+	cp := &compiledPolicy{ref: ref}
+	rules := p.Rules()
+	if len(rules) == 0 {
+		return nil, fmt.Errorf("%s: neither spec nor specs is set", where)
+	}
+	for i := range rules {
+		r := &rules[i]
+		c := &ciliumCompiler{cp: cp, ns: ns, path: p.RulePath(i)}
+		rule, err := c.rule(r, i)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		cp.rules = append(cp.rules, rule)
+	}
+	return cp, nil
+}
+
+type ciliumCompiler struct {
+	cp   *compiledPolicy
+	ns   string // "" for clusterwide
+	path string
+}
+
+func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
+	if r.NodeSelector != nil {
+		return nil, fmt.Errorf("%s.nodeSelector: host policies are not supported", c.path)
+	}
+	if r.EndpointSelector == nil {
+		return nil, fmt.Errorf("%s.endpointSelector: required", c.path)
+	}
+	subject, err := selector.FromLabelSelector(&r.EndpointSelector.LabelSelector)
+	if err != nil {
+		return nil, fmt.Errorf("%s.endpointSelector: %w", c.path, err)
+	}
+	if c.ns != "" {
+		subject = subject.And(nsIs(c.ns))
+	}
+	rule := &compiledRule{policy: c.cp.ref, index: index, path: c.path, subject: subject}
+
+	in := &rule.dirs[resolved.Ingress]
+	in.present = len(r.Ingress) > 0 || len(r.IngressDeny) > 0
+	in.defaultDeny = in.present && (r.EnableDefaultDeny.Ingress == nil || *r.EnableDefaultDeny.Ingress)
+	for i := range r.Ingress {
+		e := &r.Ingress[i]
+		path := fmt.Sprintf("%s.ingress[%d]", c.path, i)
+		if e.Authentication != nil && e.Authentication.Mode != "" && e.Authentication.Mode != "disabled" {
+			return nil, fmt.Errorf("%s.authentication: mutual authentication is not supported", path)
+		}
+		it, err := c.item(path, resolved.Allow, &e.IngressCommonRule, nil, nil, e.ToPorts, e.ICMPs, resolved.Ingress)
+		if err != nil {
+			return nil, err
+		}
+		in.items = append(in.items, it)
+	}
+	for i := range r.IngressDeny {
+		e := &r.IngressDeny[i]
+		path := fmt.Sprintf("%s.ingressDeny[%d]", c.path, i)
+		it, err := c.item(path, resolved.Deny, &e.IngressCommonRule, nil, nil, e.ToPorts, e.ICMPs, resolved.Ingress)
+		if err != nil {
+			return nil, err
+		}
+		in.items = append(in.items, it)
+	}
+
+	out := &rule.dirs[resolved.Egress]
+	out.present = len(r.Egress) > 0 || len(r.EgressDeny) > 0
+	out.defaultDeny = out.present && (r.EnableDefaultDeny.Egress == nil || *r.EnableDefaultDeny.Egress)
+	for i := range r.Egress {
+		e := &r.Egress[i]
+		path := fmt.Sprintf("%s.egress[%d]", c.path, i)
+		if e.Authentication != nil && e.Authentication.Mode != "" && e.Authentication.Mode != "disabled" {
+			return nil, fmt.Errorf("%s.authentication: mutual authentication is not supported", path)
+		}
+		it, err := c.item(path, resolved.Allow, nil, &e.EgressCommonRule, e.ToFQDNs, e.ToPorts, e.ICMPs, resolved.Egress)
+		if err != nil {
+			return nil, err
+		}
+		out.items = append(out.items, it)
+	}
+	for i := range r.EgressDeny {
+		e := &r.EgressDeny[i]
+		path := fmt.Sprintf("%s.egressDeny[%d]", c.path, i)
+		it, err := c.item(path, resolved.Deny, nil, &e.EgressCommonRule, nil, e.ToPorts, e.ICMPs, resolved.Egress)
+		if err != nil {
+			return nil, err
+		}
+		out.items = append(out.items, it)
+	}
+	return rule, nil
+}
+
+// item compiles one ingress/egress element. Exactly one of in/eg is set.
+func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.IngressCommonRule, eg *api.EgressCommonRule,
+	fqdns []api.FQDNSelector, toPorts []api.PortRule, icmps []api.ICMPRule, dir resolved.Direction) (ruleItem, error) {
+	it := ruleItem{verdict: verdict, path: path}
+	var (
+		endpoints, requires, nodes []api.EndpointSelector
+		cidrs                      []api.CIDR
+		cidrSets                   []api.CIDRRule
+		entities                   []api.Entity
+		groups                     []api.Groups
+		services                   []api.Service
+		prefix                     string
+	)
+	if in != nil {
+		endpoints, requires, nodes, cidrs, cidrSets, entities, groups = in.FromEndpoints, in.FromRequires, in.FromNodes, in.FromCIDR, in.FromCIDRSet, in.FromEntities, in.FromGroups
+		prefix = "from"
+	} else {
+		endpoints, requires, nodes, cidrs, cidrSets, entities, groups, services = eg.ToEndpoints, eg.ToRequires, eg.ToNodes, eg.ToCIDR, eg.ToCIDRSet, eg.ToEntities, eg.ToGroups, eg.ToServices
+		prefix = "to"
+	}
+	switch {
+	case len(requires) > 0:
+		return it, fmt.Errorf("%s.%sRequires: not supported", path, prefix)
+	case len(nodes) > 0:
+		return it, fmt.Errorf("%s.%sNodes: not supported", path, prefix)
+	case len(groups) > 0:
+		return it, fmt.Errorf("%s.%sGroups: cloud provider groups are not supported", path, prefix)
+	case len(services) > 0:
+		return it, fmt.Errorf("%s.toServices: not supported (select the backends with toEndpoints)", path)
+	}
+	hasL3 := len(endpoints) > 0 || len(cidrs) > 0 || len(cidrSets) > 0 || len(entities) > 0 || len(fqdns) > 0
+
+	for j := range endpoints {
+		s, err := c.peerSelector(&endpoints[j])
+		if err != nil {
+			return it, fmt.Errorf("%s.%sEndpoints[%d]: %w", path, prefix, j, err)
+		}
+		it.peers = append(it.peers, labelPeer(s))
+	}
+	for j, cidr := range cidrs {
+		p, err := parseCIDR(string(cidr))
+		if err != nil {
+			return it, fmt.Errorf("%s.%sCIDR[%d]: %w", path, prefix, j, err)
+		}
+		c.cp.cidrs = append(c.cp.cidrs, p)
+		it.peers = append(it.peers, cidrPeer(p, nil))
+	}
+	for j, cs := range cidrSets {
+		if cs.CIDRGroupRef != "" || cs.CIDRGroupSelector != nil {
+			return it, fmt.Errorf("%s.%sCIDRSet[%d]: CiliumCIDRGroup references are not supported", path, prefix, j)
+		}
+		p, err := parseCIDR(string(cs.Cidr))
+		if err != nil {
+			return it, fmt.Errorf("%s.%sCIDRSet[%d].cidr: %w", path, prefix, j, err)
+		}
+		var excepts []netip.Prefix
+		for k, e := range cs.ExceptCIDRs {
+			ep, err := parseCIDR(string(e))
+			if err != nil {
+				return it, fmt.Errorf("%s.%sCIDRSet[%d].except[%d]: %w", path, prefix, j, k, err)
+			}
+			excepts = append(excepts, ep)
+		}
+		c.cp.cidrs = append(c.cp.cidrs, p)
+		c.cp.cidrs = append(c.cp.cidrs, excepts...)
+		it.peers = append(it.peers, cidrPeer(p, excepts))
+	}
+	for j, e := range entities {
+		sels, err := entitySelectors(string(e))
+		if err != nil {
+			return it, fmt.Errorf("%s.%sEntities[%d]: %w", path, prefix, j, err)
+		}
+		for _, s := range sels {
+			it.peers = append(it.peers, labelPeer(s))
+		}
+	}
+	if len(fqdns) > 0 {
+		var names, patterns []string
+		for j, f := range fqdns {
+			switch {
+			case f.MatchName != "" && f.MatchPattern == "":
+				names = append(names, f.MatchName)
+			case f.MatchPattern != "" && f.MatchName == "":
+				patterns = append(patterns, f.MatchPattern)
+			default:
+				return it, fmt.Errorf("%s.toFQDNs[%d]: exactly one of matchName and matchPattern must be set", path, j)
+			}
+		}
+		it.peers = append(it.peers, fqdnPeer(newFQDNMatcher(names, patterns)))
+	}
+
+	hasL4 := len(toPorts) > 0 || len(icmps) > 0
+	if !hasL3 && hasL4 {
+		it.peers = []peerSpec{labelPeer(selector.All())}
+	}
+	if !hasL4 {
+		it.l3Only = true
+		return it, nil
+	}
+	for j := range toPorts {
+		pr := &toPorts[j]
+		pp := fmt.Sprintf("%s.toPorts[%d]", path, j)
+		l7, err := l7Rules(pr, pp, verdict, dir)
+		if err != nil {
+			return it, err
+		}
+		ports := pr.Ports
+		if len(ports) == 0 {
+			if l7 != nil {
+				return it, fmt.Errorf("%s.rules: L7 rules need ports", pp)
+			}
+			ports = []api.PortProtocol{{}}
+		}
+		for k, port := range ports {
+			kp := fmt.Sprintf("%s.ports[%d]", pp, k)
+			proto, err := port.Proto()
+			if err != nil {
+				return it, fmt.Errorf("%s.protocol: %w", kp, err)
+			}
+			spec := api.PortSpec{}
+			if port.Port != "" {
+				if spec, err = port.Parse(); err != nil {
+					return it, fmt.Errorf("%s.port: %w", kp, err)
+				}
+			} else if port.EndPort != 0 {
+				return it, fmt.Errorf("%s.endPort: set without port", kp)
+			}
+			protos := []resolved.Protocol{proto}
+			if proto == resolved.ProtoAny {
+				protos = []resolved.Protocol{resolved.ProtoTCP, resolved.ProtoUDP, resolved.ProtoSCTP}
+			}
+			if spec.IsNamed() {
+				if dir == resolved.Egress {
+					c.cp.egressNamed = true
+				}
+				ps := portSpec{proto: proto, name: spec.Name, anyProto: proto == resolved.ProtoAny, l7: l7}
+				it.ports = append(it.ports, ps)
+				continue
+			}
+			lo, hi := spec.Range()
+			for _, pr := range protos {
+				ps := portSpec{proto: pr, lo: lo, hi: hi, l7: l7}
+				if pr == resolved.ProtoICMP || pr == resolved.ProtoICMPv6 {
+					ps.lo, ps.hi = 0, 0
+				}
+				it.ports = append(it.ports, ps)
+			}
+		}
+	}
+	for j, ic := range icmps {
+		if len(ic.Fields) == 0 {
+			return it, fmt.Errorf("%s.icmps[%d].fields: empty", path, j)
+		}
+		for k, f := range ic.Fields {
+			proto := resolved.ProtoICMP
+			switch strings.ToLower(f.Family) {
+			case "", "ipv4":
+			case "ipv6":
+				proto = resolved.ProtoICMPv6
+			default:
+				return it, fmt.Errorf("%s.icmps[%d].fields[%d].family: %q is not IPv4 or IPv6", path, j, k, f.Family)
+			}
+			// ICMP entries cover every ICMP type of the family: the
+			// resolved table has no ICMP type field (see package doc).
+			it.ports = append(it.ports, portSpec{proto: proto})
+		}
+	}
+	return it, nil
+}
+
+func parseCIDR(s string) (netip.Prefix, error) {
+	p, err := identity.ParsePrefix(strings.TrimSpace(s))
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR prefix", s)
+	}
+	return p, nil
+}
+
+// peerSelector applies Cilium's namespace confinement to a peer selector.
+func (c *ciliumCompiler) peerSelector(es *api.EndpointSelector) (selector.Selector, error) {
+	s, err := selector.FromLabelSelector(&es.LabelSelector)
+	if err != nil {
+		return s, err
+	}
+	if s.HasSource(identity.SourceReserved) || s.HasKey(identity.LabelNamespace) {
+		return s, nil
+	}
+	if c.ns != "" {
+		return s.And(nsIs(c.ns)), nil
+	}
+	return s.And(isPod), nil
+}
+
+func reservedSel(name string) selector.Selector {
+	return selector.New(selector.Requirement{Source: identity.SourceReserved, Key: name, Op: selector.Exists})
+}
+
+// entitySelectors maps an entity to the selectors of its identities
+// (Cilium's mapping; "cluster" is every pod of this cluster plus the
+// node-level reserved identities).
+func entitySelectors(e string) ([]selector.Selector, error) {
+	switch e {
+	case identity.EntityAll:
+		return []selector.Selector{selector.All()}, nil
+	case identity.EntityNone:
+		return nil, nil
+	case identity.EntityWorld:
+		return []selector.Selector{reservedSel("world"), reservedSel("world-ipv4"), reservedSel("world-ipv6")}, nil
+	case identity.EntityCluster:
+		return []selector.Selector{
+			reservedSel("host"), reservedSel("remote-node"), reservedSel("init"), reservedSel("ingress"),
+			reservedSel("health"), reservedSel("unmanaged"), reservedSel("kube-apiserver"),
+			selector.New(selector.Requirement{Source: identity.SourceK8s, Key: identity.LabelCluster, Op: selector.In, Values: []string{identity.DefaultClusterName}}),
+		}, nil
+	case identity.EntityWorldIPv4, identity.EntityWorldIPv6, identity.EntityHost, identity.EntityRemoteNode,
+		identity.EntityKubeAPIServer, identity.EntityHealth, identity.EntityInit, identity.EntityIngress, identity.EntityUnmanaged:
+		return []selector.Selector{reservedSel(e)}, nil
+	}
+	return nil, fmt.Errorf("unknown entity %q", e)
+}
+
+func l7Rules(pr *api.PortRule, path string, verdict resolved.Verdict, dir resolved.Direction) (*resolved.L7Rules, error) {
+	switch {
+	case pr.TerminatingTLS != nil || pr.OriginatingTLS != nil:
+		return nil, fmt.Errorf("%s: TLS interception is not supported", path)
+	case pr.Listener != nil:
+		return nil, fmt.Errorf("%s.listener: Envoy listeners are not supported", path)
+	case len(pr.ServerNames) > 0:
+		return nil, fmt.Errorf("%s.serverNames: not supported", path)
+	}
+	if !pr.HasL7() {
+		return nil, nil
+	}
+	if verdict == resolved.Deny {
+		return nil, fmt.Errorf("%s.rules: deny rules cannot carry L7 rules", path)
+	}
+	r := pr.Rules
+	switch {
+	case len(r.Kafka) > 0:
+		return nil, fmt.Errorf("%s.rules.kafka: Kafka rules are not supported", path)
+	case r.L7Proto != "" || len(r.L7) > 0:
+		return nil, fmt.Errorf("%s.rules.l7proto: generic L7 parsers are not supported", path)
+	}
+	out := &resolved.L7Rules{}
+	for i, h := range r.HTTP {
+		if len(h.HeaderMatches) > 0 {
+			return nil, fmt.Errorf("%s.rules.http[%d].headerMatches: not supported", path, i)
+		}
+		out.HTTP = append(out.HTTP, resolved.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: append([]string(nil), h.Headers...)})
+	}
+	for i, d := range r.DNS {
+		if dir != resolved.Egress {
+			return nil, fmt.Errorf("%s.rules.dns[%d]: DNS rules apply to egress only", path, i)
+		}
+		if (d.MatchName == "") == (d.MatchPattern == "") {
+			return nil, fmt.Errorf("%s.rules.dns[%d]: exactly one of matchName and matchPattern must be set", path, i)
+		}
+		out.DNS = append(out.DNS, resolved.DNSRule{MatchName: d.MatchName, MatchPattern: d.MatchPattern})
+	}
+	return out, nil
+}

@@ -1,0 +1,263 @@
+package policy
+
+import (
+	"sort"
+
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+)
+
+// recompute resolves an endpoint's policy; it reports whether the policy
+// (or identity) changed. An unchanged policy keeps its pointer and
+// revision.
+func (r *Repository) recompute(ep *Endpoint) bool {
+	rules := r.rulesFor(ep.Identity)
+	pol := &resolved.EndpointPolicy{Identity: ep.Identity, Revision: r.revision}
+	for _, d := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		r.resolveDirection(pol.Dir(d), d, ep, rules)
+	}
+	if ep.Policy != nil && samePolicy(ep.Policy, pol) {
+		if !sameRules(ep.rules, rules) {
+			n := *ep
+			n.rules = rules
+			r.endpoints[ep.Key] = &n
+		}
+		return false
+	}
+	n := *ep
+	n.Policy, n.rules = pol, rules
+	r.endpoints[ep.Key] = &n
+	return true
+}
+
+func sameRules(a, b []*compiledRule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+type entryKey struct {
+	peer    resolved.SelectorID
+	proto   resolved.Protocol
+	lo, hi  uint16
+	verdict resolved.Verdict
+}
+
+// resolveDirection fills one direction's table. Entries are a sum: one per
+// (peer selector, protocol, port range, verdict); equal entries from
+// several rules are merged and keep every origin.
+func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.Direction, ep *Endpoint, rules []*compiledRule) {
+	idx := map[entryKey]int{}
+	add := func(e resolved.Entry, origin resolved.PolicyRef) {
+		k := entryKey{e.Peer, e.Proto, e.PortLo, e.PortHi, e.Verdict}
+		if i, ok := idx[k]; ok {
+			ex := &dp.Entries[i]
+			if !hasRef(ex.Origin, origin) {
+				ex.Origin = append(ex.Origin, origin)
+			}
+			if e.L7 != nil {
+				ex.L7 = mergeL7(ex.L7, e.L7)
+			}
+			return
+		}
+		e.Origin = []resolved.PolicyRef{origin}
+		idx[k] = len(dp.Entries)
+		dp.Entries = append(dp.Entries, e)
+	}
+	for _, rule := range rules {
+		sec := &rule.dirs[d]
+		if !sec.present {
+			continue
+		}
+		if sec.defaultDeny {
+			dp.Enforced = true
+			if !hasRef(dp.Selecting, rule.policy) {
+				dp.Selecting = append(dp.Selecting, rule.policy)
+			}
+		}
+		ip := r.policies[policyKey(rule.policy)]
+		for i := range sec.items {
+			it := &sec.items[i]
+			for _, peer := range it.peers {
+				sel := ip.selIDs[peer.key]
+				if it.l3Only {
+					add(resolved.Entry{Peer: sel, Proto: resolved.ProtoAny, Verdict: it.verdict}, rule.policy)
+					continue
+				}
+				for _, ps := range it.ports {
+					r.expandPort(ps, d, ep, func(proto resolved.Protocol, lo, hi uint16) {
+						e := resolved.Entry{Peer: sel, Proto: proto, PortLo: lo, PortHi: hi, Verdict: it.verdict}
+						if ps.l7 != nil {
+							e.Verdict = resolved.Redirect
+							e.L7 = ps.l7
+						}
+						add(e, rule.policy)
+					})
+				}
+			}
+		}
+	}
+	sort.Slice(dp.Entries, func(i, j int) bool {
+		a, b := &dp.Entries[i], &dp.Entries[j]
+		switch {
+		case a.Peer != b.Peer:
+			return a.Peer < b.Peer
+		case a.Proto != b.Proto:
+			return a.Proto < b.Proto
+		case a.PortLo != b.PortLo:
+			return a.PortLo < b.PortLo
+		case a.PortHi != b.PortHi:
+			return a.PortHi < b.PortHi
+		}
+		return a.Verdict < b.Verdict
+	})
+	sort.Slice(dp.Selecting, func(i, j int) bool { return dp.Selecting[i].String() < dp.Selecting[j].String() })
+}
+
+// expandPort emits the concrete (protocol, range) of a port spec. A named
+// port resolves, for ingress, against the endpoint's own container ports
+// (it is the destination); for egress, against the ports of that name on
+// every pod (Cilium's approach: the destination varies per peer, and the
+// table is per selector, not per peer pod).
+func (r *Repository) expandPort(ps portSpec, d resolved.Direction, ep *Endpoint, emit func(resolved.Protocol, uint16, uint16)) {
+	if ps.name == "" {
+		emit(ps.proto, ps.lo, ps.hi)
+		return
+	}
+	match := func(proto resolved.Protocol) bool { return ps.anyProto || ps.proto == proto }
+	if d == resolved.Ingress {
+		for _, p := range ep.Ports {
+			if p.Name == ps.name && match(p.Proto) {
+				emit(p.Proto, p.Port, p.Port)
+			}
+		}
+		return
+	}
+	vals := make([]namedPortValue, 0, len(r.namedPorts[ps.name]))
+	for v := range r.namedPorts[ps.name] {
+		if match(v.proto) {
+			vals = append(vals, v)
+		}
+	}
+	sort.Slice(vals, func(i, j int) bool {
+		if vals[i].proto != vals[j].proto {
+			return vals[i].proto < vals[j].proto
+		}
+		return vals[i].port < vals[j].port
+	})
+	for _, v := range vals {
+		emit(v.proto, v.port, v.port)
+	}
+}
+
+func hasRef(refs []resolved.PolicyRef, r resolved.PolicyRef) bool {
+	for _, x := range refs {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// mergeL7 returns the union of two rule sets (a new value: compiled rules
+// are shared and must not be modified).
+func mergeL7(a, b *resolved.L7Rules) *resolved.L7Rules {
+	if a == nil {
+		return b
+	}
+	if a == b {
+		return a
+	}
+	out := &resolved.L7Rules{}
+	seenH := map[string]bool{}
+	for _, set := range []*resolved.L7Rules{a, b} {
+		for _, h := range set.HTTP {
+			k := h.Method + "\x00" + h.Path + "\x00" + h.Host + "\x00" + joinNul(h.Headers)
+			if !seenH[k] {
+				seenH[k] = true
+				out.HTTP = append(out.HTTP, h)
+			}
+		}
+	}
+	seenD := map[resolved.DNSRule]bool{}
+	for _, set := range []*resolved.L7Rules{a, b} {
+		for _, d := range set.DNS {
+			if !seenD[d] {
+				seenD[d] = true
+				out.DNS = append(out.DNS, d)
+			}
+		}
+	}
+	return out
+}
+
+func joinNul(ss []string) string {
+	n := ""
+	for _, s := range ss {
+		n += s + "\x00"
+	}
+	return n
+}
+
+// samePolicy compares two policies ignoring Revision.
+func samePolicy(a, b *resolved.EndpointPolicy) bool {
+	if a.Identity != b.Identity {
+		return false
+	}
+	for _, d := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		x, y := a.Dir(d), b.Dir(d)
+		if x.Enforced != y.Enforced || len(x.Entries) != len(y.Entries) || len(x.Selecting) != len(y.Selecting) {
+			return false
+		}
+		for i := range x.Selecting {
+			if x.Selecting[i] != y.Selecting[i] {
+				return false
+			}
+		}
+		for i := range x.Entries {
+			if !sameEntry(&x.Entries[i], &y.Entries[i]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func sameEntry(a, b *resolved.Entry) bool {
+	if a.Peer != b.Peer || a.Proto != b.Proto || a.PortLo != b.PortLo || a.PortHi != b.PortHi || a.Verdict != b.Verdict {
+		return false
+	}
+	if len(a.Origin) != len(b.Origin) {
+		return false
+	}
+	for i := range a.Origin {
+		if a.Origin[i] != b.Origin[i] {
+			return false
+		}
+	}
+	if (a.L7 == nil) != (b.L7 == nil) {
+		return false
+	}
+	if a.L7 != nil && a.L7 != b.L7 {
+		if len(a.L7.HTTP) != len(b.L7.HTTP) || len(a.L7.DNS) != len(b.L7.DNS) {
+			return false
+		}
+		for i := range a.L7.HTTP {
+			x, y := a.L7.HTTP[i], b.L7.HTTP[i]
+			if x.Method != y.Method || x.Path != y.Path || x.Host != y.Host || joinNul(x.Headers) != joinNul(y.Headers) {
+				return false
+			}
+		}
+		for i := range a.L7.DNS {
+			if a.L7.DNS[i] != b.L7.DNS[i] {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,225 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+	"github.com/bulwark-net/bulwark/internal/policy/selector"
+)
+
+// peerSpec is one peer of a rule: a label selector over identities, or an
+// FQDN selector over the names the DNS proxy learned.
+type peerSpec struct {
+	label selector.Selector
+	fqdn  *fqdnMatcher // set for toFQDNs peers
+	key   string       // canonical: equal keys select the same identities
+}
+
+func labelPeer(s selector.Selector) peerSpec {
+	return peerSpec{label: s, key: "L:" + s.String()}
+}
+
+func fqdnPeer(m *fqdnMatcher) peerSpec {
+	return peerSpec{fqdn: m, key: "F:" + m.String()}
+}
+
+// String is the human form of the peer (for trace output).
+func (p peerSpec) String() string {
+	if p.fqdn != nil {
+		return "fqdn(" + p.fqdn.String() + ")"
+	}
+	if p.label.IsAll() {
+		return "{all}"
+	}
+	return "{" + p.label.String() + "}"
+}
+
+// selEntry is a cached selector. Invariant: members is exactly the set of
+// allocated identities the selector matches (for FQDN selectors: the
+// identities of the IPs learned for a matching name).
+type selEntry struct {
+	id      resolved.SelectorID
+	peer    peerSpec
+	refs    int
+	members map[identity.NumericIdentity]struct{}
+	dirty   bool // members changed since the last snapshot
+	frozen  *memberSet
+}
+
+// selectorCache interns selectors: one SelectorID per distinct peer, kept
+// while some compiled rule references it. IDs are never reused, so a
+// datapath that holds an old ID can't confuse it with a new selector.
+type selectorCache struct {
+	byKey   map[string]*selEntry
+	byID    map[resolved.SelectorID]*selEntry
+	next    resolved.SelectorID
+	changed map[resolved.SelectorID]struct{} // since the last Changes()
+}
+
+func newSelectorCache() *selectorCache {
+	return &selectorCache{
+		byKey:   map[string]*selEntry{},
+		byID:    map[resolved.SelectorID]*selEntry{},
+		next:    1,
+		changed: map[resolved.SelectorID]struct{}{},
+	}
+}
+
+// acquire returns the ID of a peer, computing its membership over the
+// identities ids on first use.
+func (c *selectorCache) acquire(p peerSpec, ids map[identity.NumericIdentity]identity.Labels, fq *fqdnState) resolved.SelectorID {
+	if e, ok := c.byKey[p.key]; ok {
+		e.refs++
+		return e.id
+	}
+	e := &selEntry{id: c.next, peer: p, refs: 1, members: map[identity.NumericIdentity]struct{}{}, dirty: true}
+	c.next++
+	if p.fqdn != nil {
+		for id := range fq.identitiesMatching(p.fqdn) {
+			e.members[id] = struct{}{}
+		}
+	} else {
+		for id, ls := range ids {
+			if p.label.Matches(ls) {
+				e.members[id] = struct{}{}
+			}
+		}
+	}
+	c.byKey[p.key] = e
+	c.byID[e.id] = e
+	c.changed[e.id] = struct{}{}
+	return e.id
+}
+
+func (c *selectorCache) release(id resolved.SelectorID) {
+	e, ok := c.byID[id]
+	if !ok {
+		return
+	}
+	e.refs--
+	if e.refs > 0 {
+		return
+	}
+	delete(c.byKey, e.peer.key)
+	delete(c.byID, id)
+	c.changed[id] = struct{}{}
+}
+
+// addIdentity adds a newly allocated identity to every label selector
+// matching it.
+func (c *selectorCache) addIdentity(id identity.NumericIdentity, ls identity.Labels) {
+	for _, e := range c.byID {
+		if e.peer.fqdn == nil && e.peer.label.Matches(ls) {
+			e.members[id] = struct{}{}
+			e.dirty = true
+			c.changed[e.id] = struct{}{}
+		}
+	}
+}
+
+// refreshFQDN recomputes the membership of every FQDN selector.
+func (c *selectorCache) refreshFQDN(fq *fqdnState) {
+	for _, e := range c.byID {
+		if e.peer.fqdn == nil {
+			continue
+		}
+		want := fq.identitiesMatching(e.peer.fqdn)
+		if len(want) == len(e.members) {
+			same := true
+			for id := range want {
+				if _, ok := e.members[id]; !ok {
+					same = false
+					break
+				}
+			}
+			if same {
+				continue
+			}
+		}
+		e.members = want
+		e.dirty = true
+		c.changed[e.id] = struct{}{}
+	}
+}
+
+// memberSet is an immutable, sorted set of identities.
+type memberSet struct {
+	ids []identity.NumericIdentity
+}
+
+func (m *memberSet) has(id identity.NumericIdentity) bool {
+	ids := m.ids
+	i := sort.Search(len(ids), func(i int) bool { return ids[i] >= id })
+	return i < len(ids) && ids[i] == id
+}
+
+func (e *selEntry) freeze() *memberSet {
+	if e.frozen != nil && !e.dirty {
+		return e.frozen
+	}
+	ids := make([]identity.NumericIdentity, 0, len(e.members))
+	for id := range e.members {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	e.frozen = &memberSet{ids: ids}
+	e.dirty = false
+	return e.frozen
+}
+
+// SelectorSnapshot is an immutable view of selector membership; it
+// implements resolved.SelectorSet.
+type SelectorSnapshot struct {
+	sets  map[resolved.SelectorID]*memberSet
+	descs map[resolved.SelectorID]string
+}
+
+var _ resolved.SelectorSet = (*SelectorSnapshot)(nil)
+
+func (c *selectorCache) snapshot() *SelectorSnapshot {
+	s := &SelectorSnapshot{
+		sets:  make(map[resolved.SelectorID]*memberSet, len(c.byID)),
+		descs: make(map[resolved.SelectorID]string, len(c.byID)),
+	}
+	for id, e := range c.byID {
+		s.sets[id] = e.freeze()
+		s.descs[id] = e.peer.String()
+	}
+	return s
+}
+
+// Selects implements resolved.Selectors.
+func (s *SelectorSnapshot) Selects(sel resolved.SelectorID, id identity.NumericIdentity) bool {
+	m, ok := s.sets[sel]
+	return ok && m.has(id)
+}
+
+// Identities implements resolved.SelectorSet: the sorted members of sel
+// (nil for an unknown selector). The slice must not be modified.
+func (s *SelectorSnapshot) Identities(sel resolved.SelectorID) []identity.NumericIdentity {
+	if m, ok := s.sets[sel]; ok {
+		return m.ids
+	}
+	return nil
+}
+
+// IDs returns every selector ID in the snapshot, sorted.
+func (s *SelectorSnapshot) IDs() []resolved.SelectorID {
+	out := make([]resolved.SelectorID, 0, len(s.sets))
+	for id := range s.sets {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Describe returns the human form of a selector ("{k8s:app=web,...}",
+// "{all}", "fqdn(...)").
+func (s *SelectorSnapshot) Describe(sel resolved.SelectorID) string {
+	if d, ok := s.descs[sel]; ok {
+		return d
+	}
+	return fmt.Sprintf("selector-%d(unknown)", sel)
+}

@@ -1,0 +1,153 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+)
+
+// Snapshot is an immutable view of the repository at one revision: every
+// endpoint with its resolved policy, selector membership and the ipcache.
+// Everything reachable from it is read-only.
+type Snapshot struct {
+	Revision  uint64
+	Endpoints map[EndpointKey]*Endpoint
+	Selectors *SelectorSnapshot
+	IPCache   *IPCache
+
+	alloc    *identity.Allocator
+	policies map[string]*installedPolicy
+}
+
+// Snapshot returns the current state. Taking a snapshot is O(endpoints +
+// selectors) and reuses the previous one while nothing changed.
+func (r *Repository) Snapshot() *Snapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.snap != nil {
+		return r.snap
+	}
+	s := &Snapshot{
+		Revision:  r.revision,
+		Endpoints: make(map[EndpointKey]*Endpoint, len(r.endpoints)),
+		Selectors: r.sels.snapshot(),
+		alloc:     r.alloc,
+		policies:  make(map[string]*installedPolicy, len(r.policies)),
+	}
+	for k, ep := range r.endpoints {
+		s.Endpoints[k] = ep
+	}
+	for k, p := range r.policies {
+		s.policies[k] = p
+	}
+	pods := make(map[netip.Addr]podAddr, len(r.podIPs))
+	for a, k := range r.podIPs {
+		pods[a] = podAddr{id: r.endpoints[k].Identity, key: k}
+	}
+	prefixes := make(map[netip.Prefix]identity.NumericIdentity, len(r.cidrIDs)+len(r.fqdn.idOfIP))
+	for p, id := range r.cidrIDs {
+		prefixes[p] = id
+	}
+	for a, id := range r.fqdn.idOfIP {
+		prefixes[netip.PrefixFrom(a, a.BitLen())] = id
+	}
+	s.IPCache = newIPCache(pods, prefixes)
+	r.snap = s
+	return s
+}
+
+// Labels returns the labels of an identity.
+func (s *Snapshot) Labels(id identity.NumericIdentity) (identity.Labels, bool) {
+	return s.alloc.Lookup(id)
+}
+
+// EndpointKeys returns the endpoints, sorted.
+func (s *Snapshot) EndpointKeys() []EndpointKey {
+	keys := make([]EndpointKey, 0, len(s.Endpoints))
+	for k := range s.Endpoints {
+		keys = append(keys, k)
+	}
+	sortKeys(keys)
+	return keys
+}
+
+// Policies returns the installed policies, sorted.
+func (s *Snapshot) Policies() []resolved.PolicyRef {
+	out := make([]resolved.PolicyRef, 0, len(s.policies))
+	for _, p := range s.policies {
+		out = append(out, p.cp.ref)
+	}
+	sort.Slice(out, func(i, j int) bool { return policyKey(out[i]) < policyKey(out[j]) })
+	return out
+}
+
+// Learn records that a DNS name resolved to addresses (what the DNS proxy
+// saw): each address gets a local identity of its host prefix, labelled
+// like a CIDR identity, and joins the toFQDNs selectors whose names match.
+// Learning is additive; Forget removes a name.
+func (r *Repository) Learn(name string, addrs ...netip.Addr) (Change, error) {
+	name = normalizeName(name)
+	if name == "" {
+		return Change{}, fmt.Errorf("learn FQDN: empty name")
+	}
+	for _, a := range addrs {
+		if !a.IsValid() {
+			return Change{}, fmt.Errorf("learn FQDN %s: invalid address", name)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.run([]op{{0, func() {
+		set := r.fqdn.ips[name]
+		if set == nil {
+			set = map[netip.Addr]struct{}{}
+			r.fqdn.ips[name] = set
+		}
+		for _, a := range addrs {
+			a = a.Unmap()
+			set[a] = struct{}{}
+			if _, ok := r.fqdn.idOfIP[a]; ok {
+				continue
+			}
+			p := netip.PrefixFrom(a, a.BitLen())
+			id, created, err := r.alloc.AllocateCIDR(p)
+			if err != nil {
+				continue // fail closed: the address stays world
+			}
+			r.registerIdentity(id, identity.CIDRLabels(p), created)
+			r.fqdn.idOfIP[a] = id
+			r.markIPCache()
+		}
+		r.sels.refreshFQDN(r.fqdn)
+	}}}), nil
+}
+
+// Forget removes what was learned for a name; addresses no other name
+// resolves to leave the ipcache.
+func (r *Repository) Forget(name string) Change {
+	name = normalizeName(name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.run([]op{{0, func() {
+		if _, ok := r.fqdn.ips[name]; !ok {
+			return
+		}
+		delete(r.fqdn.ips, name)
+		used := map[netip.Addr]bool{}
+		for _, set := range r.fqdn.ips {
+			for a := range set {
+				used[a] = true
+			}
+		}
+		for a := range r.fqdn.idOfIP {
+			if !used[a] {
+				delete(r.fqdn.idOfIP, a)
+				r.markIPCache()
+			}
+		}
+		r.sels.refreshFQDN(r.fqdn)
+	}}})
+}

@@ -1,0 +1,108 @@
+package validate
+
+import (
+	"strings"
+	"testing"
+)
+
+const podsDemo = `apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  containers: [{name: c, image: x}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: demo}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: c, image: x}]
+`
+
+func lintRules(t *testing.T, doc string) []Finding {
+	t.Helper()
+	var out []Finding
+	for _, f := range run(t, doc, Options{}) {
+		if strings.HasPrefix(f.Rule, "lint/") {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func hasLint(fs []Finding, rule, field, msg string) bool {
+	for _, f := range fs {
+		if f.Rule == rule && f.Severity == Warning && f.Field == field && strings.Contains(f.Message, msg) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestLint(t *testing.T) {
+	tests := []struct {
+		name, doc        string
+		rule, field, msg string
+		want             bool
+	}{
+		// Lint a: shadowed except.
+		{"except shadowed by toCIDR", cnp("endpointSelector: {}\negress:\n- toCIDR: [0.0.0.0/0]\n- toCIDRSet:\n  - cidr: 0.0.0.0/0\n    except: [10.0.0.0/8]\n"),
+			"lint/cidr-except-shadowed", "spec.egress[1].toCIDRSet[0].except", "allows all egress", true},
+		{"except shadowed by world", cnp("endpointSelector: {}\ningress:\n- fromEntities: [world]\n- fromCIDRSet:\n  - cidr: 10.0.0.0/8\n    except: [10.1.0.0/16]\n"),
+			"lint/cidr-except-shadowed", "spec.ingress[1].fromCIDRSet[0].except", "fromEntities world", true},
+		{"except shadowed by narrower allow", cnp("endpointSelector: {}\negress:\n- toCIDR: [10.1.0.0/16]\n- toCIDRSet:\n  - cidr: 10.0.0.0/8\n    except: [10.1.2.0/24]\n"),
+			"lint/cidr-except-shadowed", "spec.egress[1].toCIDRSet[0].except", "has no effect", true},
+		{"except not shadowed", cnp("endpointSelector: {}\negress:\n- toCIDR: [192.168.0.0/16]\n- toCIDRSet:\n  - cidr: 0.0.0.0/0\n    except: [10.0.0.0/8]\n"),
+			"lint/cidr-except-shadowed", "spec.egress[1].toCIDRSet[0].except", "", false},
+		// Lint b: selects nothing.
+		{"subject selects nothing", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: nope}\n"),
+			"lint/selects-nothing", "spec.endpointSelector", "matches no pod", true},
+		{"peer selects nothing", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\ningress:\n- fromEndpoints:\n  - matchLabels: {app: nope}\n"),
+			"lint/selects-nothing", "spec.ingress[0].fromEndpoints[0]", "matches no pod", true},
+		{"deployment pods count", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: api}\n"),
+			"lint/selects-nothing", "spec.endpointSelector", "", false},
+		{"other namespace unknown", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\ningress:\n- fromEndpoints:\n  - matchLabels: {k8s:io.kubernetes.pod.namespace: other, app: x}\n"),
+			"lint/selects-nothing", "spec.ingress[0].fromEndpoints[0]", "", false},
+		{"no pods no lint", cnp("endpointSelector:\n  matchLabels: {app: nope}\n"),
+			"lint/selects-nothing", "spec.endpointSelector", "", false},
+		{"netpol selects nothing", podsDemo + "---\n" + netpol("podSelector:\n  matchLabels: {app: nope}\n"),
+			"lint/selects-nothing", "spec.podSelector", "matches no pod", true},
+		// Lint d: FQDN without DNS.
+		{"fqdn without dns", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\negress:\n- toFQDNs:\n  - matchName: api.github.com\n"),
+			"lint/fqdn-without-dns", "spec.egress[0].toFQDNs", "demo/web", true},
+		{"fqdn with dns", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\negress:\n- toFQDNs:\n  - matchName: api.github.com\n- toEndpoints:\n  - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}\n  toPorts:\n  - ports: [{port: \"53\", protocol: ANY}]\n"),
+			"lint/fqdn-without-dns", "spec.egress[0].toFQDNs", "", false},
+		{"fqdn with netpol dns", podsDemo + "---\n" + netpol("podSelector: {}\npolicyTypes: [Egress]\negress:\n- to:\n  - namespaceSelector:\n      matchLabels: {kubernetes.io/metadata.name: kube-system}\n  ports:\n  - {port: 53, protocol: UDP}\n") + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\negress:\n- toFQDNs:\n  - matchName: api.github.com\n"),
+			"lint/fqdn-without-dns", "spec.egress[0].toFQDNs", "", false},
+		{"fqdn dns over tcp only", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\negress:\n- toFQDNs:\n  - matchName: api.github.com\n- toEntities: [cluster]\n  toPorts:\n  - ports: [{port: \"53\", protocol: TCP}]\n"),
+			"lint/fqdn-without-dns", "spec.egress[0].toFQDNs", "UDP 53", true},
+		{"http host without dns, no pods", cnp("endpointSelector: {}\negress:\n- toEntities: [world]\n  toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules:\n      http:\n      - host: example.com\n"),
+			"lint/fqdn-without-dns", "spec.egress[0].toPorts[0].rules.http[0].host", "no egress rule in the input allows DNS", true},
+		// Lint e: claims deny.
+		{"description claims deny", cnp("description: Block traffic to the database\nendpointSelector: {}\ningress:\n- fromEntities: [cluster]\n"),
+			"lint/claims-deny", "spec.description", "only allow rules", true},
+		{"annotation claims deny", strings.Replace(cnp("endpointSelector: {}\ningress:\n- fromEntities: [cluster]\n"), "  namespace: demo\n", "  namespace: demo\n  annotations:\n    description: deny all from world\n", 1),
+			"lint/claims-deny", "metadata.annotations[description]", "only allow rules", true},
+		{"deny with deny section", cnp("description: deny world\nendpointSelector: {}\ningressDeny:\n- fromEntities: [world]\n"),
+			"lint/claims-deny", "spec.description", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := lintRules(t, tt.doc)
+			got := hasLint(fs, tt.rule, tt.field, tt.msg)
+			if got != tt.want {
+				var lines []string
+				for _, f := range fs {
+					lines = append(lines, f.String())
+				}
+				t.Errorf("lint %s at %s present=%v, want %v; lints:\n%s", tt.rule, tt.field, got, tt.want, strings.Join(lines, "\n"))
+			}
+		})
+	}
+}

@@ -1,0 +1,62 @@
+package validate
+
+import (
+	"strings"
+
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/policy/api"
+)
+
+// Object validates one decoded object.
+func Object(o *manifest.Object) []Finding {
+	r := &reporter{obj: o}
+	if u, ok := o.Obj.(*manifest.Unsupported); ok {
+		r.add(Info, "unsupported", nil, "%s", u.Note)
+		return r.out
+	}
+	validateMeta(r, o)
+	switch v := o.Obj.(type) {
+	case *networkingv1.NetworkPolicy:
+		validateNetworkPolicy(r, v)
+	case api.Policy:
+		validateCiliumPolicy(r, v)
+		bulwarkUnsupported(r, v)
+	}
+	return r.out
+}
+
+func validateMeta(r *reporter, o *manifest.Object) {
+	meta := field.NewPath("metadata")
+	if o.Name == "" {
+		r.errorf("metadata", meta.Child("name"), "required")
+	} else {
+		check := validation.IsDNS1123Subdomain
+		if o.Kind == "Namespace" || o.Kind == "Service" {
+			check = validation.IsDNS1123Label
+		}
+		for _, msg := range check(o.Name) {
+			r.errorf("metadata", meta.Child("name"), "invalid name %q: %s", o.Name, msg)
+		}
+	}
+	if o.Namespace != "" {
+		for _, msg := range validation.IsDNS1123Label(o.Namespace) {
+			r.errorf("metadata", meta.Child("namespace"), "invalid namespace %q: %s", o.Namespace, msg)
+		}
+	}
+	if m, ok := o.Obj.(interface{ GetLabels() map[string]string }); ok {
+		r.fieldErrors("metadata", metav1validation.ValidateLabels(m.GetLabels(), meta.Child("labels")))
+	}
+}
+
+// labelKeyErrors validates a normalised label key.
+func labelKeyErrors(key string) []string {
+	return validation.IsQualifiedName(key)
+}
+
+func joinMsgs(msgs []string) string { return strings.Join(msgs, "; ") }
