@@ -56,6 +56,7 @@ struct pkt {
 	__u8 is_ipv6;
 	__u8 icmp_kind; /* 0 not ICMP, 1 echo request, 2 echo reply, 3 other */
 	__u16 icmp_typecode;
+	__u32 inner_off; /* ICMP error: offset of the quoted IP header, else 0 */
 };
 
 #define ICMP_NONE 0
@@ -120,6 +121,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 			p->icmp_kind = ICMP_ECHO_REPLY;
 		else
 			p->icmp_kind = ICMP_OTHER;
+		/* errors quote the packet that caused them: destination
+		 * unreachable (incl. fragmentation needed / packet too big), time
+		 * exceeded, parameter problem */
+		if ((p->proto == IPPROTO_ICMP && (type == 3 || type == 11 || type == 12)) ||
+		    (p->proto == IPPROTO_ICMPV6 && type >= 1 && type <= 4))
+			p->inner_off = off + 8;
 		if (p->icmp_kind != ICMP_OTHER) {
 			/* the echo id stands for both ports */
 			__builtin_memcpy(&p->sport, &hdr[4], 2);
@@ -389,6 +396,48 @@ static __always_inline void redirect_to_proxy(struct __sk_buff *skb, __u16 proxy
 	skb->mark = ((__u32)proxy_port << 16) | PROXY_MARK_MAGIC;
 }
 
+/* icmp_error_related reports whether an ICMP error quotes a packet of a
+ * flow tracked on this interface in the other direction: the quoted packet
+ * is the flow's original direction as this endpoint sent it, so its tuple
+ * is the conntrack key as is. Such errors (e.g. fragmentation needed) pass. */
+static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex,
+					      __u8 dir)
+{
+	struct bw_ct_key k = { .ifindex = ifindex };
+	__u32 l4off;
+	if (!p->is_ipv6) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, p->inner_off, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+			return 0;
+		k.saddr[10] = k.saddr[11] = 0xff;
+		k.daddr[10] = k.daddr[11] = 0xff;
+		__builtin_memcpy(&k.saddr[12], &ip.saddr, 4);
+		__builtin_memcpy(&k.daddr[12], &ip.daddr, 4);
+		k.proto = ip.protocol;
+		l4off = p->inner_off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, p->inner_off, &ip6, sizeof(ip6)) < 0)
+			return 0;
+		__builtin_memcpy(k.saddr, &ip6.saddr, 16);
+		__builtin_memcpy(k.daddr, &ip6.daddr, 16);
+		k.proto = ip6.nexthdr; /* quoted extension headers: not related */
+		l4off = p->inner_off + sizeof(ip6);
+	}
+	__u8 l4[8];
+	if (bpf_skb_load_bytes(skb, l4off, l4, sizeof(l4)) < 0)
+		return 0;
+	if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6) {
+		__builtin_memcpy(&k.sport, &l4[4], 2); /* quoted echo: id */
+		k.dport = k.sport;
+	} else {
+		__builtin_memcpy(&k.sport, &l4[0], 2);
+		__builtin_memcpy(&k.dport, &l4[2], 2);
+	}
+	struct bw_ct_entry *ct = bpf_map_lookup_elem(&bw_conntrack, &k);
+	return ct && ct->dir != dir;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 {
 	struct pkt p = {};
@@ -471,6 +520,11 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		} else {
 			count(dir, BW_CODE_FORWARDED, skb->len);
 		}
+		return TC_ACT_OK;
+	}
+
+	if (p.inner_off && icmp_error_related(skb, &p, ifindex, dir)) {
+		count(dir, BW_CODE_FORWARDED, skb->len);
 		return TC_ACT_OK;
 	}
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/metrics"
 )
 
 // DecodeDocuments decodes every document and, with validate, checks it as
@@ -63,8 +65,10 @@ func (a *Agent) Delete(ctx context.Context, req agentapi.ApplyRequest) (agentapi
 }
 
 func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool) (agentapi.ApplyResponse, error) {
+	start := time.Now()
 	objs, err := DecodeDocuments(req.Documents, !del)
 	if err != nil {
+		a.countPolicyChange(false)
 		return agentapi.ApplyResponse{}, &agentapi.UserError{Err: err}
 	}
 	a.mu.Lock()
@@ -89,6 +93,7 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 	// engine cannot resolve is refused, never half-applied.
 	if p.changed {
 		if err := a.node.check(p.set()); err != nil {
+			a.countPolicyChange(false)
 			return agentapi.ApplyResponse{}, &agentapi.UserError{Err: fmt.Errorf("rejected, nothing changed: %w", err)}
 		}
 	}
@@ -103,7 +108,33 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 		return agentapi.ApplyResponse{}, fmt.Errorf("stored, but not yet in force: %w", err)
 	}
 	resp.Revision = a.node.revision()
+	if p.changed {
+		a.countPolicyChange(true)
+		if m := a.metrics(); m != nil {
+			m.PolicyImplementationDelay(time.Since(start))
+		}
+	}
 	return resp, nil
+}
+
+func (a *Agent) metrics() *metrics.Metrics {
+	if a.node == nil || a.node.events == nil {
+		return nil
+	}
+	return a.node.events.metrics
+}
+
+func (a *Agent) countPolicyChange(ok bool) {
+	m := a.metrics()
+	if m == nil {
+		return
+	}
+	if ok {
+		m.PolicyChange("success")
+		return
+	}
+	m.PolicyImportError()
+	m.PolicyChange("failure")
 }
 
 // errNotReady is reported when the node is not open.

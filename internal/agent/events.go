@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"net"
 	"net/netip"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/metrics"
 	"github.com/bulwark-net/bulwark/internal/observer"
 	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
@@ -20,6 +22,7 @@ type eventPump struct {
 	hubbleAddr  string
 	hubbleSock  string
 	metricsAddr string
+	metrics     *metrics.Metrics
 	errors      []string
 }
 
@@ -29,7 +32,28 @@ type eventPump struct {
 func startEventPump(ctx context.Context, n *node, o Options) *eventPump {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &eventPump{cancel: cancel, done: make(chan struct{})}
-	obs, err := observer.New(observer.Options{NodeName: n.paths.Instance, Resolver: resolver{n}})
+	m, err := metrics.New(metrics.Options{CiliumCompat: true, Datapath: datapathMetrics{n.dp}, State: agentMetricsState{n}})
+	if err != nil {
+		p.errors = append(p.errors, err.Error())
+		close(p.done)
+		return p
+	}
+	p.metrics = m
+	if o.MetricsAddr != "" {
+		l, err := net.Listen("tcp", o.MetricsAddr)
+		if err != nil {
+			p.errors = append(p.errors, "metrics: "+err.Error())
+			n.log.Error("metrics server", "err", err)
+		} else {
+			p.metricsAddr = l.Addr().String()
+			go func() {
+				if err := m.ServeListener(ctx, l); err != nil {
+					n.log.Error("metrics server", "err", err)
+				}
+			}()
+		}
+	}
+	obs, err := observer.New(observer.Options{NodeName: n.paths.Instance, Resolver: resolver{n}, Sinks: []observer.FlowSink{m}})
 	if err != nil {
 		p.errors = append(p.errors, "observer: "+err.Error())
 		close(p.done)

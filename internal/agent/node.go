@@ -308,6 +308,10 @@ func (n *node) check(set *manifest.Set) error {
 
 func podKey(ns, name string) string { return ns + "/" + name }
 
+func endpointKeyOf(ns, name string) policy.EndpointKey {
+	return policy.EndpointKey{Namespace: ns, Name: name}
+}
+
 func endpointKey(p sandbox.PodInfo) policy.EndpointKey {
 	return policy.EndpointKey{Namespace: p.Namespace, Name: p.Name}
 }

@@ -13,6 +13,7 @@ import (
 // newExecCmd is `bulwark exec`: run a host command inside a sandbox pod.
 func newExecCmd() *cobra.Command {
 	var instance, namespace string
+	var stdin, tty bool
 	cmd := &cobra.Command{
 		Use:   "exec [-n NAMESPACE] POD|deploy/NAME -- COMMAND [ARGS...]",
 		Short: "Run a command inside a sandbox pod (its network, DNS and service translation)",
@@ -45,6 +46,10 @@ command's exit status is passed through. Works without a running agent.`,
 	}
 	cmd.Flags().StringVar(&instance, "instance", sandbox.DefaultInstance, "sandbox instance")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "pod namespace")
+	// kubectl's -i/-t are accepted so its commands paste unchanged: stdin
+	// and the controlling terminal are always passed through as they are.
+	cmd.Flags().BoolVarP(&stdin, "stdin", "i", false, "accepted for kubectl compatibility (stdin is always attached)")
+	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "accepted for kubectl compatibility (the terminal is passed through)")
 	return cmd
 }
 

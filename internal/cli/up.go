@@ -28,22 +28,28 @@ func newUpCmd() *cobra.Command {
 	var hubble, metrics string
 	cmd := &cobra.Command{
 		Use:   "up -f FILE|DIR...",
-		Short: "Start a sandbox running the given workloads and policies",
+		Short: "Start a sandbox running the given workloads and policies (without -f: restart a stopped instance's agent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			stderr := cmd.ErrOrStderr()
-			docs, err := readDocuments(cmd.InOrStdin(), files, true)
-			if err != nil {
-				fmt.Fprintln(stderr, err)
-				fmt.Fprintln(stderr, "nothing was started")
-				return &ExitError{Code: 1}
-			}
-			if os.Geteuid() != 0 {
-				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF)")
-			}
 			p, err := inst.paths()
 			if err != nil {
 				return err
+			}
+			// Without -f, up resumes an instance whose agent stopped: the
+			// agent recovers its objects from the state directory.
+			var docs []agentapi.Document
+			if len(files) > 0 {
+				if docs, err = readDocuments(cmd.InOrStdin(), files, true); err != nil {
+					fmt.Fprintln(stderr, err)
+					fmt.Fprintln(stderr, "nothing was started")
+					return &ExitError{Code: 1}
+				}
+			} else if _, err := os.Stat(p.Objects); err != nil {
+				return fmt.Errorf("no input: give -f FILE|DIR (instance %q has no saved state to resume)", p.Instance)
+			}
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF)")
 			}
 			if pid, _ := agent.RunningPID(p); pid != 0 {
 				fmt.Fprintf(stderr, "instance %q is already running (agent pid %d, socket %s)\n", p.Instance, pid, p.Socket)
@@ -69,11 +75,13 @@ func newUpCmd() *cobra.Command {
 			if err := waitForAgent(ctx, c, agentDone, p); err != nil {
 				return err
 			}
-			resp, err := c.Apply(ctx, agentapi.ApplyRequest{Documents: docs})
-			if err != nil {
-				return fmt.Errorf("apply: %w", err)
+			if len(docs) > 0 {
+				resp, err := c.Apply(ctx, agentapi.ApplyRequest{Documents: docs})
+				if err != nil {
+					return fmt.Errorf("apply: %w", err)
+				}
+				printChanges(cmd.OutOrStdout(), resp.Changes)
 			}
-			printChanges(cmd.OutOrStdout(), resp.Changes)
 			st, err := waitReady(ctx, c, wait, agentDone)
 			if err != nil {
 				return err

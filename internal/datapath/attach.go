@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -268,4 +269,19 @@ func (dp *Datapath) writeEndpoint(es *endpointState) error {
 		return fmt.Errorf("write endpoint record: %w", err)
 	}
 	return nil
+}
+
+// Endpoints lists the attached endpoints, including those adopted from a
+// previous agent's pins (NetNSPath is then unknown until AttachEndpoint
+// is called again), sorted by ID. An agent reconciles them on start:
+// attach the ones it knows, detach the rest.
+func (dp *Datapath) Endpoints() []Endpoint {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	out := make([]Endpoint, 0, len(dp.endpoints))
+	for _, es := range dp.endpoints {
+		out = append(out, es.ep)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }

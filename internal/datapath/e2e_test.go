@@ -13,12 +13,12 @@ import (
 )
 
 const (
-	e2eIDA identity.NumericIdentity = 5001
-	e2eIDB identity.NumericIdentity = 5002
-	e2eIDC identity.NumericIdentity = 5003
-	e2eSelA resolved.SelectorID     = 11
-	e2eSelB resolved.SelectorID     = 12
-	e2eSelC resolved.SelectorID     = 13
+	e2eIDA  identity.NumericIdentity = 5001
+	e2eIDB  identity.NumericIdentity = 5002
+	e2eIDC  identity.NumericIdentity = 5003
+	e2eSelA resolved.SelectorID      = 11
+	e2eSelB resolved.SelectorID      = 12
+	e2eSelC resolved.SelectorID      = 13
 )
 
 // e2eState: B admits A on TCP 8080 and UDP 5353 (and ICMP when ping is
@@ -212,6 +212,9 @@ func TestE2EAgentRestartKeepsEnforcement(t *testing.T) {
 	// Agent starts again and adopts.
 	dp2 := openE2E(t, pin, false)
 	t.Cleanup(func() { dp2.Destroy() })
+	if eps := dp2.Endpoints(); len(eps) != 2 || eps[0].IfIndex != tp.pods[0].hostIndex || eps[1].Identity != e2eIDB {
+		t.Fatalf("adopted endpoints: %+v", eps)
+	}
 	attachAll(t, dp2, tp)
 	if err := dp2.Sync(st); err != nil {
 		t.Fatal(err)
@@ -222,6 +225,9 @@ func TestE2EAgentRestartKeepsEnforcement(t *testing.T) {
 	if c2, err := tp.dialTCP(0, 1, 8081); err == nil {
 		c2.Close()
 		t.Fatal("enforcement lapsed after the restart")
+	}
+	if p := dp2.MapPressure(); p["policy"] <= 0 || p["endpoints"] <= 0 {
+		t.Fatalf("map pressure: %v", p)
 	}
 	// Re-attaching adopted the pinned links instead of stacking new ones.
 	err = inNetNS(nsPath(tp.node), func() error {
@@ -286,5 +292,42 @@ func TestE2ENewPodFailsClosedUntilPolicy(t *testing.T) {
 	if c, err := tp.dialTCP(1, 2, 8080); err == nil {
 		c.Close()
 		t.Fatal("B reached C although only A is allowed")
+	}
+}
+
+func TestE2EIPv6(t *testing.T) {
+	t.Parallel()
+	tp := newTopology(t, 2)
+	dp := openE2E(t, "/sys/fs/bpf/bulwark-e2e-"+tp.sfx, false)
+	t.Cleanup(func() { dp.Destroy() })
+	attachAll(t, dp, tp)
+	st := e2eState(tp, []uint16{8080}, false)
+	st.IPCache[netip.PrefixFrom(tp.pods[0].addr6, 128)] = e2eIDA
+	st.IPCache[netip.PrefixFrom(tp.pods[1].addr6, 128)] = e2eIDB
+	if err := dp.Sync(st); err != nil {
+		t.Fatal(err)
+	}
+	tp.listenTCP(1, 8080)
+	tp.listenTCP(1, 8081)
+	tp.listenUDP(1, 5353)
+	tp.listenUDP(1, 5354)
+	// Neighbour discovery passes although both pods are default deny.
+	c, err := tp.dialTCPTo(0, netip.AddrPortFrom(tp.pods[1].addr6, 8080))
+	if err != nil {
+		t.Fatalf("allowed TCP over IPv6: %v", err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "v6"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := tp.dialTCPTo(0, netip.AddrPortFrom(tp.pods[1].addr6, 8081)); err == nil {
+		c.Close()
+		t.Fatal("TCP over IPv6 to a port without allow connected")
+	}
+	if err := tp.udpExchangeTo(0, netip.AddrPortFrom(tp.pods[1].addr6, 5353)); err != nil {
+		t.Fatalf("allowed UDP over IPv6: %v", err)
+	}
+	if err := tp.udpExchangeTo(0, netip.AddrPortFrom(tp.pods[1].addr6, 5354)); err == nil {
+		t.Fatal("UDP over IPv6 to a port without allow answered")
 	}
 }

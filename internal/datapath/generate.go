@@ -1,9 +1,38 @@
 // Package datapath loads Bulwark's eBPF programs and maps, attaches them to
 // pod interfaces and keeps the maps in sync with the resolved policy.
 //
-// The BPF objects are compiled from bpf/datapath.c by bpf2go; the generated
-// bpf_bpfel.go and bpf_bpfel.o are committed so that `go build` needs no
-// clang. Regenerate with `go generate ./internal/datapath`.
+// Programs (bpf/datapath.c, one body for both directions):
+// bulwark_from_pod runs at tc/TCX ingress of a pod's host-side veth (the
+// pod's egress), bulwark_to_pod at its egress (the pod's ingress). TCX is
+// used where the kernel has it, clsact + cls_bpf otherwise.
+//
+// Policy lookup, "entries as a sum": the peer's identity is looked up in the
+// ipcache (LPM, miss = world); its selector list (the peer selectors it
+// belongs to that some table references, at most MaxSelectorsPerIdentity)
+// is walked, and for each selector one LPM lookup keyed {table, selector,
+// dir, proto, port} with the port as the LPM tail (a second one under
+// proto 0 when the protocol has no entries of its own). Compile merges
+// overlapping entries per (selector, proto) into disjoint port segments with
+// their combined verdict (deny > redirect > allow), so the longest prefix
+// already holds the right answer. The table size is entries + port-prefix
+// splits, independent of how many identities a selector matches; the
+// membership costs one list per identity. Only new flows pay: conntrack
+// decides the rest, and revalidates a flow when the policy revision moved.
+//
+// Redirect verdicts set skb->mark to ProxyMark(port) and pass the packet;
+// the L7 proxy's TPROXY rule matches that mark.
+//
+// The BPF objects are compiled by bpf2go; the generated bpf_bpfel.go and
+// bpf_bpfel.o are committed so that `go build` needs no clang. Regenerate
+// with `go generate ./internal/datapath`.
 package datapath
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror" -type bw_endpoint -type bw_ipcache_key -type bw_ipcache_value -type bw_selector_list -type bw_policy_key -type bw_policy_value -type bw_ct_key -type bw_ct_entry -type bw_config -type bw_metric -type bw_event bpf ../../bpf/datapath.c -- -I/usr/include/x86_64-linux-gnu -I../../bpf
+
+// ProxyMarkMagic marks a packet the datapath redirects to the L7 proxy
+// (PROXY_MARK_MAGIC in bpf/datapath.c); the proxy port is in the upper 16
+// bits of the mark.
+const ProxyMarkMagic = 0x0200
+
+// ProxyMark is the skb mark of a packet redirected to the proxy on port.
+func ProxyMark(port uint16) uint32 { return uint32(port)<<16 | ProxyMarkMagic }

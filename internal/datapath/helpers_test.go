@@ -90,6 +90,7 @@ type packet struct {
 	icmpID           uint16
 	ethType          uint16 // set for non-IP frames
 	ipv6NextHdrChain []uint8
+	quote            []byte // ICMP errors: the quoted packet (IP header on)
 }
 
 // frame builds Ethernet + IPv4/IPv6 + L4 by hand (checksums are not
@@ -126,7 +127,11 @@ func (p packet) frame() []byte {
 	default:
 		l4 = make([]byte, 8)
 	}
-	l4 = append(l4, make([]byte, 16)...) // payload
+	if p.quote != nil {
+		l4 = append(l4, p.quote...)
+	} else {
+		l4 = append(l4, make([]byte, 16)...) // payload
+	}
 	if p.src.Is4() {
 		binary.BigEndian.PutUint16(eth[12:], 0x0800)
 		ip := make([]byte, 20)

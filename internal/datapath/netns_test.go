@@ -20,15 +20,16 @@ import (
 // has routes only to the other pods' subnets, forwarding is on in the node
 // namespace only.
 type topology struct {
-	t     testing.TB
-	sfx   string
-	node  string // netns name
-	pods  []*testPod
+	t    testing.TB
+	sfx  string
+	node string // netns name
+	pods []*testPod
 }
 
 type testPod struct {
 	ns        string
 	addr      netip.Addr
+	addr6     netip.Addr
 	hostIf    string
 	hostIndex int
 }
@@ -57,11 +58,12 @@ func newTopology(t testing.TB, n int) *topology {
 	sh(t, "ip", "netns", "add", tp.node)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", tp.node).Run() })
 	sh(t, "ip", "-n", tp.node, "link", "set", "lo", "up")
-	sh(t, "ip", "netns", "exec", tp.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	sh(t, "ip", "netns", "exec", tp.node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	for i := 1; i <= n; i++ {
 		p := &testPod{
 			ns:     fmt.Sprintf("bwp%d-%s", i, tp.sfx),
 			addr:   netip.MustParseAddr(fmt.Sprintf("10.200.%d.2", i)),
+			addr6:  netip.MustParseAddr(fmt.Sprintf("fd00:200:%d::2", i)),
 			hostIf: fmt.Sprintf("bwh%d%s", i, tp.sfx),
 		}
 		sh(t, "ip", "netns", "add", p.ns)
@@ -72,6 +74,8 @@ func newTopology(t testing.TB, n int) *topology {
 		sh(t, "ip", "-n", tp.node, "addr", "add", fmt.Sprintf("10.200.%d.1/24", i), "dev", p.hostIf)
 		sh(t, "ip", "-n", tp.node, "link", "set", p.hostIf, "up")
 		sh(t, "ip", "-n", p.ns, "addr", "add", fmt.Sprintf("10.200.%d.2/24", i), "dev", "eth0")
+		sh(t, "ip", "-n", tp.node, "addr", "add", fmt.Sprintf("fd00:200:%d::1/64", i), "dev", p.hostIf, "nodad")
+		sh(t, "ip", "-n", p.ns, "addr", "add", fmt.Sprintf("fd00:200:%d::2/64", i), "dev", "eth0", "nodad")
 		sh(t, "ip", "-n", p.ns, "link", "set", "eth0", "up")
 		out := sh(t, "ip", "netns", "exec", tp.node, "cat", "/sys/class/net/"+p.hostIf+"/ifindex")
 		if _, err := fmt.Sscanf(strings.TrimSpace(out), "%d", &p.hostIndex); err != nil || p.hostIndex <= 0 {
@@ -83,6 +87,7 @@ func newTopology(t testing.TB, n int) *topology {
 		for j := range tp.pods {
 			if i != j {
 				sh(t, "ip", "-n", p.ns, "route", "add", fmt.Sprintf("10.200.%d.0/24", j+1), "via", fmt.Sprintf("10.200.%d.1", i+1))
+				sh(t, "ip", "-n", p.ns, "-6", "route", "add", fmt.Sprintf("fd00:200:%d::/64", j+1), "via", fmt.Sprintf("fd00:200:%d::1", i+1))
 			}
 		}
 	}
@@ -94,13 +99,14 @@ func (tp *topology) endpoint(i int, id uint32) Endpoint {
 	return Endpoint{ID: id, IfIndex: p.hostIndex, NetNSPath: nsPath(tp.node)}
 }
 
-// listenTCP serves a line echo on port inside the pod namespace.
+// listenTCP serves a line echo on port inside the pod namespace (IPv4
+// and IPv6).
 func (tp *topology) listenTCP(i int, port int) {
 	t := tp.t
 	var ln net.Listener
 	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
 		var err error
-		ln, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
 		return err
 	})
 	if err != nil {
@@ -136,7 +142,7 @@ func (tp *topology) listenUDP(i int, port int) {
 	var pc net.PacketConn
 	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
 		var err error
-		pc, err = net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", port))
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
 		return err
 	})
 	if err != nil {
@@ -155,12 +161,17 @@ func (tp *topology) listenUDP(i int, port int) {
 	}()
 }
 
-// dialTCP connects from pod i to pod j; the error is the connect's.
+// dialTCP connects from pod i to pod j over IPv4; the error is the
+// connect's.
 func (tp *topology) dialTCP(i, j int, port int) (net.Conn, error) {
+	return tp.dialTCPTo(i, netip.AddrPortFrom(tp.pods[j].addr, uint16(port)))
+}
+
+func (tp *topology) dialTCPTo(i int, dst netip.AddrPort) (net.Conn, error) {
 	var c net.Conn
 	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", tp.pods[j].addr, port), 1500*time.Millisecond)
+		c, err = net.DialTimeout("tcp", dst.String(), 1500*time.Millisecond)
 		return err
 	})
 	return c, err
@@ -184,17 +195,21 @@ func roundTrip(c net.Conn, msg string) error {
 
 // udpExchange sends one datagram from pod i to pod j and waits for the echo.
 func (tp *topology) udpExchange(i, j int, port int) error {
+	return tp.udpExchangeTo(i, netip.AddrPortFrom(tp.pods[j].addr, uint16(port)))
+}
+
+func (tp *topology) udpExchangeTo(i int, to netip.AddrPort) error {
 	var pc net.PacketConn
 	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
 		var err error
-		pc, err = net.ListenPacket("udp4", "0.0.0.0:0")
+		pc, err = net.ListenPacket("udp", ":0")
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	defer pc.Close()
-	dst := &net.UDPAddr{IP: tp.pods[j].addr.AsSlice(), Port: port}
+	dst := net.UDPAddrFromAddrPort(to)
 	pc.SetDeadline(time.Now().Add(1500 * time.Millisecond))
 	if _, err := pc.WriteTo([]byte("ping"), dst); err != nil {
 		return err

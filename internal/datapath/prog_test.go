@@ -1,11 +1,14 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"reflect"
 	"testing"
 	"unsafe"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -536,3 +539,61 @@ func TestRangeToPrefixes(t *testing.T) {
 		}
 	}
 }
+
+func TestICMPErrorsOfTrackedFlowsPass(t *testing.T) {
+	dp, _ := setupFixture(t)
+	for _, v6 := range []bool{false, true} {
+		src, peer := podAddr, peerC
+		proto, errType := resolved.ProtoICMP, uint8(3)
+		if v6 {
+			src, peer = podAddr6, netip.MustParseAddr("fd00::3")
+			proto, errType = resolved.ProtoICMPv6, 1
+		}
+		out := packet{src: src, dst: peer, proto: resolved.ProtoUDP, sport: flowPort(), dport: 9999}
+		if run(t, dp, resolved.Egress, out) != tcActOK {
+			t.Fatal("egress UDP dropped")
+		}
+		quoted := out.frame()[14:]
+		related := packet{src: peer, dst: src, proto: proto, icmpType: errType, quote: quoted}
+		if run(t, dp, resolved.Ingress, related) != tcActOK {
+			t.Fatalf("v6=%v: ICMP error quoting a tracked flow dropped", v6)
+		}
+		other := out
+		other.dport = 9998
+		unrelated := packet{src: peer, dst: src, proto: proto, icmpType: errType, quote: other.frame()[14:]}
+		if run(t, dp, resolved.Ingress, unrelated) != tcActShot {
+			t.Fatalf("v6=%v: ICMP error quoting an unknown flow passed", v6)
+		}
+	}
+}
+
+func TestRedirectSetsProxyMark(t *testing.T) {
+	dp, _ := setupFixture(t)
+	p := packet{src: peerA, dst: podAddr, proto: resolved.ProtoTCP, sport: flowPort(), dport: 9090, tcpFlags: 0x02}
+	ctxIn := make([]byte, skbCtxSize)
+	ctxOut := make([]byte, skbCtxSize)
+	for i, want := range []uint32{ProxyMark(15001), ProxyMark(15001)} { // new flow, then established
+		ret, err := dp.objs.BulwarkToPod.Run(&ebpf.RunOptions{Data: p.frame(), Context: ctxIn, ContextOut: ctxOut})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ret != tcActOK {
+			t.Fatalf("packet %d: verdict %d", i, ret)
+		}
+		if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark != want {
+			t.Fatalf("packet %d: mark %#x, want %#x", i, mark, want)
+		}
+		p.tcpFlags = 0x10
+	}
+	// A plain allow leaves the mark alone.
+	p = packet{src: peerA, dst: podAddr, proto: resolved.ProtoTCP, sport: flowPort(), dport: 80, tcpFlags: 0x02}
+	if _, err := dp.objs.BulwarkToPod.Run(&ebpf.RunOptions{Data: p.frame(), Context: ctxIn, ContextOut: ctxOut}); err != nil {
+		t.Fatal(err)
+	}
+	if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark != 0 {
+		t.Fatalf("allow set mark %#x", mark)
+	}
+}
+
+// skbCtxSize is sizeof(struct __sk_buff) (mark at offset 8).
+const skbCtxSize = 192

@@ -34,9 +34,10 @@ func (dp *Datapath) Sync(st State) error {
 }
 
 type pendingSwitch struct {
-	es    *endpointState
-	gen   uint32
-	flags uint32
+	es       *endpointState
+	gen      uint32
+	flags    uint32
+	identity identity.NumericIdentity
 }
 
 func (dp *Datapath) syncLocked(st State) error {
@@ -88,9 +89,13 @@ func (dp *Datapath) syncLocked(st State) error {
 		ce := c.Endpoints[id]
 		if ce == nil {
 			if es.flags != 0 {
-				switches = append(switches, pendingSwitch{es, es.gen, 0})
+				switches = append(switches, pendingSwitch{es, es.gen, 0, es.ep.Identity})
 			}
 			continue
+		}
+		ident := es.ep.Identity
+		if ce.Identity != 0 {
+			ident = ce.Identity // the policy's identity is the endpoint's
 		}
 		flags := uint32(epFlagReady)
 		if ce.EnforceIngress {
@@ -102,8 +107,8 @@ func (dp *Datapath) syncLocked(st State) error {
 		activeTID := id<<1 | es.gen
 		want := tableEntries(id<<1, ce)
 		if es.flags&epFlagReady != 0 && sameTable(loaded[activeTID], want) {
-			if es.flags != flags {
-				switches = append(switches, pendingSwitch{es, es.gen, flags})
+			if es.flags != flags || es.ep.Identity != ident {
+				switches = append(switches, pendingSwitch{es, es.gen, flags, ident})
 			}
 			continue
 		}
@@ -118,7 +123,7 @@ func (dp *Datapath) syncLocked(st State) error {
 		}
 		if total+len(want) > int(dp.sizes.Policy) {
 			dp.raiseOverflow(id, fmt.Sprintf("policy table needs %d entries, %d of %d in use", len(want), total, dp.sizes.Policy))
-			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow})
+			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
 		}
 		written := make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(want))
@@ -133,12 +138,12 @@ func (dp *Datapath) syncLocked(st State) error {
 		if werr != nil {
 			dp.deletePolicyKeys(written)
 			dp.raiseOverflow(id, fmt.Sprintf("writing policy table: %v", werr))
-			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow})
+			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
 		}
 		total += len(written)
 		loaded[newTID] = written
-		switches = append(switches, pendingSwitch{es, newGen, flags})
+		switches = append(switches, pendingSwitch{es, newGen, flags, ident})
 	}
 
 	// 3. selector lists: union of old and new membership.
@@ -158,7 +163,7 @@ func (dp *Datapath) syncLocked(st State) error {
 
 	// 4. switch endpoints.
 	for _, sw := range switches {
-		sw.es.gen, sw.es.flags = sw.gen, sw.flags
+		sw.es.gen, sw.es.flags, sw.es.ep.Identity = sw.gen, sw.flags, sw.identity
 		if err := dp.writeEndpoint(sw.es); err != nil {
 			return fmt.Errorf("sync: endpoint %d: %w", sw.es.ep.ID, err)
 		}

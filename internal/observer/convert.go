@@ -100,6 +100,8 @@ type converter struct {
 	// policies caches the immutable flow.Policy of each PolicyRef, so the
 	// event path does not rebuild labels for every flow.
 	policies sync.Map // resolved.PolicyRef → *flowpb.Policy
+	// dropTypes shares the event type of each drop reason.
+	dropTypes sync.Map // flowpb.DropReason → *flowpb.CiliumEventType
 }
 
 // toFlow builds the flow of one event. The returned flow is never mutated
@@ -114,7 +116,7 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 		Verdict:  verdictOf(ev.Verdict),
 		Type:     flowpb.FlowType_L3_L4,
 		NodeName: c.nodeName,
-		IsReply:  wrapperspb.Bool(ev.IsReply),
+		IsReply:  isReplyValue[boolIndex(ev.IsReply)],
 		Reply:    ev.IsReply,
 	}
 	if ev.Direction == resolved.Egress {
@@ -158,20 +160,39 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 	return f
 }
 
+// Flows are immutable once built, so values every flow would allocate the
+// same way are shared between flows.
+var (
+	isReplyValue          = [2]*wrapperspb.BoolValue{wrapperspb.Bool(false), wrapperspb.Bool(true)}
+	policyVerdictType     = &flowpb.CiliumEventType{Type: MonitorTypePolicyVerdict}
+	traceToEndpointType   = &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: traceToEndpoint}
+	traceFromEndpointType = &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: traceFromEndpoint}
+)
+
+func boolIndex(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func (c *converter) eventType(ev *event.Event, code flowpb.DropReason) *flowpb.CiliumEventType {
 	switch ev.Type {
 	case event.TypePolicyVerdict:
-		return &flowpb.CiliumEventType{Type: MonitorTypePolicyVerdict}
+		return policyVerdictType
 	case event.TypeTrace:
-		sub := int32(traceToEndpoint)
 		if ev.Direction == resolved.Egress {
-			sub = traceFromEndpoint
+			return traceFromEndpointType
 		}
-		return &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: sub}
+		return traceToEndpointType
 	}
 	// Drops and overflows (an endpoint failing closed) are drop events; as
 	// in Cilium the sub-type is the drop reason code.
-	return &flowpb.CiliumEventType{Type: MonitorTypeDrop, SubType: int32(code)}
+	if t, ok := c.dropTypes.Load(code); ok {
+		return t.(*flowpb.CiliumEventType)
+	}
+	t, _ := c.dropTypes.LoadOrStore(code, &flowpb.CiliumEventType{Type: MonitorTypeDrop, SubType: int32(code)})
+	return t.(*flowpb.CiliumEventType)
 }
 
 func (c *converter) endpoint(ev *event.Event, addr netip.Addr, id identity.NumericIdentity, local bool) *flowpb.Endpoint {

@@ -111,7 +111,9 @@ func TestFlowL4(t *testing.T) {
 		summary string
 	}{
 		{"udp", func(e *event.Event) { e.Proto, e.TCPFlags = resolved.ProtoUDP, 0 },
-			func(f *flowpb.Flow) bool { return f.GetL4().GetUDP().GetDestinationPort() == 8080 && f.GetL4().GetUDP().GetSourcePort() == 43210 }, "UDP"},
+			func(f *flowpb.Flow) bool {
+				return f.GetL4().GetUDP().GetDestinationPort() == 8080 && f.GetL4().GetUDP().GetSourcePort() == 43210
+			}, "UDP"},
 		{"sctp", func(e *event.Event) { e.Proto, e.TCPFlags = resolved.ProtoSCTP, 0 },
 			func(f *flowpb.Flow) bool { return f.GetL4().GetSCTP().GetDestinationPort() == 8080 }, "SCTP"},
 		{"icmpv4 echo", func(e *event.Event) { e.Proto, e.DstPort, e.SrcPort = resolved.ProtoICMP, 8<<8, 77 },

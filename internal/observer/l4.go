@@ -34,15 +34,10 @@ func addrString(a netip.Addr) string {
 func layer4(ev *event.Event) (*flowpb.Layer4, string) {
 	switch ev.Proto {
 	case resolved.ProtoTCP:
-		flags := &flowpb.TCPFlags{
-			FIN: ev.TCPFlags&tcpFIN != 0, SYN: ev.TCPFlags&tcpSYN != 0,
-			RST: ev.TCPFlags&tcpRST != 0, PSH: ev.TCPFlags&tcpPSH != 0,
-			ACK: ev.TCPFlags&tcpACK != 0, URG: ev.TCPFlags&tcpURG != 0,
-			ECE: ev.TCPFlags&tcpECE != 0, CWR: ev.TCPFlags&tcpCWR != 0,
-		}
+		fl := &tcpFlagTable[ev.TCPFlags]
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{
-			SourcePort: uint32(ev.SrcPort), DestinationPort: uint32(ev.DstPort), Flags: flags,
-		}}}, "TCP Flags: " + TCPFlagsString(flags, ", ")
+			SourcePort: uint32(ev.SrcPort), DestinationPort: uint32(ev.DstPort), Flags: fl.flags,
+		}}}, fl.summary
 	case resolved.ProtoUDP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{
 			SourcePort: uint32(ev.SrcPort), DestinationPort: uint32(ev.DstPort),
@@ -65,6 +60,23 @@ func layer4(ev *event.Event) (*flowpb.Layer4, string) {
 	}
 	return nil, "IP protocol " + strconv.Itoa(int(ev.Proto))
 }
+
+// tcpFlagTable holds, for every flags byte, the shared (immutable) flags
+// message and the flow summary.
+var tcpFlagTable = func() (t [256]struct {
+	flags   *flowpb.TCPFlags
+	summary string
+}) {
+	for b := range 256 {
+		f := &flowpb.TCPFlags{
+			FIN: b&tcpFIN != 0, SYN: b&tcpSYN != 0, RST: b&tcpRST != 0, PSH: b&tcpPSH != 0,
+			ACK: b&tcpACK != 0, URG: b&tcpURG != 0, ECE: b&tcpECE != 0, CWR: b&tcpCWR != 0,
+		}
+		t[b].flags = f
+		t[b].summary = "TCP Flags: " + TCPFlagsString(f, ", ")
+	}
+	return t
+}()
 
 // TCPFlagsString lists the set flags in Cilium's order ("SYN, ACK").
 func TCPFlagsString(f *flowpb.TCPFlags, sep string) string {

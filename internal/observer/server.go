@@ -17,6 +17,8 @@ import (
 	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -27,6 +29,10 @@ const (
 	DefaultTCPAddress = "127.0.0.1:4245"
 	DefaultUnixSocket = "/var/run/bulwark/hubble.sock"
 )
+
+// hubbleHealthService is the health-check service name `hubble status` asks
+// about (Cilium's pkg/hubble/api/v1.ObserverServiceName).
+const hubbleHealthService = "hubble.server.Observer"
 
 // followBuffer is how many flows a follow stream may lag behind before it
 // loses flows (and is told so with a LostEvent).
@@ -69,6 +75,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	s := &Server{opts: opts, grpc: grpc.NewServer(), done: make(chan struct{})}
 	observerpb.RegisterObserverServer(s.grpc, s)
 	peerpb.RegisterPeerServer(s.grpc, s)
+	// `hubble status` checks the standard gRPC health service first.
+	hs := health.NewServer()
+	hs.SetServingStatus(hubbleHealthService, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(observerpb.Observer_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(peerpb.Peer_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s.grpc, hs)
 	return s, nil
 }
 

@@ -88,6 +88,13 @@ type Repository struct {
 	byIdentity map[identity.NumericIdentity]map[EndpointKey]struct{}
 	podIPs     map[netip.Addr]EndpointKey
 	policies   map[string]*installedPolicy
+	// policiesByNS indexes policies by namespace ("" for clusterwide): a
+	// namespaced policy's rules only select endpoints of its namespace.
+	policiesByNS map[string]map[string]*installedPolicy
+	idNS         map[identity.NumericIdentity]string // namespace of a pod identity
+	// memo shares resolutions within one update between endpoints with the
+	// same identity and container ports.
+	memo       map[string]*resolved.EndpointPolicy
 	identRules map[identity.NumericIdentity][]*compiledRule
 
 	sels       *selectorCache
@@ -123,6 +130,8 @@ func NewRepository(opts Options) *Repository {
 		byIdentity:    map[identity.NumericIdentity]map[EndpointKey]struct{}{},
 		podIPs:        map[netip.Addr]EndpointKey{},
 		policies:      map[string]*installedPolicy{},
+		policiesByNS:  map[string]map[string]*installedPolicy{},
+		idNS:          map[identity.NumericIdentity]string{},
 		identRules:    map[identity.NumericIdentity][]*compiledRule{},
 		sels:          newSelectorCache(),
 		fqdn:          newFQDNState(),
@@ -273,6 +282,8 @@ func (r *Repository) run(ops []op) Change {
 		keys = append(keys, k)
 	}
 	sortKeys(keys)
+	r.memo = map[string]*resolved.EndpointPolicy{}
+	defer func() { r.memo = nil }()
 	for _, k := range keys {
 		ep, ok := r.endpoints[k]
 		if !ok {
@@ -428,10 +439,12 @@ func (r *Repository) moveIdentity(old, n *Endpoint) {
 			if len(m) == 0 {
 				delete(r.byIdentity, old.Identity)
 				delete(r.identRules, old.Identity)
+				delete(r.idNS, old.Identity)
 			}
 		}
 	}
 	if n != nil {
+		r.idNS[n.Identity] = n.Key.Namespace
 		m := r.byIdentity[n.Identity]
 		if m == nil {
 			m = map[EndpointKey]struct{}{}
@@ -557,6 +570,7 @@ func (r *Repository) setPolicy(cp *compiledPolicy) {
 		ip.selIDs[peer.key] = r.sels.acquire(peer, r.idLabels, r.fqdn)
 	}
 	r.policies[key] = ip
+	r.indexPolicy(key, ip)
 	if old != nil {
 		r.releaseInstalled(old)
 	}
@@ -569,8 +583,42 @@ func (r *Repository) removePolicy(key string) {
 		return
 	}
 	delete(r.policies, key)
+	r.indexPolicy(key, nil)
 	r.releaseInstalled(old)
 	r.updateIdentRules(key, old, nil)
+}
+
+func policyNS(ref resolved.PolicyRef) string {
+	if ref.Kind == KindCCNP {
+		return ""
+	}
+	return ref.Namespace
+}
+
+// indexPolicy sets (ip != nil) or removes the policy in policiesByNS.
+func (r *Repository) indexPolicy(key string, ip *installedPolicy) {
+	var ns string
+	if ip != nil {
+		ns = policyNS(ip.cp.ref)
+	} else if old, ok := r.policies[key]; ok {
+		ns = policyNS(old.cp.ref)
+	} else {
+		for n, m := range r.policiesByNS {
+			if _, ok := m[key]; ok {
+				ns = n
+			}
+		}
+	}
+	m := r.policiesByNS[ns]
+	if ip == nil {
+		delete(m, key)
+		return
+	}
+	if m == nil {
+		m = map[string]*installedPolicy{}
+		r.policiesByNS[ns] = m
+	}
+	m[key] = ip
 }
 
 func (r *Repository) releaseInstalled(ip *installedPolicy) {
@@ -613,7 +661,16 @@ func (r *Repository) releaseCIDR(p netip.Prefix) {
 // updateIdentRules updates the cached rule lists of the identities in use
 // for a replaced policy, and marks their endpoints dirty.
 func (r *Repository) updateIdentRules(key string, old, n *installedPolicy) {
+	ns := ""
+	if old != nil {
+		ns = policyNS(old.cp.ref)
+	} else if n != nil {
+		ns = policyNS(n.cp.ref)
+	}
 	for id, eps := range r.byIdentity {
+		if ns != "" && r.idNS[id] != ns {
+			continue
+		}
 		ls := r.idLabels[id]
 		affected := false
 		if old != nil {
@@ -669,11 +726,16 @@ func (r *Repository) rulesFor(id identity.NumericIdentity) []*compiledRule {
 	}
 	ls := r.idLabels[id]
 	var rules []*compiledRule
-	for _, ip := range r.policies {
-		for _, rule := range ip.cp.rules {
-			if rule.subject.Matches(ls) {
-				rules = append(rules, rule)
+	for _, ns := range []string{"", r.idNS[id]} {
+		for _, ip := range r.policiesByNS[ns] {
+			for _, rule := range ip.cp.rules {
+				if rule.subject.Matches(ls) {
+					rules = append(rules, rule)
+				}
 			}
+		}
+		if r.idNS[id] == "" {
+			break
 		}
 	}
 	sortRules(rules)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"sort"
+	"strconv"
 
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
@@ -11,9 +12,16 @@ import (
 // revision.
 func (r *Repository) recompute(ep *Endpoint) bool {
 	rules := r.rulesFor(ep.Identity)
-	pol := &resolved.EndpointPolicy{Identity: ep.Identity, Revision: r.revision}
-	for _, d := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
-		r.resolveDirection(pol.Dir(d), d, ep, rules)
+	key := memoKey(ep)
+	pol := r.memo[key]
+	if pol == nil {
+		pol = &resolved.EndpointPolicy{Identity: ep.Identity, Revision: r.revision}
+		for _, d := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+			r.resolveDirection(pol.Dir(d), d, ep, rules)
+		}
+		if r.memo != nil {
+			r.memo[key] = pol
+		}
 	}
 	if ep.Policy != nil && samePolicy(ep.Policy, pol) {
 		if !sameRules(ep.rules, rules) {
@@ -27,6 +35,22 @@ func (r *Repository) recompute(ep *Endpoint) bool {
 	n.Policy, n.rules = pol, rules
 	r.endpoints[ep.Key] = &n
 	return true
+}
+
+// memoKey identifies what an endpoint's resolution depends on besides
+// the repository-wide state: its identity and its container ports.
+func memoKey(ep *Endpoint) string {
+	b := make([]byte, 0, 16+len(ep.Ports)*16)
+	b = strconv.AppendUint(b, uint64(ep.Identity), 10)
+	for _, p := range ep.Ports {
+		b = append(b, '|')
+		b = append(b, p.Name...)
+		b = append(b, '/')
+		b = strconv.AppendUint(b, uint64(p.Proto), 10)
+		b = append(b, '/')
+		b = strconv.AppendUint(b, uint64(p.Port), 10)
+	}
+	return string(b)
 }
 
 func sameRules(a, b []*compiledRule) bool {

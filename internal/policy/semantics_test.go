@@ -165,6 +165,18 @@ kind: CiliumNetworkPolicy
 metadata: {name: red-team, namespace: b}
 spec:
   endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {k8s:io.cilium.k8s.namespace.labels.team: red}
+      matchExpressions: [{key: k8s:io.kubernetes.pod.namespace, operator: Exists}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: red-confined, namespace: b}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  # Without a namespace requirement the selector stays in namespace b,
+  # where no namespace is labelled team=red (as in Cilium).
   ingress: [{fromEndpoints: [{matchLabels: {k8s:io.cilium.k8s.namespace.labels.team: red}}]}]
 `, []flowCase{
 			{"b/frontend", "a/backend", 8080, "", "allowed", "frontends"},
@@ -172,6 +184,7 @@ spec:
 			{"192.0.2.7", "a/backend", 8080, "", "denied", "frontends"}, // {} in a CCNP: every pod, not the world
 			{"a/frontend", "b/backend", 9090, "", "allowed", "b/red-team"},
 			{"b/frontend", "b/backend", 9090, "", "denied", "b/red-team"},
+			{"a/frontend", "b/frontend", 80, "", "denied", "b/red-confined"},
 		}},
 
 		// Entities map to reserved identities; cluster is every pod.

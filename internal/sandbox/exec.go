@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"syscall"
 
@@ -72,7 +73,22 @@ func Exec(ctx context.Context, o ExecOptions) (int, error) {
 	if err := <-errc; err != nil {
 		return 0, fmt.Errorf("exec in pod %s: %w", pod.Key(), err)
 	}
+	// While the command runs, signals meant for it are forwarded; a
+	// terminal's ^C reaches it directly (same process group), so this
+	// process only has to stay alive to report the exit status.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	go func() {
+		for s := range sigs {
+			if s != syscall.SIGINT && s != syscall.SIGQUIT {
+				cmd.Process.Signal(s)
+			}
+		}
+	}()
 	err = cmd.Wait()
+	signal.Stop(sigs)
+	close(sigs)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -124,6 +125,7 @@ func (n *Node) addPodLocked(spec PodSpec) (PodInfo, error) {
 		Ports:           spec.Ports,
 		Netns:           PodNetns(n.opts.Instance, spec.Namespace, spec.Name),
 		HostIfName:      HostIfName(n.opts.Instance, spec.Namespace, spec.Name),
+		Created:         time.Now().UTC(),
 	}
 	p.NetnsPath = netns.Path(p.Netns)
 	ip, err := n.pods.Allocate(p.Key())

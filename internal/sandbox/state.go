@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -73,6 +74,7 @@ type PodInfo struct {
 	ResolvConf      string            `json:"resolvConf"` // file bound over /etc/resolv.conf for exec
 	PID             int               `json:"pid,omitempty"`
 	PIDStartTime    uint64            `json:"pidStartTime,omitempty"`
+	Created         time.Time         `json:"created"` // when its network was made
 }
 
 // Key is "namespace/name".

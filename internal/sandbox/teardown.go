@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/socklb"
 	"github.com/bulwark-net/bulwark/internal/sandbox/cgroup"
 	"github.com/bulwark-net/bulwark/internal/sandbox/netns"
 )
@@ -77,6 +78,9 @@ func TeardownWith(o TeardownOptions) error {
 	bpffsDir := filepath.Join(o.BPFFSRoot, o.Instance)
 	if st != nil && st.BPFFSDir != "" {
 		bpffsDir = st.BPFFSDir
+	}
+	if err := socklb.Remove(filepath.Join(bpffsDir, "socklb")); err != nil {
+		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(bpffsDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove pins %s: %w", bpffsDir, err))

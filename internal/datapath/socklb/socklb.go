@@ -120,12 +120,26 @@ func attachPinned(opts Options, name string, attach ebpf.AttachType, prog *ebpf.
 func (lb *LB) Close() error { return lb.objs.Close() }
 
 // Remove detaches the programs and deletes every pin under pinDir.
-// Removing a directory that does not exist is not an error.
+// Pinned links are detached explicitly first: dropping a pin alone detaches
+// only after an RCU grace period, and callers expect translation to have
+// stopped when Remove returns. Removing a directory that does not exist is
+// not an error.
 func Remove(pinDir string) error {
-	if err := os.RemoveAll(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove pins %s: %w", pinDir, err)
+	var errs []error
+	for _, h := range hooks {
+		l, err := link.LoadPinnedLink(filepath.Join(pinDir, "link_"+h.name), nil)
+		if err != nil {
+			continue // not pinned (or already gone)
+		}
+		if err := l.Detach(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("detach %s: %w", h.name, err))
+		}
+		l.Close()
 	}
-	return nil
+	if err := os.RemoveAll(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove pins %s: %w", pinDir, err))
+	}
+	return errors.Join(errs...)
 }
 
 func addr16(a netip.Addr) [16]uint8 { return a.Unmap().As16() }
