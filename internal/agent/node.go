@@ -49,6 +49,7 @@ type node struct {
 	inRepo    map[policy.ObjectRef]bool // objects (not pods) upserted into the repository
 	problems  map[string]string         // desired pod key → why it does not run
 	desired   map[string]bool           // desired pod keys (DNS pod included)
+	lastSet   *manifest.Set             // desired objects of the last reconcile
 	policies  int
 }
 
@@ -97,6 +98,13 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 		for _, pod := range st.Pods {
 			if _, err := n.repo.Upsert(podObject(pod)); err != nil {
 				n.log.Error("adopt pod", "pod", pod.Key(), "err", err)
+				continue
+			}
+			// Counted as attached from the start: any Sync before the
+			// first reconcile (a DNS pod rebuilt inside sandbox.New) must
+			// keep their policies loaded.
+			if id, ok := n.ids.lookup(pod.Key()); ok {
+				n.attached[id] = pod.Key()
 			}
 		}
 	}
@@ -151,11 +159,20 @@ func (n *node) destroy() error {
 // revision is the datapath's policy revision.
 func (n *node) revision() uint64 { return n.dp.Revision() }
 
+// nonIdentityLabels are pod labels that Cilium's default label filter keeps
+// out of security identities (they change on every rollout), so policies
+// cannot select on them either.
+var nonIdentityLabels = []string{"pod-template-hash", "controller-revision-hash", "pod-template-generation"}
+
 // podObject is the Pod the policy repository sees for a sandbox pod.
 func podObject(p sandbox.PodInfo) *corev1.Pod {
+	labels := copyLabels(p.Labels)
+	for _, k := range nonIdentityLabels {
+		delete(labels, k)
+	}
 	pod := &corev1.Pod{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels},
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: labels},
 	}
 	c := corev1.Container{Name: "main"}
 	for _, cp := range p.Ports {
@@ -346,8 +363,17 @@ func (n *node) beforeStart(p sandbox.PodInfo) (err error) {
 	if ep == nil {
 		return fmt.Errorf("pod %s missing from the policy repository", key)
 	}
-	if err := n.dp.AttachEndpoint(datapath.Endpoint{ID: id, IfIndex: p.HostIfIndex, NetNSPath: n.nodeNetns, Identity: ep.Identity}); err != nil {
-		return err
+	dep := datapath.Endpoint{ID: id, IfIndex: p.HostIfIndex, NetNSPath: n.nodeNetns, Identity: ep.Identity}
+	if err := n.dp.AttachEndpoint(dep); err != nil {
+		// The pod's network is new, so a record under its ID is stale (a
+		// pod rebuilt after its namespace vanished): drop it and retry.
+		n.log.Warn("replacing stale endpoint", "pod", key, "endpoint", id, "err", err)
+		if derr := n.dp.DetachEndpoint(id); derr != nil {
+			n.log.Warn("detach stale endpoint", "endpoint", id, "err", derr)
+		}
+		if err := n.dp.AttachEndpoint(dep); err != nil {
+			return err
+		}
 	}
 	n.mu.Lock()
 	n.attached[id] = key
@@ -497,7 +523,7 @@ func (n *node) reconcile(set *manifest.Set) error {
 		errs = append(errs, err)
 	}
 	n.mu.Lock()
-	n.problems, n.desired = problems, desired
+	n.problems, n.desired, n.lastSet = problems, desired, set
 	n.mu.Unlock()
 	return errors.Join(errs...)
 }
@@ -523,3 +549,11 @@ func (n *node) ensureAttached(p sandbox.PodInfo) error {
 }
 
 func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
+
+func copyLabels(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -233,11 +233,15 @@ func (a *Agent) Policies(context.Context) ([]agentapi.Policy, error) {
 	return out, nil
 }
 
-// desiredSet reads the desired objects under the agent lock.
+// desiredSet is the desired state of the last reconcile (read without
+// waiting for a change in progress).
 func (a *Agent) desiredSet() *manifest.Set {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.store.set()
+	a.node.mu.Lock()
+	defer a.node.mu.Unlock()
+	if a.node.lastSet == nil {
+		return &manifest.Set{}
+	}
+	return a.node.lastSet
 }
 
 // Endpoints implements agentapi.Backend.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // ErrNotRunning is returned (wrapped) when no agent listens on the socket.
@@ -31,7 +32,9 @@ func NewClient(path string) *Client {
 			return d.DialContext(ctx, "unix", path)
 		},
 	}
-	return &Client{socket: path, http: &http.Client{Transport: tr}}
+	// The timeout bounds a hung agent; an apply that creates many pods
+	// stays well within it.
+	return &Client{socket: path, http: &http.Client{Transport: tr, Timeout: 5 * time.Minute}}
 }
 
 // Socket returns the socket path.
@@ -65,6 +68,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 			return fmt.Errorf("%w (no agent on %s)", ErrNotRunning, c.socket)
+		}
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("%s: permission denied: the agent API is for root only", c.socket)
 		}
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,12 +29,19 @@ func newDownCmd() *cobra.Command {
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
 			if pid, _ := agent.RunningPID(p); pid != 0 {
-				err := c.Shutdown(ctx, agentapi.ShutdownRequest{Destroy: true})
-				if err != nil && !errors.Is(err, agentapi.ErrNotRunning) {
-					return fmt.Errorf("ask agent (pid %d) to stop: %w", pid, err)
+				sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := c.Shutdown(sctx, agentapi.ShutdownRequest{Destroy: true})
+				cancel()
+				if err == nil {
+					err = waitExit(p, pid, time.Minute)
 				}
-				if err := waitExit(p, pid, time.Minute); err != nil {
-					return err
+				if err != nil && !errors.Is(err, agentapi.ErrNotRunning) {
+					// An agent that does not answer is stopped by signal;
+					// the teardown below removes what it leaves.
+					fmt.Fprintf(cmd.ErrOrStderr(), "agent (pid %d) did not stop on request (%v); terminating it\n", pid, err)
+					if err := terminate(p, pid); err != nil {
+						return err
+					}
 				}
 			}
 			// Whatever the agent left (or everything, if it was not
@@ -46,6 +55,16 @@ func newDownCmd() *cobra.Command {
 	}
 	inst.register(cmd)
 	return cmd
+}
+
+// terminate stops the agent with SIGTERM, then SIGKILL.
+func terminate(p agent.Paths, pid int) error {
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	if waitExit(p, pid, 10*time.Second) == nil {
+		return nil
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	return waitExit(p, pid, 10*time.Second)
 }
 
 // waitExit waits for the agent to release the instance lock.

@@ -36,6 +36,8 @@ func NewRootCmd() *cobra.Command {
 		newExecCmd(),
 		newGetCmd(),
 		newIdentityCmd(),
+		newMonitorCmd(),
+		newObserveCmd(),
 		newPolicyCmd(),
 		newStatusCmd(),
 		newUpCmd(),

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -29,6 +30,11 @@ func newStatusCmd() *cobra.Command {
 			st, err := c.Status(cmdContext(cmd))
 			if errors.Is(err, agentapi.ErrNotRunning) {
 				fmt.Fprintf(cmd.OutOrStdout(), "Instance:   %s\nAgent:      not running\n", inst.instance)
+				if p, err := inst.paths(); err == nil {
+					if _, err := os.Stat(p.Objects); err == nil {
+						fmt.Fprintf(cmd.OutOrStdout(), "Hint:       its state is kept; 'bulwark up --instance %s' restarts the agent, 'bulwark down --instance %s' removes it\n", inst.instance, inst.instance)
+					}
+				}
 				return &ExitError{Code: 1}
 			}
 			if err != nil {

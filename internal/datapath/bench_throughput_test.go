@@ -74,6 +74,8 @@ func BenchmarkThroughput(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("BULWARK_BENCH_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
+	tp.iperf(b, 1) // warm-up, discarded
+	tp.rrRate(b, 300*time.Millisecond)
 	// Rounds interleave the configurations so that drift in the machine's
 	// load hits all of them; each figure is the median of its rounds.
 	for range rounds {

@@ -43,6 +43,7 @@ type Datapath struct {
 	rules     map[uint32][]resolved.PolicyRef
 	revision  uint64
 	counts    map[string]int // entries per map after the last sync/GC
+	mirror    *mirror        // syncer's view of the maps it owns; nil = re-read
 
 	synthetic     chan event.Event // events the syncer raises (overflow)
 	overflows     atomic.Uint64

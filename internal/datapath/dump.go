@@ -57,14 +57,15 @@ func (dp *Datapath) DumpEndpoint(id uint32) (*EndpointDump, error) {
 		EnforceEgress:  rec.Flags&epFlagEnforceEgress != 0,
 		TableID:        rec.TableId[0],
 	}
-	loaded, err := dp.scanPolicy()
+	loaded, err := dp.scanPolicy() // the kernel's table, not the syncer's view
 	if err != nil {
 		return nil, fmt.Errorf("dump endpoint %d: %w", id, err)
 	}
-	lists, err := dp.readSelectorLists()
+	mir, err := dp.loadMirror()
 	if err != nil {
 		return nil, fmt.Errorf("dump endpoint %d: %w", id, err)
 	}
+	lists := mir.sel
 	members := map[resolved.SelectorID][]identity.NumericIdentity{}
 	for ident, sels := range lists {
 		for _, s := range sels {

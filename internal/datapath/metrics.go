@@ -103,3 +103,15 @@ func (dp *Datapath) Compiled() *Compiled {
 	defer dp.mu.Unlock()
 	return dp.compiled
 }
+
+// SelectingPolicies names the policies behind a default deny of an
+// endpoint in a direction (an event with Reason POLICY_DENIED and RuleID 0):
+// the policies that select the endpoint there, per the last Sync.
+func (dp *Datapath) SelectingPolicies(endpointID uint32, dir resolved.Direction) []resolved.PolicyRef {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.desired == nil || dp.desired.Endpoints[endpointID] == nil {
+		return nil
+	}
+	return append([]resolved.PolicyRef(nil), dp.desired.Endpoints[endpointID].Dir(dir).Selecting...)
+}

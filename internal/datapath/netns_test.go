@@ -171,7 +171,7 @@ func (tp *topology) dialTCPTo(i int, dst netip.AddrPort) (net.Conn, error) {
 	var c net.Conn
 	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
 		var err error
-		c, err = net.DialTimeout("tcp", dst.String(), 1500*time.Millisecond)
+		c, err = net.DialTimeout("tcp", dst.String(), 3*time.Second)
 		return err
 	})
 	return c, err
@@ -179,7 +179,7 @@ func (tp *topology) dialTCPTo(i int, dst netip.AddrPort) (net.Conn, error) {
 
 // roundTrip sends a line and reads it back within a deadline.
 func roundTrip(c net.Conn, msg string) error {
-	c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	c.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := c.Write([]byte(msg + "\n")); err != nil {
 		return err
 	}
@@ -210,7 +210,7 @@ func (tp *topology) udpExchangeTo(i int, to netip.AddrPort) error {
 	}
 	defer pc.Close()
 	dst := net.UDPAddrFromAddrPort(to)
-	pc.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	pc.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := pc.WriteTo([]byte("ping"), dst); err != nil {
 		return err
 	}
@@ -250,7 +250,7 @@ func (tp *topology) ping(i, j int) error {
 	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("bulwark")}}
 	b, _ := msg.Marshal(nil)
 	dst := &net.IPAddr{IP: tp.pods[j].addr.AsSlice()}
-	c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	c.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := c.WriteTo(b, dst); err != nil {
 		return err
 	}

@@ -27,6 +27,9 @@ import (
 //
 // An endpoint whose tables do not fit is marked OVERFLOW (drops everything)
 // and an overflow event is raised: never a silent allow.
+//
+// The datapath keeps st (to load endpoints attached later): the caller
+// must not modify it, or what it points to, after the call.
 func (dp *Datapath) Sync(st State) error {
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
@@ -40,7 +43,36 @@ type pendingSwitch struct {
 	identity identity.NumericIdentity
 }
 
-func (dp *Datapath) syncLocked(st State) error {
+// mirror is what the syncer last wrote to the maps it owns; it is read from
+// the maps once (adopting a previous agent's content) and dropped after any
+// failed write, so that diffs are computed against the kernel's truth.
+type mirror struct {
+	ip  map[bpfBwIpcacheKey]uint32
+	sel map[identity.NumericIdentity][]resolved.SelectorID
+	pol map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue
+}
+
+func (dp *Datapath) loadMirror() (*mirror, error) {
+	if dp.mirror != nil {
+		return dp.mirror, nil
+	}
+	ip, err := dp.readIPCache()
+	if err != nil {
+		return nil, err
+	}
+	sel, err := dp.readSelectorLists()
+	if err != nil {
+		return nil, err
+	}
+	pol, err := dp.scanPolicy()
+	if err != nil {
+		return nil, err
+	}
+	dp.mirror = &mirror{ip: ip, sel: sel, pol: pol}
+	return dp.mirror, nil
+}
+
+func (dp *Datapath) syncLocked(st State) (err error) {
 	if dp.closed {
 		return fmt.Errorf("sync: datapath closed")
 	}
@@ -48,13 +80,19 @@ func (dp *Datapath) syncLocked(st State) error {
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
-	changed := false
-
-	// 1. ipcache additions.
-	curIP, err := dp.readIPCache()
+	mir, err := dp.loadMirror()
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			dp.mirror = nil // re-read the kernel's truth next time
+		}
+	}()
+	changed := false
+
+	// 1. ipcache additions.
+	curIP := mir.ip
 	wantIP := make(map[bpfBwIpcacheKey]uint32, len(st.IPCache))
 	for p, id := range st.IPCache {
 		wantIP[ipcacheKey(p)] = uint32(id)
@@ -66,14 +104,12 @@ func (dp *Datapath) syncLocked(st State) error {
 		if err := dp.objs.BwIpcache.Put(&k, &bpfBwIpcacheValue{Identity: id}); err != nil {
 			return fmt.Errorf("sync: ipcache %s: %w", ipcachePrefix(k), err)
 		}
+		curIP[k] = id
 		changed = true
 	}
 
 	// 2. tables into inactive buffers.
-	loaded, err := dp.scanPolicy()
-	if err != nil {
-		return fmt.Errorf("sync: %w", err)
-	}
+	loaded := mir.pol
 	total := 0
 	for _, t := range loaded {
 		total += len(t)
@@ -136,7 +172,9 @@ func (dp *Datapath) syncLocked(st State) error {
 			written[k] = v
 		}
 		if werr != nil {
-			dp.deletePolicyKeys(written)
+			if err := dp.deletePolicyKeys(written); err != nil {
+				return fmt.Errorf("sync: undo partial table of endpoint %d: %w", id, err)
+			}
 			dp.raiseOverflow(id, fmt.Sprintf("writing policy table: %v", werr))
 			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
@@ -147,11 +185,19 @@ func (dp *Datapath) syncLocked(st State) error {
 	}
 
 	// 3. selector lists: union of old and new membership.
-	curSel, err := dp.readSelectorLists()
-	if err != nil {
-		return fmt.Errorf("sync: %w", err)
-	}
+	curSel := mir.sel
 	for id, sels := range c.SelectorLists {
+		if sameSelectors(curSel[id], sels) {
+			continue
+		}
+		if len(curSel[id]) == 0 { // a new identity: its list is final now
+			if err := dp.putSelectorList(id, sels); err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+			curSel[id] = sels
+			changed = true
+			continue
+		}
 		union := unionSelectors(curSel[id], sels)
 		if len(union) > MaxSelectorsPerIdentity {
 			union = sels
@@ -174,9 +220,10 @@ func (dp *Datapath) syncLocked(st State) error {
 	for id, sels := range c.SelectorLists {
 		if !sameSelectors(curSel[id], sels) {
 			changed = true
-		}
-		if err := dp.putSelectorList(id, sels); err != nil {
-			return fmt.Errorf("sync: %w", err)
+			if err := dp.putSelectorList(id, sels); err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+			curSel[id] = sels
 		}
 		if n, over := c.Overflowed[id]; over {
 			if _, was := dp.compiledOverflow(id); !was {
@@ -189,6 +236,7 @@ func (dp *Datapath) syncLocked(st State) error {
 			if err := dp.objs.BwIdSelectors.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("sync: delete selector list of %d: %w", id, err)
 			}
+			delete(curSel, id)
 			changed = true
 		}
 	}
@@ -205,6 +253,7 @@ func (dp *Datapath) syncLocked(st State) error {
 			if err := dp.deletePolicyKeys(keys); err != nil {
 				return fmt.Errorf("sync: delete old table %d: %w", tid, err)
 			}
+			delete(loaded, tid)
 			total -= len(keys)
 		}
 	}
@@ -213,6 +262,7 @@ func (dp *Datapath) syncLocked(st State) error {
 			if err := dp.objs.BwIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("sync: delete ipcache %s: %w", ipcachePrefix(k), err)
 			}
+			delete(curIP, k)
 			changed = true
 		}
 	}
@@ -352,15 +402,17 @@ func (dp *Datapath) deletePolicyKeys(keys map[bpfBwPolicyKey]bpfBwPolicyValue) e
 
 // deleteTables removes every table whose id match selects.
 func (dp *Datapath) deleteTables(match func(tableID uint32) bool) error {
-	loaded, err := dp.scanPolicy()
+	mir, err := dp.loadMirror()
 	if err != nil {
 		return err
 	}
-	for tid, keys := range loaded {
+	for tid, keys := range mir.pol {
 		if match(tid) {
 			if err := dp.deletePolicyKeys(keys); err != nil {
+				dp.mirror = nil
 				return err
 			}
+			delete(mir.pol, tid)
 		}
 	}
 	return nil

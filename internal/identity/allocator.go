@@ -158,3 +158,35 @@ func (a *Allocator) All() map[NumericIdentity]Labels {
 	}
 	return out
 }
+
+// Restore registers a label set under a known identity (one persisted by
+// a previous run), so that identities survive restarts. It fails if the
+// number or the label set is already taken by something else. Later
+// allocations continue above the highest restored identity of its scope.
+func (a *Allocator) Restore(id NumericIdentity, ls Labels) error {
+	if id.IsReserved() {
+		return fmt.Errorf("restore identity %d: reserved", id)
+	}
+	key := ls.String()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if have, ok := a.byKey[key]; ok {
+		if have == id {
+			return nil
+		}
+		return fmt.Errorf("restore identity %d (%s): labels already have identity %d", id, key, have)
+	}
+	if have, ok := a.labels[id]; ok {
+		return fmt.Errorf("restore identity %d (%s): number already used by %s", id, key, have)
+	}
+	a.byKey[key] = id
+	a.labels[id] = ls
+	if id.IsLocal() {
+		if id >= a.nextLocal {
+			a.nextLocal = id + 1
+		}
+	} else if id >= a.nextPod {
+		a.nextPod = id + 1
+	}
+	return nil
+}

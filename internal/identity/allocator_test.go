@@ -66,3 +66,24 @@ func TestCIDRLabels(t *testing.T) {
 		t.Errorf("world-ipv4 labels %s lack cidr:0.0.0.0/0", w)
 	}
 }
+
+func TestRestore(t *testing.T) {
+	a := NewAllocator()
+	web := PodLabels(map[string]string{"app": "web"}, PodContext{Namespace: "demo"})
+	if err := a.Restore(300, web); err != nil {
+		t.Fatal(err)
+	}
+	if id, _, _ := a.Allocate(web); id != 300 {
+		t.Fatalf("restored label set allocated as %v", id)
+	}
+	next, _, _ := a.Allocate(PodLabels(nil, PodContext{Namespace: "demo"}))
+	if next != 301 {
+		t.Fatalf("next allocation %v, want 301", next)
+	}
+	if err := a.Restore(300, PodLabels(nil, PodContext{Namespace: "x"})); err == nil {
+		t.Error("restoring a taken number succeeded")
+	}
+	if err := a.Restore(Host, web); err == nil {
+		t.Error("restoring a reserved number succeeded")
+	}
+}

@@ -137,7 +137,13 @@ type header struct {
 
 func decodeDocument(src Source, data []byte, firstLine int) (*Object, *Error) {
 	fail := func(kind, ns, name, field, format string, args ...any) *Error {
-		return &Error{Source: src, Kind: kind, Namespace: ns, Name: name, Field: field, Reason: fmt.Sprintf(format, args...)}
+		line := src.Line
+		if field != "" {
+			if l := fieldLine(data, firstLine, field); l > 0 {
+				line = l
+			}
+		}
+		return &Error{Source: src, Kind: kind, Namespace: ns, Name: name, Field: field, Reason: fmt.Sprintf(format, args...), Line: line}
 	}
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
@@ -213,7 +219,7 @@ func decodeDocument(src Source, data []byte, firstLine int) (*Object, *Error) {
 		}
 		return nil, fail(kind, ns, name, field, "%s", strings.TrimPrefix(err.Error(), "json: "))
 	}
-	o := &Object{Source: src, APIVersion: h.APIVersion, Kind: kind, Name: name, Namespace: ns, Obj: obj}
+	o := &Object{Source: src, APIVersion: h.APIVersion, Kind: kind, Name: name, Namespace: ns, Obj: obj, doc: data, firstLine: firstLine}
 	meta := objectMeta(obj)
 	if info.namespaced {
 		if meta.Namespace == "" {

@@ -66,6 +66,9 @@ func TestErrorFormat(t *testing.T) {
 	if got := errs[0].Error(); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
+	if errs[0].Line != 12 {
+		t.Errorf("line = %d, want 12", errs[0].Line)
+	}
 }
 
 func TestDecodeCases(t *testing.T) {
@@ -133,7 +136,7 @@ func TestDecodeCases(t *testing.T) {
 					t.Errorf("port %q", p)
 				}
 			}},
-		{"label value bool", "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {enforce: true}}\n", "metadata.labels.enforce", "cannot use true (boolean) as a string", nil},
+		{"label value bool", "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {enforce: true}}\n", "metadata.labels[enforce]", "cannot use true (boolean) as a string", nil},
 		{"yaml 1.1 boolean name", "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n", "metadata.name", "cannot use false (boolean) as a string", nil},
 		{"missing kind", "apiVersion: v1\nmetadata: {name: n}\n", "kind", "required", nil},
 		{"missing apiVersion", "kind: Pod\nmetadata: {name: n}\n", "apiVersion", "required", nil},

@@ -24,9 +24,9 @@ import (
 
 // Source is where a document was read from.
 type Source struct {
-	File     string // path as given (joined with the directory walked)
-	DocIndex int    // 0-based index among the non-empty documents of File
-	Line     int    // 1-based line where the document's content starts
+	File     string `json:"file"` // path as given (joined with the directory walked)
+	DocIndex int    `json:"doc"`  // 0-based index among the non-empty documents of File
+	Line     int    `json:"line"` // 1-based line where the document's content starts
 }
 
 // String is "FILE:doc N".
@@ -42,6 +42,8 @@ type Error struct {
 	Name      string
 	Field     string // JSON path, e.g. spec.ingress[0].toPorts[0].ports[0].port
 	Reason    string
+	// Line is the file line of Field (or of the document), 0 if unknown.
+	Line int
 }
 
 func (e *Error) Error() string {
@@ -111,6 +113,9 @@ type Object struct {
 	// Warnings are things the decoder changed or ignored (for example a
 	// namespace on a cluster-scoped object). Validation reports them.
 	Warnings []*Error
+
+	doc       []byte // the document's YAML, for FieldLine
+	firstLine int    // file line of doc's first line
 }
 
 // String is "FILE:doc N: Kind ns/name".

@@ -129,7 +129,7 @@ func walkUnknown(t reflect.Type, v any, path string, out *[]fieldProblem) {
 			return
 		}
 		for k, e := range obj {
-			walkUnknown(t.Elem(), e, joinPath(path, k), out)
+			walkUnknown(t.Elem(), e, path+"["+k+"]", out)
 		}
 	}
 }

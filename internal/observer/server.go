@@ -24,11 +24,9 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// Default addresses of the Hubble API, as Cilium's.
-const (
-	DefaultTCPAddress = "127.0.0.1:4245"
-	DefaultUnixSocket = "/var/run/bulwark/hubble.sock"
-)
+// DefaultTCPAddress is the Hubble API's TCP address, as Cilium's. (The unix
+// socket lives in each agent instance's run directory.)
+const DefaultTCPAddress = "127.0.0.1:4245"
 
 // hubbleHealthService is the health-check service name `hubble status` asks
 // about (Cilium's pkg/hubble/api/v1.ObserverServiceName).

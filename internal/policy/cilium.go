@@ -76,7 +76,15 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 	if r.EndpointSelector == nil {
 		return nil, fmt.Errorf("%s.endpointSelector: required", c.path)
 	}
-	subject, err := selector.FromLabelSelector(&r.EndpointSelector.LabelSelector)
+	subjectSel := r.EndpointSelector.LabelSelector
+	if c.ns != "" {
+		// As Cilium: a namespaced policy's endpointSelector always applies
+		// in the policy's namespace; a k8s:io.kubernetes.pod.namespace
+		// matchLabels entry naming another namespace is replaced.
+		subjectSel = *subjectSel.DeepCopy()
+		delete(subjectSel.MatchLabels, identity.SourceK8s+":"+identity.LabelNamespace)
+	}
+	subject, err := selector.FromLabelSelector(&subjectSel)
 	if err != nil {
 		return nil, fmt.Errorf("%s.endpointSelector: %w", c.path, err)
 	}

@@ -111,8 +111,12 @@ type Repository struct {
 	pendIPCacheLocal *bool
 	dirty            map[EndpointKey]struct{}
 	namedChanged     bool
+	// unusedIDs may have lost their last user (pod, CIDR prefix or learned
+	// address) during the update; see collectIdentities.
+	unusedIDs map[identity.NumericIdentity]struct{}
 
-	snap *Snapshot // last snapshot, reused while nothing changed
+	snap    *Snapshot // last snapshot, reused while nothing changed
+	ipcache *IPCache  // last ipcache, reused while no address or prefix changed
 }
 
 // NewRepository returns an empty repository.
@@ -263,6 +267,7 @@ func (r *Repository) Delete(refs ...ObjectRef) (Change, error) {
 func (r *Repository) run(ops []op) Change {
 	r.dirty = map[EndpointKey]struct{}{}
 	r.namedChanged = false
+	r.unusedIDs = map[identity.NumericIdentity]struct{}{}
 	selChanged := map[resolved.SelectorID]struct{}{}
 	saved := r.sels.changed
 	r.sels.changed = selChanged
@@ -274,6 +279,7 @@ func (r *Repository) run(ops []op) Change {
 	if r.namedChanged {
 		r.dirtyEgressNamedUsers()
 	}
+	r.collectIdentities()
 	r.revision++
 	var ch Change
 	ch.Revision = r.revision
@@ -356,6 +362,7 @@ func (r *Repository) Revision() uint64 {
 }
 
 func (r *Repository) markIPCache() {
+	r.ipcache = nil
 	if r.pendIPCacheLocal != nil {
 		*r.pendIPCacheLocal = true
 	}
@@ -437,6 +444,7 @@ func (r *Repository) moveIdentity(old, n *Endpoint) {
 		if m := r.byIdentity[old.Identity]; m != nil {
 			delete(m, old.Key)
 			if len(m) == 0 {
+				r.unusedIDs[old.Identity] = struct{}{}
 				delete(r.byIdentity, old.Identity)
 				delete(r.identRules, old.Identity)
 				delete(r.idNS, old.Identity)
@@ -652,9 +660,48 @@ func (r *Repository) releaseCIDR(p netip.Prefix) {
 		return
 	}
 	delete(r.cidrRefs, p)
-	if _, ok := r.cidrIDs[p]; ok {
+	if id, ok := r.cidrIDs[p]; ok {
+		r.unusedIDs[id] = struct{}{}
 		delete(r.cidrIDs, p)
 		r.markIPCache()
+	}
+}
+
+// collectIdentities takes identities nothing uses any more out of selector
+// membership (and out of the identities selectors are evaluated against).
+// Their numbers stay allocated: the same label set gets the same identity
+// when it comes back, and is then registered again.
+func (r *Repository) collectIdentities() {
+	if len(r.unusedIDs) == 0 {
+		return
+	}
+	var local map[identity.NumericIdentity]bool
+	for id := range r.unusedIDs {
+		if id.IsReserved() {
+			continue
+		}
+		if id.IsLocal() {
+			if local == nil {
+				local = map[identity.NumericIdentity]bool{}
+				for _, lid := range r.cidrIDs {
+					local[lid] = true
+				}
+				for _, lid := range r.fqdn.idOfIP {
+					local[lid] = true
+				}
+			}
+			if local[id] {
+				continue
+			}
+		} else if len(r.byIdentity[id]) > 0 {
+			continue
+		}
+		if _, ok := r.idLabels[id]; !ok {
+			continue
+		}
+		delete(r.idLabels, id)
+		delete(r.identRules, id)
+		r.sels.removeIdentity(id)
 	}
 }
 

@@ -46,6 +46,7 @@ type selEntry struct {
 	members map[identity.NumericIdentity]struct{}
 	dirty   bool // members changed since the last snapshot
 	frozen  *memberSet
+	desc    string
 }
 
 // selectorCache interns selectors: one SelectorID per distinct peer, kept
@@ -74,7 +75,7 @@ func (c *selectorCache) acquire(p peerSpec, ids map[identity.NumericIdentity]ide
 		e.refs++
 		return e.id
 	}
-	e := &selEntry{id: c.next, peer: p, refs: 1, members: map[identity.NumericIdentity]struct{}{}, dirty: true}
+	e := &selEntry{id: c.next, peer: p, refs: 1, members: map[identity.NumericIdentity]struct{}{}, dirty: true, desc: p.String()}
 	c.next++
 	if p.fqdn != nil {
 		for id := range fq.identitiesMatching(p.fqdn) {
@@ -113,6 +114,17 @@ func (c *selectorCache) addIdentity(id identity.NumericIdentity, ls identity.Lab
 	for _, e := range c.byID {
 		if e.peer.fqdn == nil && e.peer.label.Matches(ls) {
 			e.members[id] = struct{}{}
+			e.dirty = true
+			c.changed[e.id] = struct{}{}
+		}
+	}
+}
+
+// removeIdentity takes an identity out of every selector.
+func (c *selectorCache) removeIdentity(id identity.NumericIdentity) {
+	for _, e := range c.byID {
+		if _, ok := e.members[id]; ok {
+			delete(e.members, id)
 			e.dirty = true
 			c.changed[e.id] = struct{}{}
 		}
@@ -185,7 +197,7 @@ func (c *selectorCache) snapshot() *SelectorSnapshot {
 	}
 	for id, e := range c.byID {
 		s.sets[id] = e.freeze()
-		s.descs[id] = e.peer.String()
+		s.descs[id] = e.desc
 	}
 	return s
 }

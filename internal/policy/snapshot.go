@@ -43,6 +43,15 @@ func (r *Repository) Snapshot() *Snapshot {
 	for k, p := range r.policies {
 		s.policies[k] = p
 	}
+	if r.ipcache == nil {
+		r.ipcache = r.buildIPCache()
+	}
+	s.IPCache = r.ipcache
+	r.snap = s
+	return s
+}
+
+func (r *Repository) buildIPCache() *IPCache {
 	pods := make(map[netip.Addr]podAddr, len(r.podIPs))
 	for a, k := range r.podIPs {
 		pods[a] = podAddr{id: r.endpoints[k].Identity, key: k}
@@ -54,9 +63,7 @@ func (r *Repository) Snapshot() *Snapshot {
 	for a, id := range r.fqdn.idOfIP {
 		prefixes[netip.PrefixFrom(a, a.BitLen())] = id
 	}
-	s.IPCache = newIPCache(pods, prefixes)
-	r.snap = s
-	return s
+	return newIPCache(pods, prefixes)
 }
 
 // Labels returns the labels of an identity.
@@ -142,9 +149,10 @@ func (r *Repository) Forget(name string) Change {
 				used[a] = true
 			}
 		}
-		for a := range r.fqdn.idOfIP {
+		for a, id := range r.fqdn.idOfIP {
 			if !used[a] {
 				delete(r.fqdn.idOfIP, a)
+				r.unusedIDs[id] = struct{}{}
 				r.markIPCache()
 			}
 		}

@@ -30,7 +30,13 @@ type Node struct {
 	pods  *ipam.Allocator
 	svcs  *ipam.Allocator
 	world *ipam.Allocator
+	// IPv6 allocators; nil unless the instance was created with IPv6.
+	pods6 *ipam.Allocator
+	svcs6 *ipam.Allocator
 }
+
+// ipv6 reports whether the instance is dual stack.
+func (n *Node) ipv6() bool { return n.st.PodCIDR6.IsValid() }
 
 // New creates the instance, or reopens it as it was left (pods, services,
 // processes and translation keep running across agent restarts).
@@ -69,8 +75,14 @@ func New(opts Options) (*Node, error) {
 				return nil, fmt.Errorf("instance %q exists with %s %v; tear it down to use %v", o.Instance, name, pair[1], pair[0])
 			}
 		}
+		if o.IPv6 && !st.PodCIDR6.IsValid() {
+			return nil, fmt.Errorf("instance %q exists without IPv6; tear it down to create it with IPv6", o.Instance)
+		}
 	}
 	st.NodeIP = nthAddr(st.PodCIDR, 1)
+	if st.PodCIDR6.IsValid() {
+		st.NodeIP6 = nthAddr(st.PodCIDR6, 1)
+	}
 	st.Gateway = Gateway
 	st.DNSServiceIP = nthAddr(st.ServiceCIDR, 10)
 	st.NodeNetns = NodeNetns(o.Instance)
@@ -98,6 +110,14 @@ func New(opts Options) (*Node, error) {
 	}
 	if n.world, err = ipam.Open(filepath.Join(dir, "ipam-world.json"), st.WorldCIDR, 10); err != nil {
 		return nil, err
+	}
+	if st.PodCIDR6.IsValid() {
+		if n.pods6, err = ipam.Open(filepath.Join(dir, "ipam-pods6.json"), st.PodCIDR6, 2); err != nil {
+			return nil, err
+		}
+		if n.svcs6, err = ipam.Open(filepath.Join(dir, "ipam-services6.json"), st.ServiceCIDR6, 11); err != nil {
+			return nil, err
+		}
 	}
 	if err := ensureBPFFS(); err != nil {
 		return nil, err
@@ -187,17 +207,10 @@ func (n *Node) ensureNodeNetns() error {
 	}
 	path := netns.Path(name)
 	// Routing between sandbox ranges only: forwarding on, reverse-path
-	// filtering off (pods sit behind /32 routes), IPv6 off (IPv4 sandbox).
-	for k, v := range map[string]string{
-		"net/ipv4/ip_forward":                "1",
-		"net/ipv4/conf/all/rp_filter":        "0",
-		"net/ipv4/conf/default/rp_filter":    "0",
-		"net/ipv6/conf/all/disable_ipv6":     "1",
-		"net/ipv6/conf/default/disable_ipv6": "1",
-	} {
-		if err := netns.WriteSysctl(path, k, v); err != nil {
-			return fmt.Errorf("node netns: %w", err)
-		}
+	// filtering off (pods sit behind /32 routes), IPv6 off unless the
+	// instance is dual stack.
+	if err := writeSysctls(path, n.nodeSysctls()); err != nil {
+		return fmt.Errorf("node netns: %w", err)
 	}
 	h, err := nsHandle(path)
 	if err != nil {
@@ -211,11 +224,59 @@ func (n *Node) ensureNodeNetns() error {
 	if err := h.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("node netns: lo up: %w", err)
 	}
-	addr := &netlink.Addr{IPNet: hostPrefix(n.st.NodeIP)}
-	if err := h.AddrReplace(lo, addr); err != nil {
-		return fmt.Errorf("node netns: address %v: %w", n.st.NodeIP, err)
+	for _, ip := range []netip.Addr{n.st.NodeIP, n.st.NodeIP6} {
+		if !ip.IsValid() {
+			continue
+		}
+		if err := h.AddrReplace(lo, &netlink.Addr{IPNet: hostPrefix(ip), Flags: unix.IFA_F_NODAD}); err != nil {
+			return fmt.Errorf("node netns: address %v: %w", ip, err)
+		}
 	}
 	return nil
+}
+
+// sysctl is one /proc/sys key (with slashes) and its value; order matters
+// (e.g. enabling IPv6 before configuring it).
+type sysctl struct{ key, value string }
+
+func writeSysctls(path string, s []sysctl) error {
+	for _, kv := range s {
+		if err := netns.WriteSysctl(path, kv.key, kv.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Node) nodeSysctls() []sysctl {
+	s := []sysctl{
+		{"net/ipv4/ip_forward", "1"},
+		{"net/ipv4/conf/all/rp_filter", "0"},
+		{"net/ipv4/conf/default/rp_filter", "0"},
+	}
+	if !n.ipv6() {
+		return append(s, sysctl{"net/ipv6/conf/all/disable_ipv6", "1"}, sysctl{"net/ipv6/conf/default/disable_ipv6", "1"})
+	}
+	return append(append(s, ipv6Sysctls...), sysctl{"net/ipv6/conf/all/forwarding", "1"})
+}
+
+// ipv6Sysctls enable IPv6 quietly: no DAD (addresses usable at once), no
+// router solicitations or autoconfiguration (nothing routes but us). They
+// apply to interfaces created (or moved in) afterwards.
+var ipv6Sysctls = []sysctl{
+	{"net/ipv6/conf/all/disable_ipv6", "0"},
+	{"net/ipv6/conf/default/disable_ipv6", "0"},
+	{"net/ipv6/conf/default/accept_dad", "0"},
+	{"net/ipv6/conf/default/accept_ra", "0"},
+	{"net/ipv6/conf/default/router_solicitations", "0"},
+}
+
+// podSysctls prepare a pod (or world) namespace before its veth arrives.
+func (n *Node) podSysctls() []sysctl {
+	if n.ipv6() {
+		return ipv6Sysctls
+	}
+	return []sysctl{{"net/ipv6/conf/default/disable_ipv6", "1"}, {"net/ipv6/conf/all/disable_ipv6", "1"}}
 }
 
 // nsHandle opens a netlink handle bound to the namespace at path.

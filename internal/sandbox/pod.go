@@ -136,7 +136,19 @@ func (n *Node) addPodLocked(spec PodSpec) (PodInfo, error) {
 	fail := func(err error) (PodInfo, error) {
 		n.destroyPodNetwork(p)
 		n.pods.Release(p.Key())
+		if n.pods6 != nil {
+			n.pods6.Release(p.Key())
+		}
 		return PodInfo{}, fmt.Errorf("pod %s: %w", p.Key(), err)
+	}
+	routes := []netip.Prefix{n.st.PodCIDR, n.st.ServiceCIDR, n.st.WorldCIDR}
+	if n.pods6 != nil {
+		ip6, err := n.pods6.Allocate(p.Key())
+		if err != nil {
+			return fail(fmt.Errorf("allocate IPv6 address: %w", err))
+		}
+		p.IPs = append(p.IPs, ip6)
+		routes = append(routes, n.st.PodCIDR6, n.st.ServiceCIDR6)
 	}
 	if netns.Exists(p.Netns) { // leftover of a crash between create and save
 		n.destroyPodNetwork(p)
@@ -144,16 +156,15 @@ func (n *Node) addPodLocked(spec PodSpec) (PodInfo, error) {
 	if err := netns.Create(p.Netns); err != nil {
 		return fail(err)
 	}
-	l, err := n.plumb(plumbOptions{
-		netnsPath: p.NetnsPath, hostIf: p.HostIfName, addrs: []netip.Addr{ip},
-		routes: []netip.Prefix{n.st.PodCIDR, n.st.ServiceCIDR, n.st.WorldCIDR},
-	})
+	l, err := n.plumb(plumbOptions{netnsPath: p.NetnsPath, hostIf: p.HostIfName, addrs: p.IPs, routes: routes})
 	if err != nil {
 		return fail(err)
 	}
 	p.HostIfIndex, p.HostIfMAC, p.PodIfMAC = l.hostIndex, l.hostMAC, l.peerMAC
-	if err := n.nodeRoute(l, netip.PrefixFrom(ip, 32), ip); err != nil {
-		return fail(err)
+	for _, a := range p.IPs {
+		if err := n.nodeRoute(l, netip.PrefixFrom(a, a.BitLen()), a); err != nil {
+			return fail(err)
+		}
 	}
 	podDir := filepath.Join(StateDir(n.opts.StateRoot, n.opts.Instance), "pods", p.Namespace+"_"+p.Name)
 	if err := os.MkdirAll(podDir, 0o755); err != nil {
@@ -239,6 +250,11 @@ func (n *Node) removePodLocked(i int) error {
 	if err := n.pods.Release(p.Key()); err != nil {
 		return fmt.Errorf("pod %s: %w", p.Key(), err)
 	}
+	if n.pods6 != nil {
+		if err := n.pods6.Release(p.Key()); err != nil {
+			return fmt.Errorf("pod %s: %w", p.Key(), err)
+		}
+	}
 	if p.ResolvConf != "" {
 		os.RemoveAll(filepath.Dir(p.ResolvConf))
 	}
@@ -280,10 +296,7 @@ type plumbed struct {
 // neighbour for the gateway, routes to the given prefixes via the gateway,
 // and nothing else (no default route).
 func (n *Node) plumb(o plumbOptions) (*plumbed, error) {
-	if err := netns.WriteSysctl(o.netnsPath, "net/ipv6/conf/default/disable_ipv6", "1"); err != nil {
-		return nil, err
-	}
-	if err := netns.WriteSysctl(o.netnsPath, "net/ipv6/conf/all/disable_ipv6", "1"); err != nil {
+	if err := writeSysctls(o.netnsPath, n.podSysctls()); err != nil {
 		return nil, err
 	}
 	node, err := nsHandle(n.NodeNetnsPath())
@@ -327,27 +340,50 @@ func (n *Node) plumb(o plumbOptions) (*plumbed, error) {
 			return nil, fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
 		}
 	}
+	src := map[bool]netip.Addr{} // per family (true: IPv4): the first address
 	for _, a := range o.addrs {
-		if err := inner.AddrAdd(peer, &netlink.Addr{IPNet: hostPrefix(a)}); err != nil {
+		if !src[a.Is4()].IsValid() {
+			src[a.Is4()] = a
+		}
+		if err := inner.AddrAdd(peer, &netlink.Addr{IPNet: hostPrefix(a), Flags: unix.IFA_F_NODAD}); err != nil {
 			return nil, fmt.Errorf("add address %v: %w", a, err)
 		}
 	}
 	hostMAC := host.Attrs().HardwareAddr
-	if err := inner.NeighSet(&netlink.Neigh{
-		LinkIndex: peer.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
-		IP: net.IP(Gateway.AsSlice()), HardwareAddr: hostMAC,
-	}); err != nil {
-		return nil, fmt.Errorf("gateway neighbour: %w", err)
-	}
-	if err := inner.RouteAdd(&netlink.Route{
-		LinkIndex: peer.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: hostPrefix(Gateway),
-	}); err != nil {
-		return nil, fmt.Errorf("gateway route: %w", err)
+	for is4, gw := range map[bool]netip.Addr{true: Gateway, false: Gateway6} {
+		if !src[is4].IsValid() {
+			continue
+		}
+		family := unix.AF_INET6
+		if is4 {
+			family = unix.AF_INET
+		}
+		if err := inner.NeighSet(&netlink.Neigh{
+			LinkIndex: peer.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
+			IP: net.IP(gw.AsSlice()), HardwareAddr: hostMAC,
+		}); err != nil {
+			return nil, fmt.Errorf("gateway neighbour %v: %w", gw, err)
+		}
+		if is4 { // IPv6 link-local gateways are on-link by definition
+			if err := inner.RouteAdd(&netlink.Route{
+				LinkIndex: peer.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: hostPrefix(gw),
+			}); err != nil {
+				return nil, fmt.Errorf("gateway route: %w", err)
+			}
+		}
 	}
 	for _, r := range o.routes {
+		is4 := r.Addr().Is4()
+		if !src[is4].IsValid() {
+			continue
+		}
+		gw := Gateway
+		if !is4 {
+			gw = Gateway6
+		}
 		if err := inner.RouteAdd(&netlink.Route{
-			LinkIndex: peer.Attrs().Index, Dst: prefixNet(r), Gw: net.IP(Gateway.AsSlice()),
-			Src: net.IP(o.addrs[0].AsSlice()),
+			LinkIndex: peer.Attrs().Index, Dst: prefixNet(r), Gw: net.IP(gw.AsSlice()),
+			Src: net.IP(src[is4].AsSlice()),
 		}); err != nil {
 			return nil, fmt.Errorf("route %v: %w", r, err)
 		}
@@ -375,14 +411,18 @@ func (n *Node) nodeRoute(l *plumbed, dst netip.Prefix, via netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("parse %s: %w", l.peerMAC, err)
 	}
+	family, nodeIP := unix.AF_INET, n.st.NodeIP
+	if via.Is6() {
+		family, nodeIP = unix.AF_INET6, n.st.NodeIP6
+	}
 	if err := node.NeighSet(&netlink.Neigh{
-		LinkIndex: l.hostIndex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+		LinkIndex: l.hostIndex, Family: family, State: netlink.NUD_PERMANENT,
 		IP: net.IP(via.AsSlice()), HardwareAddr: mac,
 	}); err != nil {
 		return fmt.Errorf("node neighbour %v: %w", via, err)
 	}
-	r := &netlink.Route{LinkIndex: l.hostIndex, Dst: prefixNet(dst), Src: net.IP(n.st.NodeIP.AsSlice())}
-	if dst.Bits() == 32 && dst.Addr() == via {
+	r := &netlink.Route{LinkIndex: l.hostIndex, Dst: prefixNet(dst), Src: net.IP(nodeIP.AsSlice())}
+	if dst.Bits() == dst.Addr().BitLen() && dst.Addr() == via {
 		r.Scope = netlink.SCOPE_LINK
 	} else {
 		r.Gw = net.IP(via.AsSlice())

@@ -33,10 +33,13 @@ const (
 	DefaultClusterDomain = "cluster.local"
 )
 
-// Gateway is the link-local address every pod uses as next hop; it is
-// resolved by a permanent neighbour entry to the node-side veth, so no ARP
-// is needed in either direction.
-var Gateway = netip.MustParseAddr("169.254.1.1")
+// Gateway (IPv4) and Gateway6 are the link-local addresses every pod uses
+// as next hop; each is resolved by a permanent neighbour entry to the
+// node-side veth, so no ARP/NDP is needed in either direction.
+var (
+	Gateway  = netip.MustParseAddr("169.254.1.1")
+	Gateway6 = netip.MustParseAddr("fe80::1")
+)
 
 // Options configure a sandbox instance. Zero values select defaults.
 type Options struct {
@@ -52,6 +55,11 @@ type Options struct {
 	// range, never routed on the Internet). They are fixed when the
 	// instance is first created.
 	PodCIDR, ServiceCIDR, WorldCIDR netip.Prefix
+	// IPv6 adds an IPv6 address to every pod and an IPv6 ClusterIP to every
+	// Service (dual stack; IPv4 stays primary). Fixed when the instance is
+	// first created. Ranges: a /64 per instance out of fd62:776b::/48 for
+	// pods and a /112 out of fd62:776b:1::/48 for services (ULA, "bwk").
+	IPv6 bool
 	// ClusterDomain defaults to cluster.local.
 	ClusterDomain string
 	// Executable is the binary started for workloads (with the hidden

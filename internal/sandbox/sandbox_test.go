@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -390,6 +391,17 @@ func TestReopenKeepsPods(t *testing.T) {
 	q, err := n2.AddPod(PodSpec{Namespace: "a", Name: "web", Ports: []ContainerPort{{Port: 80}}, Labels: map[string]string{"v": "2"}})
 	if err != nil || q.PID != p.PID || q.Labels["v"] != "2" {
 		t.Fatalf("re-add: %+v, %v", q, err)
+	}
+	// A workload that died is restarted by the next AddPod.
+	if err := syscall.Kill(q.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for q.Running() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r, err := n2.AddPod(PodSpec{Namespace: "a", Name: "web", Ports: []ContainerPort{{Port: 80}}, Labels: map[string]string{"v": "2"}})
+	if err != nil || !r.Running() || r.PID == q.PID {
+		t.Fatalf("restart after crash: %+v, %v", r, err)
 	}
 	n.lb = nil // n2 owns the handles now; n.Teardown at cleanup only removes
 }

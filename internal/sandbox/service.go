@@ -9,6 +9,7 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/datapath/socklb"
 	"github.com/bulwark-net/bulwark/internal/sandbox/dns"
+	"github.com/bulwark-net/bulwark/internal/sandbox/ipam"
 )
 
 // Cluster DNS objects, as in Kubernetes.
@@ -186,9 +187,14 @@ func (n *Node) SetServices(specs []ServiceSpec) ([]ServiceInfo, error) {
 		n.st.ServiceSpecs = prev
 		return nil, err
 	}
-	for owner := range n.svcs.Owners() {
-		if !seen[owner] && !(owner == DNSNamespace+"/"+DNSServiceName && withDNS) {
-			n.svcs.Release(owner)
+	for _, a := range []*ipam.Allocator{n.svcs, n.svcs6} {
+		if a == nil {
+			continue
+		}
+		for owner := range a.Owners() {
+			if !seen[owner] && !(owner == DNSNamespace+"/"+DNSServiceName && withDNS) {
+				a.Release(owner)
+			}
 		}
 	}
 	return append([]ServiceInfo(nil), n.st.Services...), nil
@@ -214,12 +220,24 @@ func (n *Node) reprogramServices() error {
 				return fmt.Errorf("service %s: allocate ClusterIP: %w", owner, err)
 			}
 		}
-		info := ServiceInfo{Namespace: s.Namespace, Name: s.Name, Selector: s.Selector, ClusterIP: ip}
+		info := ServiceInfo{Namespace: s.Namespace, Name: s.Name, Selector: s.Selector, ClusterIP: ip, ClusterIPs: []netip.Addr{ip}}
+		if n.svcs6 != nil {
+			ip6, err := n.allocateClusterIP6(s)
+			if err != nil {
+				return err
+			}
+			info.ClusterIPs = append(info.ClusterIPs, ip6)
+		}
 		for _, sp := range s.Ports {
 			pi := ServicePortInfo{ServicePort: sp, Backends: []Backend{}}
-			lb := socklb.Service{Frontend: netip.AddrPortFrom(ip, uint16(sp.Port)), Proto: socklb.TCP}
+			proto := socklb.TCP
 			if sp.Protocol == "UDP" {
-				lb.Proto = socklb.UDP
+				proto = socklb.UDP
+			}
+			// One frontend per family, each with the backends of its family.
+			fronts := make([]socklb.Service, len(info.ClusterIPs))
+			for i, cip := range info.ClusterIPs {
+				fronts[i] = socklb.Service{Frontend: netip.AddrPortFrom(cip, uint16(sp.Port)), Proto: proto}
 			}
 			for _, p := range pods {
 				if p.Namespace != s.Namespace || len(s.Selector) == 0 || !labelsMatch(s.Selector, p.Labels) || !p.Running() {
@@ -232,11 +250,15 @@ func (n *Node) reprogramServices() error {
 				for _, pip := range p.IPs {
 					ap := netip.AddrPortFrom(pip, uint16(port))
 					pi.Backends = append(pi.Backends, Backend{Pod: p.Key(), Addr: ap})
-					lb.Backends = append(lb.Backends, ap)
+					for i := range fronts {
+						if fronts[i].Frontend.Addr().Is4() == pip.Is4() {
+							fronts[i].Backends = append(fronts[i].Backends, ap)
+						}
+					}
 				}
 			}
 			info.Ports = append(info.Ports, pi)
-			lbs = append(lbs, lb)
+			lbs = append(lbs, fronts...)
 		}
 		infos = append(infos, info)
 	}
@@ -252,6 +274,24 @@ func (n *Node) reprogramServices() error {
 		return err
 	}
 	return n.save()
+}
+
+// allocateClusterIP6 gives a service its IPv6 ClusterIP; kube-dns gets the
+// 10th address of the IPv6 service range, like its IPv4 one.
+func (n *Node) allocateClusterIP6(s ServiceSpec) (netip.Addr, error) {
+	owner := s.Namespace + "/" + s.Name
+	if s.Namespace == DNSNamespace && s.Name == DNSServiceName {
+		ip := nthAddr(n.st.ServiceCIDR6, 10)
+		if err := n.svcs6.Claim(owner, ip); err != nil {
+			return netip.Addr{}, fmt.Errorf("service %s: IPv6 ClusterIP: %w", owner, err)
+		}
+		return ip, nil
+	}
+	ip, err := n.svcs6.Allocate(owner)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("service %s: allocate IPv6 ClusterIP: %w", owner, err)
+	}
+	return ip, nil
 }
 
 func labelsMatch(selector, labels map[string]string) bool {
@@ -286,7 +326,10 @@ func (n *Node) writeDNSRecords() error {
 	recs := dns.Records{Names: map[string][]netip.Addr{}}
 	for _, s := range n.st.Services {
 		name := dns.ServiceName(s.Name, s.Namespace, n.st.ClusterDomain)
-		recs.Names[name] = []netip.Addr{s.ClusterIP}
+		recs.Names[name] = append([]netip.Addr(nil), s.ClusterIPs...)
+		if len(s.ClusterIPs) == 0 {
+			recs.Names[name] = []netip.Addr{s.ClusterIP}
+		}
 	}
 	for _, w := range n.st.World {
 		recs.Names[dns.Canonical(w.Name)] = append(recs.Names[dns.Canonical(w.Name)], w.IP)

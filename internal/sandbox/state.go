@@ -123,7 +123,9 @@ type ServiceInfo struct {
 	Name      string            `json:"name"`
 	Selector  map[string]string `json:"selector,omitempty"`
 	ClusterIP netip.Addr        `json:"clusterIP"`
-	Ports     []ServicePortInfo `json:"ports"`
+	// ClusterIPs lists every family's address, ClusterIP first.
+	ClusterIPs []netip.Addr      `json:"clusterIPs"`
+	Ports      []ServicePortInfo `json:"ports"`
 }
 
 // Key is "namespace/name".
@@ -146,12 +148,16 @@ type State struct {
 	ServiceCIDR   netip.Prefix `json:"serviceCIDR"`
 	WorldCIDR     netip.Prefix `json:"worldCIDR"`
 	NodeIP        netip.Addr   `json:"nodeIP"` // the node namespace's address in PodCIDR
-	Gateway       netip.Addr   `json:"gateway"`
-	DNSServiceIP  netip.Addr   `json:"dnsServiceIP"`
-	NodeNetns     string       `json:"nodeNetns"`
-	WorldNetns    string       `json:"worldNetns,omitempty"`
-	CgroupPath    string       `json:"cgroupPath"`
-	BPFFSDir      string       `json:"bpffsDir"`
+	// IPv6 ranges, set only for instances created with Options.IPv6.
+	PodCIDR6     netip.Prefix `json:"podCIDR6,omitzero"`
+	ServiceCIDR6 netip.Prefix `json:"serviceCIDR6,omitzero"`
+	NodeIP6      netip.Addr   `json:"nodeIP6,omitzero"`
+	Gateway      netip.Addr   `json:"gateway"`
+	DNSServiceIP netip.Addr   `json:"dnsServiceIP"`
+	NodeNetns    string       `json:"nodeNetns"`
+	WorldNetns   string       `json:"worldNetns,omitempty"`
+	CgroupPath   string       `json:"cgroupPath"`
+	BPFFSDir     string       `json:"bpffsDir"`
 	// ServiceSpecs are the services the agent asked for (backends are
 	// recomputed from them whenever pods change).
 	ServiceSpecs []ServiceSpec `json:"serviceSpecs,omitempty"`
@@ -276,8 +282,15 @@ func nthPrefix(base netip.Prefix, index int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 24)
 }
 
-// nthAddr returns the n-th address of p.
+// nthAddr returns the n-th address of p (n small).
 func nthAddr(p netip.Prefix, n int) netip.Addr {
+	if p.Addr().Is6() {
+		a := p.Masked().Addr().As16()
+		v := uint32(a[12])<<24 | uint32(a[13])<<16 | uint32(a[14])<<8 | uint32(a[15])
+		v += uint32(n)
+		a[12], a[13], a[14], a[15] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+		return netip.AddrFrom16(a)
+	}
 	a := p.Masked().Addr().As4()
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	v += uint32(n)
@@ -342,6 +355,10 @@ func chooseRanges(o Options, others []*State) (State, error) {
 			return State{}, fmt.Errorf("PodCIDR %v, ServiceCIDR %v and WorldCIDR %v must not overlap", st.PodCIDR, st.ServiceCIDR, st.WorldCIDR)
 		}
 		if !clash {
+			if o.IPv6 {
+				st.PodCIDR6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0x62, 0x77, 0x6b, 0, 0, 0, byte(idx)}), 64)
+				st.ServiceCIDR6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0x62, 0x77, 0x6b, 0, 1, 0, byte(idx)}), 112)
+			}
 			return st, nil
 		}
 	}

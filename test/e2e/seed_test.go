@@ -223,6 +223,7 @@ func seed(name string) string { return filepath.Join("..", "..", "testdata", "se
 // article is wrong (after default-deny-all, ingress allows alone do not
 // reopen frontend -> backend: egress is denied too).
 func TestSeedScenario(t *testing.T) {
+	t.Parallel()
 	s := newSandbox(t)
 
 	// Invalid input: nothing starts.
@@ -451,3 +452,18 @@ func (k *keepAlive) get(t *testing.T, when string) {
 }
 
 func (k *keepAlive) close() { k.c.Close() }
+
+// TestDownIdempotent: down on an instance that never ran, twice, succeeds
+// and leaves nothing.
+func TestDownIdempotent(t *testing.T) {
+	t.Parallel()
+	s := newSandbox(t)
+	for i := 0; i < 2; i++ {
+		if out, errOut, code := s.run("down"); code != 0 {
+			t.Fatalf("down #%d: exit %d: %s %s", i+1, code, out, errOut)
+		}
+	}
+	if out, _, code := s.run("status"); code != 1 || !strings.Contains(out, "not running") {
+		t.Errorf("status of a removed instance: exit %d, %q", code, out)
+	}
+}

@@ -45,7 +45,10 @@ type env struct {
 	cgroup, pins, netns string
 }
 
-func newEnv(t *testing.T) env {
+func newEnv(t *testing.T) env { return newEnvB(t) }
+
+// newEnvB is newEnv for tests and benchmarks.
+func newEnvB(t testing.TB) env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: loads cgroup BPF programs")

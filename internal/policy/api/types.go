@@ -16,11 +16,10 @@ import (
 
 // Group, version and kinds of the documents this package models.
 const (
-	GroupVersion   = "cilium.io/v2"
-	KindCNP        = "CiliumNetworkPolicy"
-	KindCCNP       = "CiliumClusterwideNetworkPolicy"
-	KindCIDRGroup  = "CiliumCIDRGroup"
-	GroupVersionV2 = GroupVersion
+	GroupVersion  = "cilium.io/v2"
+	KindCNP       = "CiliumNetworkPolicy"
+	KindCCNP      = "CiliumClusterwideNetworkPolicy"
+	KindCIDRGroup = "CiliumCIDRGroup"
 )
 
 // CiliumNetworkPolicy is a namespaced cilium.io/v2 policy. Spec and Specs may

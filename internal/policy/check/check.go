@@ -176,9 +176,23 @@ func (e *LineError) Error() string { return fmt.Sprintf("flows line %d: %v", e.L
 func (e *LineError) Unwrap() error { return e.Err }
 
 // Run reads JSON-lines flows from r and calls emit with each result, in
-// order. Blank lines and lines starting with '#' are skipped. The first bad
-// line stops the run with a *LineError.
+// order. Blank lines and lines starting with '#' are skipped. Every line is
+// decided before the first emit: a bad line stops the run with a
+// *LineError and nothing is emitted.
 func (s *State) Run(r io.Reader, emit func(Result) error) error {
+	var results []Result
+	if err := s.decide(r, func(res Result) { results = append(results, res) }); err != nil {
+		return err
+	}
+	for _, res := range results {
+		if err := emit(res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *State) decide(r io.Reader, collect func(Result)) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	line := 0
@@ -196,9 +210,7 @@ func (s *State) Run(r io.Reader, emit func(Result) error) error {
 		if err != nil {
 			return &LineError{line, err}
 		}
-		if err := emit(res); err != nil {
-			return err
-		}
+		collect(res)
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read flows: %w", err)

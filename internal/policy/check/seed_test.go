@@ -1,6 +1,7 @@
 package check
 
 import (
+	"github.com/bulwark-net/bulwark/internal/manifest"
 	"path/filepath"
 	"testing"
 )
@@ -62,4 +63,17 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+func mustLoadYAML(t *testing.T, doc string) *State {
+	t.Helper()
+	objs, errs := manifest.Decode("test.yaml", []byte(doc))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	st, err := FromSet(manifest.NewSet(objs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

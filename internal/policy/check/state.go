@@ -65,6 +65,16 @@ func FromSet(set *manifest.Set) (*State, error) {
 	return &State{Repo: repo, Snap: repo.Snapshot(), Set: set}, nil
 }
 
+// FromObjects builds a State from objects accepted by
+// policy.Repository.Upsert (Set is nil).
+func FromObjects(objs ...any) (*State, error) {
+	repo := policy.NewRepository(policy.Options{})
+	if _, err := repo.Upsert(objs...); err != nil {
+		return nil, fmt.Errorf("load state: %w", err)
+	}
+	return &State{Repo: repo, Snap: repo.Snapshot()}, nil
+}
+
 // wrapSource prefixes an engine error with the file of the object it names
 // when it can be found.
 func wrapSource(set *manifest.Set, err error) error {

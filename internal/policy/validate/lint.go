@@ -28,6 +28,7 @@ func Lint(set *manifest.Set) []Finding {
 		case api.Policy:
 			lintShadowedExcept(r, v)
 			lintClaimsDeny(r, v)
+			lintL7Protocol(r, v)
 			if l.havePods {
 				l.lintCiliumSelectors(r, v)
 			}
@@ -39,6 +40,7 @@ func Lint(set *manifest.Set) []Finding {
 		out = append(out, r.out...)
 	}
 	out = append(out, l.lintDNSForFQDN()...)
+	out = append(out, l.lintUnreachableIngress()...)
 	return out
 }
 
@@ -198,6 +200,7 @@ func lintShadowedExcept(r *reporter, p api.Policy) {
 				r.add(Warning, "lint/cidr-except-shadowed", nil, "")
 				f := &r.out[len(r.out)-1]
 				f.Field = path
+				f.Line = r.obj.FieldLine(path)
 				f.Message = fmt.Sprintf("except %s of cidr %s is meaningless: %s (%s) already allows those addresses and allows are a union, so %s; to exclude addresses use %sDeny",
 					strings.Join(sh.excepts, ", "), sh.cidr, sh.by.path, sh.by.what, effect, dir)
 			}
@@ -385,4 +388,31 @@ func describeSelector(s api.EndpointSelector) string {
 		}
 	}
 	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// lintL7Protocol (lint c): L7 rules on a port whose protocol does not carry
+// that L7 protocol. HTTP on UDP (or ANY) is already a validation error, as
+// in Cilium; what remains is DNS rules only on TCP: resolvers query over
+// UDP first, so those lookups are dropped and only the TCP retries (if any)
+// are seen by the DNS proxy.
+func lintL7Protocol(r *reporter, p api.Policy) {
+	for ri, rule := range p.Rules() {
+		for i, eg := range rule.Egress {
+			for j, pr := range eg.ToPorts {
+				if pr.Rules == nil || len(pr.Rules.DNS) == 0 || len(pr.Ports) == 0 {
+					continue
+				}
+				udp := false
+				for _, pp := range pr.Ports {
+					if pp.Protocol == "" || pp.Protocol == api.ProtoAny || pp.Protocol == api.ProtoUDP {
+						udp = true
+					}
+				}
+				if !udp {
+					r.warnf("lint/l7-protocol", field.NewPath(p.RulePath(ri)).Child("egress").Index(i).Child("toPorts").Index(j).Child("ports"),
+						"DNS rules on TCP only: resolvers query over UDP first, so ordinary lookups are dropped; add protocol UDP (or ANY) for port 53")
+				}
+			}
+		}
+	}
 }

@@ -1,6 +1,8 @@
 package validate
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -73,6 +75,11 @@ func TestLint(t *testing.T) {
 			"lint/selects-nothing", "spec.endpointSelector", "", false},
 		{"netpol selects nothing", podsDemo + "---\n" + netpol("podSelector:\n  matchLabels: {app: nope}\n"),
 			"lint/selects-nothing", "spec.podSelector", "matches no pod", true},
+		// Lint c: L7 protocol.
+		{"dns rules on tcp only", cnp("endpointSelector: {}\negress:\n- toEntities: [cluster]\n  toPorts:\n  - ports: [{port: \"53\", protocol: TCP}]\n    rules:\n      dns: [{matchPattern: \"*\"}]\n"),
+			"lint/l7-protocol", "spec.egress[0].toPorts[0].ports", "UDP", true},
+		{"dns rules on any", cnp("endpointSelector: {}\negress:\n- toEntities: [cluster]\n  toPorts:\n  - ports: [{port: \"53\", protocol: ANY}]\n    rules:\n      dns: [{matchPattern: \"*\"}]\n"),
+			"lint/l7-protocol", "spec.egress[0].toPorts[0].ports", "", false},
 		// Lint d: FQDN without DNS.
 		{"fqdn without dns", podsDemo + "---\n" + cnp("endpointSelector:\n  matchLabels: {app: web}\negress:\n- toFQDNs:\n  - matchName: api.github.com\n"),
 			"lint/fqdn-without-dns", "spec.egress[0].toFQDNs", "demo/web", true},
@@ -104,5 +111,44 @@ func TestLint(t *testing.T) {
 				t.Errorf("lint %s at %s present=%v, want %v; lints:\n%s", tt.rule, tt.field, got, tt.want, strings.Join(lines, "\n"))
 			}
 		})
+	}
+}
+
+func seedFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(seedDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// Lint f: the seed's frontend-to-backend ingress allow, with the seed's
+// default deny and sample app, never takes effect (frontend egress is
+// default-denied); an egress allow for the frontend makes it effective.
+func TestLintIngressUnreachable(t *testing.T) {
+	base := seedFile(t, "sample-app.yaml") + "\n---\n" + seedFile(t, "default-deny.yaml") + "\n---\n" + seedFile(t, "frontend-to-backend.yaml")
+	fs := lintRules(t, base)
+	if !hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0]", "demo/frontend-0 -> demo/backend-0 TCP/8080 is dropped at demo/frontend-0's egress, which is default-deny through demo/default-deny-all") {
+		t.Errorf("no unreachable-ingress warning: %v", fs)
+	}
+	egress := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-egress, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: backend}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+	fs = lintRules(t, base+"\n---\n"+egress)
+	if hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0]", "") {
+		t.Errorf("warning despite an egress allow: %v", fs)
+	}
+	// Without the default deny the frontend's egress is open.
+	fs = lintRules(t, seedFile(t, "sample-app.yaml")+"\n---\n"+seedFile(t, "frontend-to-backend.yaml"))
+	if hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0]", "") {
+		t.Errorf("warning without default deny: %v", fs)
 	}
 }

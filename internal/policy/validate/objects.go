@@ -7,6 +7,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
@@ -24,6 +26,18 @@ func Object(o *manifest.Object) []Finding {
 	switch v := o.Obj.(type) {
 	case *networkingv1.NetworkPolicy:
 		validateNetworkPolicy(r, v)
+	case *corev1.Pod:
+		validatePodSpec(r, field.NewPath("spec"), &v.Spec)
+	case *corev1.Service:
+		validateService(r, v)
+	case *appsv1.Deployment:
+		validateWorkload(r, v.Spec.Selector, &v.Spec.Template)
+	case *appsv1.StatefulSet:
+		validateWorkload(r, v.Spec.Selector, &v.Spec.Template)
+	case *appsv1.ReplicaSet:
+		validateWorkload(r, v.Spec.Selector, &v.Spec.Template)
+	case *appsv1.DaemonSet:
+		validateWorkload(r, v.Spec.Selector, &v.Spec.Template)
 	case api.Policy:
 		validateCiliumPolicy(r, v)
 		bulwarkUnsupported(r, v)

@@ -41,6 +41,21 @@ func (s Severity) String() string {
 // MarshalText writes the severity name (for JSON output).
 func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads a severity name.
+func (s *Severity) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "ERROR":
+		*s = Error
+	case "WARNING":
+		*s = Warning
+	case "INFO":
+		*s = Info
+	default:
+		return fmt.Errorf("unknown severity %q", b)
+	}
+	return nil
+}
+
 // Finding is one problem with one object.
 type Finding struct {
 	Severity  Severity        `json:"severity"`
@@ -49,6 +64,7 @@ type Finding struct {
 	Namespace string          `json:"namespace,omitempty"`
 	Name      string          `json:"name,omitempty"`
 	Field     string          `json:"field,omitempty"` // JSON path, e.g. spec.ingress[0].toPorts[0].ports[0].port
+	Line      int             `json:"line,omitempty"`  // file line of Field (or of the document)
 	Message   string          `json:"message"`
 	// Rule is a short stable identifier of the check (e.g. "port",
 	// "lint/cidr-except-shadowed"), for filtering and tests.
@@ -124,7 +140,7 @@ func Count(fs []Finding) (errors, warnings, infos int) {
 }
 
 func fromError(sev Severity, rule string, e *manifest.Error) Finding {
-	return Finding{Severity: sev, Source: e.Source, Kind: e.Kind, Namespace: e.Namespace, Name: e.Name, Field: e.Field, Message: e.Reason, Rule: rule}
+	return Finding{Severity: sev, Source: e.Source, Kind: e.Kind, Namespace: e.Namespace, Name: e.Name, Field: e.Field, Line: e.Line, Message: e.Reason, Rule: rule}
 }
 
 // reporter collects the findings of one object.
@@ -142,6 +158,7 @@ func (r *reporter) add(sev Severity, rule string, path *field.Path, format strin
 	if path != nil {
 		f.Field = path.String()
 	}
+	f.Line = r.obj.FieldLine(f.Field)
 	r.out = append(r.out, f)
 }
 
@@ -160,7 +177,7 @@ func (r *reporter) fieldErrors(rule string, errs field.ErrorList) {
 		r.out = append(r.out, Finding{
 			Severity: Error, Source: r.obj.Source, Kind: r.obj.Kind,
 			Namespace: r.obj.Namespace, Name: r.obj.Name, Field: e.Field,
-			Message: msg, Rule: rule,
+			Line: r.obj.FieldLine(e.Field), Message: msg, Rule: rule,
 		})
 	}
 }
@@ -178,7 +195,7 @@ func duplicates(set *manifest.Set) []Finding {
 		if prev, dup := first[k]; dup {
 			out = append(out, Finding{
 				Severity: Error, Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name,
-				Field: "metadata.name", Rule: "duplicate",
+				Field: "metadata.name", Line: o.FieldLine("metadata.name"), Rule: "duplicate",
 				Message: fmt.Sprintf("duplicate object: also defined at %s", prev.Source),
 			})
 			continue

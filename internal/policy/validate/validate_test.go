@@ -97,6 +97,10 @@ func TestValidationErrors(t *testing.T) {
 		{"bad name", strings.Replace(cnp(sel), "name: p", "name: Bad_Name", 1), "metadata.name", "invalid name", "ERROR: bad.yaml:doc 0: CiliumNetworkPolicy demo/Bad_Name: "},
 		{"wrong apiVersion", strings.Replace(cnp(sel), "cilium.io/v2", "cilium.io/v1", 1), "apiVersion", "served as \"cilium.io/v2\"", ""},
 		{"kind typo", strings.Replace(cnp(sel), "CiliumNetworkPolicy", "CiliumNetworkPolicies", 1), "kind", "did you mean \"CiliumNetworkPolicy\"", "ERROR: bad.yaml:doc 0: CiliumNetworkPolicies demo/p: "},
+		// Workloads and Services.
+		{"deploy selector mismatch", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: demo}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: x}]}\n", "spec.template.metadata.labels", "does not match", "ERROR: bad.yaml:doc 0: Deployment demo/d: "},
+		{"pod bad port name", "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: demo}\nspec: {containers: [{name: c, image: x, ports: [{containerPort: 80, name: Web_Port}]}]}\n", "spec.containers[0].ports[0].name", "invalid port name", "ERROR: bad.yaml:doc 0: Pod demo/p: "},
+		{"service port zero", "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: demo}\nspec: {ports: [{port: 0}]}\n", "spec.ports[0].port", "invalid port 0", "ERROR: bad.yaml:doc 0: Service demo/s: "},
 		// NetworkPolicy.
 		{"np bad cidr", netpol("podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.0.0.0/40\n"), "spec.ingress[0].from[0].ipBlock.cidr", "invalid CIDR", "ERROR: bad.yaml:doc 0: NetworkPolicy demo/np: "},
 		{"np except outside", netpol("podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.0.0.0/8\n      except: [10.0.0.0/8]\n"), "spec.ingress[0].from[0].ipBlock.except[0]", "strict subset", "ERROR: bad.yaml:doc 0: NetworkPolicy demo/np: "},
@@ -162,4 +166,18 @@ func TestValidInputsHaveNoErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Findings carry the file line of their field.
+func TestFindingLine(t *testing.T) {
+	doc := "# comment\n---\n" + cnp("endpointSelector: {}\ningress:\n- toPorts:\n  - ports:\n    - port: \"99999\"\n      protocol: TCP\n")
+	for _, f := range run(t, doc, Options{NoLint: true}) {
+		if f.Field == "spec.ingress[0].toPorts[0].ports[0].port" {
+			if f.Line != 13 || f.Source.Line != 3 {
+				t.Errorf("line %d (doc line %d), want 13 (3)", f.Line, f.Source.Line)
+			}
+			return
+		}
+	}
+	t.Error("no port finding")
 }

@@ -1,0 +1,514 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bulwark-net/bulwark/internal/observer"
+	"github.com/bulwark-net/bulwark/internal/observer/printer"
+)
+
+// defaultObserveLast is how many recent flows observe prints when given
+// neither --last, --first, --all, --since nor --follow (as hubble).
+const defaultObserveLast = 20
+
+// hubbleServerFlags find the Hubble API: --server, or the instance's unix
+// socket when it exists, or the default TCP address.
+type hubbleServerFlags struct {
+	inst   instanceFlags
+	server string
+}
+
+func (h *hubbleServerFlags) register(cmd *cobra.Command) {
+	h.inst.register(cmd)
+	cmd.Flags().StringVar(&h.server, "server", "",
+		"Hubble API address: unix:///path, /path or host:port (default: the instance's socket, else "+observer.DefaultTCPAddress+")")
+}
+
+// target returns the gRPC target of the Hubble server.
+func (h *hubbleServerFlags) target() (string, error) {
+	switch {
+	case strings.HasPrefix(h.server, "unix://"):
+		return h.server, nil
+	case strings.HasPrefix(h.server, "/"):
+		return "unix://" + h.server, nil
+	case h.server != "":
+		return "passthrough:///" + h.server, nil
+	}
+	p, err := h.inst.paths()
+	if err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(p.Hubble); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		return "unix://" + p.Hubble, nil
+	}
+	return "passthrough:///" + observer.DefaultTCPAddress, nil
+}
+
+func (h *hubbleServerFlags) dial() (observerpb.ObserverClient, func(), string, error) {
+	target, err := h.target()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("hubble server %s: %w", target, err)
+	}
+	return observerpb.NewObserverClient(conn), func() { conn.Close() }, target, nil
+}
+
+// hubbleError explains a failed call to the Hubble API; an unreachable
+// server most likely means no agent runs.
+func hubbleError(what, target string, err error) error {
+	addr := strings.TrimPrefix(target, "passthrough:///")
+	if status.Code(err) == codes.Unavailable {
+		return fmt.Errorf("%s: cannot reach the Hubble API at %s (is the agent running? see 'bulwark status'; or pass --server): %w", what, addr, err)
+	}
+	return fmt.Errorf("%s from %s: %w", what, addr, err)
+}
+
+// signalContext ends on Ctrl-C or SIGTERM.
+func signalContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(cmdContext(cmd), os.Interrupt, syscall.SIGTERM)
+}
+
+// observeFlags are hubble observe's flags.
+type observeFlags struct {
+	namespaces, fromNamespaces, toNamespaces []string
+	pods, fromPods, toPods                   []string
+	labels, fromLabels, toLabels             []string
+	ips, fromIPs, toIPs                      []string
+	ports, fromPorts, toPorts                []string
+	identities, fromIdentities, toIdentities []string
+	verdicts, protocols, types, nodeNames    []string
+	trafficDirection                         string
+	reply                                    bool
+	replySet                                 bool
+
+	follow      bool
+	last, first uint64
+	all         bool
+	since       string
+	until       string
+	output      string
+	policyNames bool
+}
+
+func newObserveCmd() *cobra.Command {
+	var srv hubbleServerFlags
+	var f observeFlags
+	cmd := &cobra.Command{
+		Use:   "observe",
+		Short: "Show flows from the Hubble API, filtered as hubble observe does",
+		Long: `Show the flows the datapath reported (allowed and denied connections,
+drops), from the agent's Hubble API. Filters take hubble's flags: --from-*
+match the source, --to-* the destination, and --namespace/--pod/--label/
+--ip/--port/--identity either side.`,
+		Example: `  bulwark observe --namespace demo
+  bulwark observe --namespace demo --verdict DROPPED
+  bulwark observe --namespace demo --from-label app=frontend --to-label app=backend
+  bulwark observe --namespace demo -o json > flows.json
+  bulwark observe --namespace demo --verdict DROPPED --follow --print-policy-names`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.replySet = cmd.Flags().Changed("is-reply")
+			format, err := printer.ParseFormat(f.output)
+			if err != nil {
+				return fmt.Errorf("-o: %w", err)
+			}
+			req, err := f.request(time.Now())
+			if err != nil {
+				return err
+			}
+			client, closeConn, target, err := srv.dial()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			p := printer.New(cmd.OutOrStdout(), cmd.ErrOrStderr(), printer.Options{
+				Format: format, PolicyNames: f.policyNames, Flush: f.follow,
+			})
+			err = streamFlows(ctx, client, req, func(resp *observerpb.GetFlowsResponse) error { return p.Write(resp) })
+			if ferr := p.Flush(); err == nil {
+				err = ferr
+			}
+			if err != nil {
+				return hubbleError("observe flows", target, err)
+			}
+			return nil
+		},
+	}
+	srv.register(cmd)
+	fl := cmd.Flags()
+	fl.StringSliceVarP(&f.namespaces, "namespace", "n", nil, "show flows from or to pods in this namespace")
+	fl.StringSliceVar(&f.fromNamespaces, "from-namespace", nil, "show flows from pods in this namespace")
+	fl.StringSliceVar(&f.toNamespaces, "to-namespace", nil, "show flows to pods in this namespace")
+	fl.StringSliceVar(&f.pods, "pod", nil, "show flows from or to this pod ([namespace/]name prefix)")
+	fl.StringSliceVar(&f.fromPods, "from-pod", nil, "show flows from this pod ([namespace/]name prefix)")
+	fl.StringSliceVar(&f.toPods, "to-pod", nil, "show flows to this pod ([namespace/]name prefix)")
+	fl.StringArrayVarP(&f.labels, "label", "l", nil, "show flows from or to endpoints matching this label selector")
+	fl.StringArrayVar(&f.fromLabels, "from-label", nil, "show flows from endpoints matching this label selector")
+	fl.StringArrayVar(&f.toLabels, "to-label", nil, "show flows to endpoints matching this label selector")
+	fl.StringSliceVar(&f.ips, "ip", nil, "show flows from or to this IP or CIDR")
+	fl.StringSliceVar(&f.fromIPs, "from-ip", nil, "show flows from this IP or CIDR")
+	fl.StringSliceVar(&f.toIPs, "to-ip", nil, "show flows to this IP or CIDR")
+	fl.StringSliceVar(&f.ports, "port", nil, "show flows from or to this L4 port")
+	fl.StringSliceVar(&f.fromPorts, "from-port", nil, "show flows from this L4 port")
+	fl.StringSliceVar(&f.toPorts, "to-port", nil, "show flows to this L4 port")
+	fl.StringSliceVar(&f.identities, "identity", nil, "show flows from or to this security identity")
+	fl.StringSliceVar(&f.fromIdentities, "from-identity", nil, "show flows from this security identity")
+	fl.StringSliceVar(&f.toIdentities, "to-identity", nil, "show flows to this security identity")
+	fl.StringSliceVar(&f.verdicts, "verdict", nil, "show flows with this verdict: FORWARDED, DROPPED, AUDIT, REDIRECTED")
+	fl.StringSliceVar(&f.protocols, "protocol", nil, "show flows of this L4 protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6")
+	fl.StringSliceVarP(&f.types, "type", "t", nil, "show events of this type: drop, policy-verdict, trace[:to-endpoint|:from-endpoint]")
+	fl.StringSliceVar(&f.nodeNames, "node-name", nil, "show flows seen on this node (glob)")
+	fl.StringVar(&f.trafficDirection, "traffic-direction", "", "show flows in this direction: ingress or egress")
+	fl.BoolVar(&f.reply, "is-reply", false, "show only replies (true) or only requests (false)")
+	fl.BoolVarP(&f.follow, "follow", "f", false, "keep printing flows as they arrive")
+	fl.Uint64Var(&f.last, "last", 0, "print the last N matching flows")
+	fl.Uint64Var(&f.first, "first", 0, "print the first N matching flows")
+	fl.BoolVar(&f.all, "all", false, "print every stored flow")
+	fl.StringVar(&f.since, "since", "", "print flows since this time: a duration ago (5m) or an RFC 3339 time")
+	fl.StringVar(&f.until, "until", "", "print flows until this time: a duration ago (1m) or an RFC 3339 time")
+	fl.StringVarP(&f.output, "output", "o", string(printer.Compact), "output format: compact, table, json, jsonpb, dict")
+	fl.BoolVar(&f.policyNames, "print-policy-names", false, "print the policies that allowed or denied each flow")
+	return cmd
+}
+
+// streamFlows calls GetFlows and hands every response to fn until the
+// stream ends or ctx does.
+func streamFlows(ctx context.Context, c observerpb.ObserverClient, req *observerpb.GetFlowsRequest, fn func(*observerpb.GetFlowsResponse) error) error {
+	stream, err := c.GetFlows(ctx, req)
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted by the user
+			}
+			return err
+		}
+		if err := fn(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// conflict rejects a non-directional flag used with its directional forms.
+func conflict(name string, either, from, to []string) error {
+	if len(either) > 0 && (len(from) > 0 || len(to) > 0) {
+		return fmt.Errorf("--%s cannot be combined with --from-%s or --to-%s: use either the undirected form or the directed ones", name, name, name)
+	}
+	return nil
+}
+
+// request turns the flags into a GetFlowsRequest; now anchors durations.
+func (f *observeFlags) request(now time.Time) (*observerpb.GetFlowsRequest, error) {
+	for _, c := range []struct {
+		name           string
+		either, fr, to []string
+	}{
+		{"namespace", f.namespaces, f.fromNamespaces, f.toNamespaces},
+		{"pod", f.pods, f.fromPods, f.toPods},
+		{"label", f.labels, f.fromLabels, f.toLabels},
+		{"ip", f.ips, f.fromIPs, f.toIPs},
+		{"port", f.ports, f.fromPorts, f.toPorts},
+		{"identity", f.identities, f.fromIdentities, f.toIdentities},
+	} {
+		if err := conflict(c.name, c.either, c.fr, c.to); err != nil {
+			return nil, err
+		}
+	}
+	req := &observerpb.GetFlowsRequest{Follow: f.follow}
+	switch {
+	case f.first > 0 && f.last > 0:
+		return nil, errors.New("--first and --last cannot be combined: choose the oldest or the newest flows")
+	case f.all && (f.first > 0 || f.last > 0):
+		return nil, errors.New("--all cannot be combined with --first or --last")
+	case f.first > 0 && f.follow:
+		return nil, errors.New("--first cannot be combined with --follow: following starts from the newest flows")
+	case f.first > 0:
+		req.First, req.Number = true, f.first
+	case f.last > 0:
+		req.Number = f.last
+	case f.all:
+		req.Number = math.MaxUint64
+	}
+	var err error
+	if f.since != "" {
+		if req.Since, err = parseFlowTime("--since", f.since, now); err != nil {
+			return nil, err
+		}
+	}
+	if f.until != "" {
+		if req.Until, err = parseFlowTime("--until", f.until, now); err != nil {
+			return nil, err
+		}
+	}
+	if req.Since != nil && req.Until != nil && req.Until.AsTime().Before(req.Since.AsTime()) {
+		return nil, fmt.Errorf("--until %s is before --since %s", f.until, f.since)
+	}
+	if req.Number == 0 && !f.follow && req.Since == nil {
+		req.Number = defaultObserveLast
+	}
+
+	base := &flowpb.FlowFilter{NodeName: f.nodeNames}
+	for _, v := range f.verdicts {
+		val, ok := flowpb.Verdict_value[strings.ToUpper(v)]
+		if !ok || val == int32(flowpb.Verdict_VERDICT_UNKNOWN) {
+			return nil, fmt.Errorf("--verdict %q: want one of FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED, TRANSLATED", v)
+		}
+		base.Verdict = append(base.Verdict, flowpb.Verdict(val))
+	}
+	for _, p := range f.protocols {
+		switch strings.ToLower(p) {
+		case "tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6":
+			base.Protocol = append(base.Protocol, strings.ToLower(p))
+		default:
+			return nil, fmt.Errorf("--protocol %q: want one of tcp, udp, sctp, icmp, icmpv4, icmpv6", p)
+		}
+	}
+	for _, t := range f.types {
+		et, err := parseEventType(t)
+		if err != nil {
+			return nil, err
+		}
+		base.EventType = append(base.EventType, et)
+	}
+	switch strings.ToLower(f.trafficDirection) {
+	case "":
+	case "ingress":
+		base.TrafficDirection = []flowpb.TrafficDirection{flowpb.TrafficDirection_INGRESS}
+	case "egress":
+		base.TrafficDirection = []flowpb.TrafficDirection{flowpb.TrafficDirection_EGRESS}
+	default:
+		return nil, fmt.Errorf("--traffic-direction %q: want ingress or egress", f.trafficDirection)
+	}
+	if f.replySet {
+		base.Reply = []bool{f.reply}
+	}
+
+	// Namespaces qualify pod names given without one; with no pod to
+	// qualify they select the namespace itself.
+	fromPods, err := qualifyPods("from-pod", f.fromPods, f.fromNamespaces, f.namespaces)
+	if err != nil {
+		return nil, err
+	}
+	toPods, err := qualifyPods("to-pod", f.toPods, f.toNamespaces, f.namespaces)
+	if err != nil {
+		return nil, err
+	}
+	var eitherPods []string
+	switch {
+	case len(f.pods) > 0:
+		if eitherPods, err = qualifyPods("pod", f.pods, f.namespaces, nil); err != nil {
+			return nil, err
+		}
+	case len(f.fromPods)+len(f.toPods) == 0:
+		eitherPods = namespacePods(f.namespaces)
+	}
+	src := side{pods: fromPods, labels: f.fromLabels, ips: f.fromIPs, ports: f.fromPorts, identities: f.fromIdentities}
+	dst := side{pods: toPods, labels: f.toLabels, ips: f.toIPs, ports: f.toPorts, identities: f.toIdentities}
+	either := side{pods: eitherPods, labels: f.labels, ips: f.ips, ports: f.ports, identities: f.identities}
+	if err := src.apply(base, true); err != nil {
+		return nil, err
+	}
+	if err := dst.apply(base, false); err != nil {
+		return nil, err
+	}
+	if either.empty() {
+		if !isEmptyFilter(base) {
+			req.Whitelist = []*flowpb.FlowFilter{base}
+		}
+		return req, nil
+	}
+	// Undirected criteria: one filter with them on the source side, one on
+	// the destination side; a flow matching either is shown.
+	for _, asSource := range []bool{true, false} {
+		ff := cloneFilter(base)
+		if err := either.apply(ff, asSource); err != nil {
+			return nil, err
+		}
+		req.Whitelist = append(req.Whitelist, ff)
+	}
+	return req, nil
+}
+
+// qualifyPods prefixes pod names without a namespace with the namespace
+// given (one only: several would be ambiguous); namespaces alone, with no
+// pod, select every pod in them.
+func qualifyPods(flag string, pods, namespaces, fallback []string) ([]string, error) {
+	ns := namespaces
+	if len(ns) == 0 {
+		ns = fallback
+	}
+	if len(pods) == 0 {
+		if len(namespaces) > 0 {
+			return namespacePods(namespaces), nil
+		}
+		return nil, nil
+	}
+	out := make([]string, 0, len(pods))
+	for _, p := range pods {
+		switch {
+		case strings.Contains(p, "/"):
+			out = append(out, p)
+		case len(ns) == 1:
+			out = append(out, ns[0]+"/"+p)
+		case len(ns) > 1:
+			return nil, fmt.Errorf("--%s %q: several namespaces given; write the pod as namespace/name", flag, p)
+		default:
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func namespacePods(namespaces []string) []string {
+	out := make([]string, 0, len(namespaces))
+	for _, ns := range namespaces {
+		out = append(out, ns+"/")
+	}
+	return out
+}
+
+// side holds the criteria of one end of a flow.
+type side struct {
+	pods, labels, ips, ports, identities []string
+}
+
+func (s side) empty() bool {
+	return len(s.pods)+len(s.labels)+len(s.ips)+len(s.ports)+len(s.identities) == 0
+}
+
+func (s side) apply(ff *flowpb.FlowFilter, source bool) error {
+	var ids []uint32
+	for _, v := range s.identities {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return fmt.Errorf("--identity %q: not a numeric identity", v)
+		}
+		ids = append(ids, uint32(n))
+	}
+	for _, v := range s.ports {
+		if _, err := strconv.ParseUint(v, 10, 16); err != nil {
+			return fmt.Errorf("--port %q: not a port number 0-65535", v)
+		}
+	}
+	if source {
+		ff.SourcePod = append(ff.SourcePod, s.pods...)
+		ff.SourceLabel = append(ff.SourceLabel, s.labels...)
+		ff.SourceIp = append(ff.SourceIp, s.ips...)
+		ff.SourcePort = append(ff.SourcePort, s.ports...)
+		ff.SourceIdentity = append(ff.SourceIdentity, ids...)
+	} else {
+		ff.DestinationPod = append(ff.DestinationPod, s.pods...)
+		ff.DestinationLabel = append(ff.DestinationLabel, s.labels...)
+		ff.DestinationIp = append(ff.DestinationIp, s.ips...)
+		ff.DestinationPort = append(ff.DestinationPort, s.ports...)
+		ff.DestinationIdentity = append(ff.DestinationIdentity, ids...)
+	}
+	return nil
+}
+
+func cloneFilter(ff *flowpb.FlowFilter) *flowpb.FlowFilter {
+	c := ff
+	out := &flowpb.FlowFilter{
+		SourcePod: c.SourcePod, SourceLabel: c.SourceLabel, SourceIp: c.SourceIp, SourcePort: c.SourcePort,
+		SourceIdentity: c.SourceIdentity, DestinationPod: c.DestinationPod, DestinationLabel: c.DestinationLabel,
+		DestinationIp: c.DestinationIp, DestinationPort: c.DestinationPort, DestinationIdentity: c.DestinationIdentity,
+		Verdict: c.Verdict, Protocol: c.Protocol, EventType: c.EventType, NodeName: c.NodeName,
+		TrafficDirection: c.TrafficDirection, Reply: c.Reply,
+	}
+	// Appends to the copy must not write into the original's arrays.
+	for _, s := range []*[]string{&out.SourcePod, &out.SourceLabel, &out.SourceIp, &out.SourcePort,
+		&out.DestinationPod, &out.DestinationLabel, &out.DestinationIp, &out.DestinationPort} {
+		*s = append([]string(nil), *s...)
+	}
+	out.SourceIdentity = append([]uint32(nil), out.SourceIdentity...)
+	out.DestinationIdentity = append([]uint32(nil), out.DestinationIdentity...)
+	return out
+}
+
+func isEmptyFilter(ff *flowpb.FlowFilter) bool {
+	return len(ff.SourcePod)+len(ff.SourceLabel)+len(ff.SourceIp)+len(ff.SourcePort)+len(ff.SourceIdentity)+
+		len(ff.DestinationPod)+len(ff.DestinationLabel)+len(ff.DestinationIp)+len(ff.DestinationPort)+len(ff.DestinationIdentity)+
+		len(ff.Verdict)+len(ff.Protocol)+len(ff.EventType)+len(ff.NodeName)+len(ff.TrafficDirection)+len(ff.Reply) == 0
+}
+
+// parseEventType reads --type: drop, policy-verdict, trace, optionally
+// trace:to-endpoint / trace:from-endpoint, or a monitor type number.
+func parseEventType(s string) (*flowpb.EventTypeFilter, error) {
+	name, sub, hasSub := strings.Cut(strings.ToLower(s), ":")
+	et := &flowpb.EventTypeFilter{}
+	switch name {
+	case "drop":
+		et.Type = observer.MonitorTypeDrop
+	case "policy-verdict":
+		et.Type = observer.MonitorTypePolicyVerdict
+	case "trace":
+		et.Type = observer.MonitorTypeTrace
+	default:
+		n, err := strconv.ParseInt(name, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--type %q: want drop, policy-verdict, trace[:to-endpoint|:from-endpoint] or a monitor type number", s)
+		}
+		et.Type = int32(n)
+	}
+	if hasSub {
+		switch {
+		case et.Type == observer.MonitorTypeTrace && sub == "to-endpoint":
+			et.MatchSubType, et.SubType = true, 0
+		case et.Type == observer.MonitorTypeTrace && sub == "from-endpoint":
+			et.MatchSubType, et.SubType = true, 5
+		default:
+			n, err := strconv.ParseInt(sub, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("--type %q: unknown sub-type %q", s, sub)
+			}
+			et.MatchSubType, et.SubType = true, int32(n)
+		}
+	}
+	return et, nil
+}
+
+// parseFlowTime reads a duration ago ("5m") or an RFC 3339 time.
+func parseFlowTime(flag, s string, now time.Time) (*timestamppb.Timestamp, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return nil, fmt.Errorf("%s %q: a duration must be positive (it counts back from now)", flag, s)
+		}
+		return timestamppb.New(now.Add(-d)), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, time.RFC3339, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return timestamppb.New(t), nil
+		}
+	}
+	return nil, fmt.Errorf("%s %q: want a duration (5m, 1h30m) or an RFC 3339 time (2006-01-02T15:04:05Z)", flag, s)
+}

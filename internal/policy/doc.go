@@ -1,0 +1,36 @@
+// Package policy is Bulwark's policy engine: a repository of the cluster
+// state that policy depends on (namespaces, pods, NetworkPolicies,
+// CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies, learned FQDNs)
+// that keeps, incrementally, every endpoint's resolved policy
+// (resolved.EndpointPolicy), the membership of peer selectors
+// (resolved.SelectorSet) and the ipcache (IP/prefix → identity).
+//
+// Invariants:
+//   - An endpoint selected by any rule with a section for a direction is
+//     default-deny in that direction (NetworkPolicy: by policyTypes;
+//     Cilium: a non-empty ingress/ingressDeny or egress/egressDeny list,
+//     unless enableDefaultDeny says false).
+//   - Allows are additive across all kinds; a deny entry from any kind wins
+//     over every allow (resolved.Lookup).
+//   - Entries are a sum: one per (rule peer selector, protocol, port
+//     range, verdict), never one per peer identity.
+//   - Named ports resolve on the destination: for ingress, the endpoint's
+//     own container ports (so tables are per endpoint, shared between
+//     endpoints with the same identity and ports); for egress, the ports of
+//     that name on any pod (Cilium's approach).
+//   - CIDR selectors select CIDR identities only: a pod address always
+//     carries its pod identity (Kubernetes leaves this open for ipBlock;
+//     Cilium and Bulwark never let an ipBlock select a pod). Every prefix a
+//     policy names (excepts included) has a local identity labelled with all
+//     its containing prefixes; other addresses are world-ipv4/world-ipv6,
+//     which carry the 0.0.0.0/0 (::/0) label.
+//   - An update is validated whole before anything changes: it applies
+//     completely or not at all, and reports what changed (Change).
+//
+// Differences from Cilium, on purpose or for now: ICMP rules (icmps) allow
+// every ICMP type of the family (the resolved table has no ICMP type);
+// fromRequires/toRequires, toServices, toGroups, fromNodes/toNodes, host
+// policies (nodeSelector), CIDR groups, Kafka and generic L7 rules, TLS
+// interception, listeners and mutual authentication are rejected with an
+// error naming the field rather than silently ignored.
+package policy
