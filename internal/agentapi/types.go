@@ -35,7 +35,8 @@ type ApplyRequest struct {
 
 // ObjectChange reports what happened to one object.
 type ObjectChange struct {
-	Kind      string `json:"kind"`
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind"`
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name"`
 	// Action is "created", "configured", "unchanged", "deleted" or

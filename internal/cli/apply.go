@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -60,13 +61,14 @@ func printChanges(w io.Writer, changes []agentapi.ObjectChange) {
 	}
 }
 
-// kindRef is kubectl's "kind.group/name" form, with the namespace when set.
+// kindRef is kubectl's "kind.group/name" form ("deployment.apps/frontend",
+// "ciliumnetworkpolicy.cilium.io/allow-dns", "service/backend").
 func kindRef(c agentapi.ObjectChange) string {
-	ref := c.Kind + "/" + c.Name
-	if c.Namespace != "" {
-		ref = c.Kind + "/" + c.Name + " -n " + c.Namespace
+	kind := strings.ToLower(c.Kind)
+	if group, _, ok := strings.Cut(c.APIVersion, "/"); ok {
+		kind += "." + group
 	}
-	return ref
+	return kind + "/" + c.Name
 }
 
 // newApplyCmd changes workloads and policies of a running sandbox.

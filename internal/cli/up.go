@@ -60,6 +60,7 @@ func newUpCmd() *cobra.Command {
 			c := agentapi.NewClient(p.Socket)
 			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics}
 			var agentDone <-chan error
+			agentPID := os.Getpid()
 			if foreground {
 				done := make(chan error, 1)
 				sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
@@ -67,12 +68,12 @@ func newUpCmd() *cobra.Command {
 				go func() { done <- agent.Run(sigCtx, agentOpts) }()
 				agentDone = done
 			} else {
-				agentDone, err = startDetached(p, agentOpts)
+				agentDone, agentPID, err = startDetached(p, agentOpts)
 				if err != nil {
 					return err
 				}
 			}
-			if err := waitForAgent(ctx, c, agentDone, p); err != nil {
+			if err := waitForAgent(ctx, c, agentDone, p, agentPID); err != nil {
 				return err
 			}
 			if len(docs) > 0 {
@@ -111,17 +112,17 @@ func newUpCmd() *cobra.Command {
 // startDetached starts 'bulwark agent' in its own session with its output
 // in the instance's log file. The returned channel yields the agent's exit
 // if it dies while we wait for it.
-func startDetached(p agent.Paths, o agent.Options) (<-chan error, error) {
+func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("find own executable: %w", err)
+		return nil, 0, fmt.Errorf("find own executable: %w", err)
 	}
 	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+		return nil, 0, fmt.Errorf("create state directory: %w", err)
 	}
 	logf, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open agent log: %w", err)
+		return nil, 0, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close()
 	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir,
@@ -130,7 +131,7 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
+		return nil, 0, fmt.Errorf("start agent: %w", err)
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -140,7 +141,7 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, error) {
 		}
 		done <- err
 	}()
-	return done, nil
+	return done, cmd.Process.Pid, nil
 }
 
 func parentDir(dir string) string {
@@ -152,12 +153,12 @@ func parentDir(dir string) string {
 	return dir
 }
 
-// waitForAgent polls the socket until the agent answers, or fails when the
-// agent exits first.
-func waitForAgent(ctx context.Context, c *agentapi.Client, done <-chan error, p agent.Paths) error {
+// waitForAgent polls the socket until our agent (pid) answers, or fails
+// when it exits first (for example because another up won the race).
+func waitForAgent(ctx context.Context, c *agentapi.Client, done <-chan error, p agent.Paths, pid int) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		if _, err := c.Status(ctx); err == nil {
+		if st, err := c.Status(ctx); err == nil && st.PID == pid {
 			return nil
 		}
 		select {

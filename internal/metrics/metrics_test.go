@@ -166,8 +166,8 @@ type fixedDatapath struct {
 }
 
 func (d *fixedDatapath) Traffic() ([]TrafficSample, error) { return d.traffic, nil }
-func (d *fixedDatapath) MapPressure() map[string]float64  { return d.pressure }
-func (d *fixedDatapath) EventsLost() uint64               { return d.lost }
+func (d *fixedDatapath) MapPressure() map[string]float64   { return d.pressure }
+func (d *fixedDatapath) EventsLost() uint64                { return d.lost }
 
 type fixedState struct {
 	enf EnforcementCounts

@@ -26,7 +26,9 @@ func TestLines(t *testing.T) {
 		mutate func(*event.Event)
 		want   string
 	}{
-		{"ingress drop", func(e *event.Event) { e.Type, e.Verdict, e.Reason = event.TypeDrop, event.Dropped, event.ReasonPolicyDenied },
+		{"ingress drop", func(e *event.Event) {
+			e.Type, e.Verdict, e.Reason = event.TypeDrop, event.Dropped, event.ReasonPolicyDenied
+		},
 			"xx drop (Policy denied) to endpoint 123, identity 456->789: 10.0.0.1:1234 -> 10.0.0.2:80 tcp SYN"},
 		{"egress deny rule", func(e *event.Event) {
 			e.Type, e.Verdict, e.Reason, e.Direction = event.TypeDrop, event.Dropped, event.ReasonPolicyDenyRule, resolved.Egress

@@ -230,25 +230,31 @@ func (c *converter) endpoint(ev *event.Event, addr netip.Addr, id identity.Numer
 	return ep
 }
 
+// attachPolicies names the policies behind a verdict. Drops and audits
+// (which would have been drops) are denials: the deny rule's policies, or
+// for a default deny the policies selecting the endpoint in that direction.
+// Forwards and redirects name the policies of the allow rule that matched.
 func (c *converter) attachPolicies(ev *event.Event, f *flowpb.Flow) {
 	if c.resolver == nil {
 		return
 	}
+	denied := ev.Verdict == event.Dropped || ev.Verdict == event.Audit
+	if ev.Verdict == event.Dropped {
+		switch ev.Reason {
+		case event.ReasonPolicyDenied, event.ReasonPolicyDenyRule, event.ReasonRevoked:
+		default:
+			return // not a policy decision
+		}
+	}
 	var refs []resolved.PolicyRef
-	denied := ev.Verdict == event.Dropped
 	switch {
 	case ev.RuleID != 0:
 		refs = c.resolver.RulePolicies(ev.RuleID)
-	case denied && ev.Reason == event.ReasonPolicyDenied:
-		// A default deny: the policies that put the endpoint in default
-		// deny for this direction are responsible.
+	case denied:
 		refs = c.resolver.SelectingPolicies(ev.EndpointID, ev.Direction)
 	}
 	if len(refs) == 0 {
 		return
-	}
-	if denied && ev.Reason != event.ReasonPolicyDenied && ev.Reason != event.ReasonPolicyDenyRule && ev.Reason != event.ReasonRevoked {
-		return // not a policy decision
 	}
 	pols := make([]*flowpb.Policy, len(refs))
 	for i, r := range refs {

@@ -244,3 +244,26 @@ func policyNames(ps []*flowpb.Policy) []string {
 	}
 	return out
 }
+
+func TestPolicyAttributionOfAuditAndRevocation(t *testing.T) {
+	o := newTestObserver(t, 0)
+	// Audit of a default deny: the selecting policies would have denied.
+	ev := deniedSYN(0)
+	ev.Verdict, ev.Reason, ev.Type = event.Audit, event.ReasonNone, event.TypePolicyVerdict
+	f := o.Handle(&ev)
+	if names := policyNames(f.GetIngressDeniedBy()); !slices.Equal(names, []string{"demo/default-deny"}) || len(f.GetIngressAllowedBy()) != 0 {
+		t.Errorf("audit: denied_by %v allowed_by %v, want denied by demo/default-deny", names, f.GetIngressAllowedBy())
+	}
+	// A revoked connection of the backend: egress default deny.
+	ev = allowedSYN(0)
+	ev.Direction, ev.Verdict, ev.Reason, ev.RuleID = resolved.Egress, event.Dropped, event.ReasonRevoked, 0
+	f = o.Handle(&ev)
+	if names := policyNames(f.GetEgressDeniedBy()); !slices.Equal(names, []string{"demo/default-deny"}) || f.GetDropReasonDesc() != flowpb.DropReason_POLICY_DENIED {
+		t.Errorf("revoked: denied_by %v reason %v", names, f.GetDropReasonDesc())
+	}
+	// A forward without a rule (no policy selects the endpoint) names none.
+	ev = dnsQuery(0)
+	if f = o.Handle(&ev); len(f.GetEgressAllowedBy())+len(f.GetEgressDeniedBy()) != 0 {
+		t.Errorf("default allow names policies: %v", f)
+	}
+}

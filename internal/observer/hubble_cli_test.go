@@ -128,7 +128,11 @@ func TestStockHubbleCLI(t *testing.T) {
 		t.Errorf("hubble observe --type drop shows a forwarded flow:\n%s", compact)
 	}
 
-	t.Logf("compact:\n%s", compact)
+	verdicts := runHubble(t, bin, "observe", "--server", server, "--type", "policy-verdict", "--print-policy-names")
+	if !strings.Contains(verdicts, "INGRESS ALLOWED BY frontend-to-backend (CiliumNetworkPolicy)") || strings.Contains(verdicts, "DROPPED") {
+		t.Errorf("hubble observe --type policy-verdict --print-policy-names:\n%s", verdicts)
+	}
+
 	status := runHubble(t, bin, "status", "--server", server)
 	if !strings.Contains(status, "Healthcheck (via unix://") || !strings.Contains(status, "4/4,096") {
 		t.Errorf("hubble status:\n%s", status)

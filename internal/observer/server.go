@@ -32,9 +32,9 @@ const DefaultTCPAddress = "127.0.0.1:4245"
 // about (Cilium's pkg/hubble/api/v1.ObserverServiceName).
 const hubbleHealthService = "hubble.server.Observer"
 
-// followBuffer is how many flows a follow stream may lag behind before it
-// loses flows (and is told so with a LostEvent).
-const followBuffer = 1024
+// DefaultFollowBuffer is how many flows a follow stream may lag behind
+// before it loses flows (and is told so with a LostEvent).
+const DefaultFollowBuffer = 1024
 
 // ServerOptions configure the Hubble API server.
 type ServerOptions struct {
@@ -45,6 +45,9 @@ type ServerOptions struct {
 	UnixSocket string
 	// TCPAddress to listen on ("" for none), e.g. DefaultTCPAddress.
 	TCPAddress string
+	// FollowBuffer is each follow stream's queue; 0 means
+	// DefaultFollowBuffer.
+	FollowBuffer int
 }
 
 // Server serves Hubble's Observer and Peer gRPC services over the flows of
@@ -69,6 +72,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	if opts.UnixSocket == "" && opts.TCPAddress == "" {
 		return nil, errors.New("hubble server: neither a unix socket nor a TCP address to listen on")
+	}
+	if opts.FollowBuffer < 0 {
+		return nil, fmt.Errorf("hubble server: follow buffer %d: must not be negative", opts.FollowBuffer)
+	}
+	if opts.FollowBuffer == 0 {
+		opts.FollowBuffer = DefaultFollowBuffer
 	}
 	s := &Server{opts: opts, grpc: grpc.NewServer(), done: make(chan struct{})}
 	observerpb.RegisterObserverServer(s.grpc, s)
@@ -196,13 +205,13 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Obs
 	var fol *Follower
 	var backlog []*flowpb.Flow
 	if req.GetFollow() {
-		fol, backlog = ring.Follow(followBuffer)
+		fol, backlog = ring.Follow(s.opts.FollowBuffer)
 		defer fol.Close()
 	} else {
 		backlog = ring.Snapshot()
 	}
 	for _, f := range q.selectBacklog(backlog) {
-		if err := stream.Send(s.flowResponse(f)); err != nil {
+		if err := stream.Send(s.flowResponse(q.mask.apply(f))); err != nil {
 			return err
 		}
 	}
@@ -236,7 +245,7 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Obs
 			if !q.matches(f) {
 				continue
 			}
-			if err := stream.Send(s.flowResponse(f)); err != nil {
+			if err := stream.Send(s.flowResponse(q.mask.apply(f))); err != nil {
 				return err
 			}
 		}
@@ -265,6 +274,7 @@ func (s *Server) lostResponse(n uint64) *observerpb.GetFlowsResponse {
 // flowQuery is a validated GetFlowsRequest.
 type flowQuery struct {
 	filter       *Filter
+	mask         *fieldMask
 	since, until *time.Time
 	number       uint64
 	first        bool
@@ -279,7 +289,11 @@ func newFlowQuery(req *observerpb.GetFlowsRequest) (*flowQuery, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &flowQuery{filter: filter, number: req.GetNumber(), first: req.GetFirst(), follow: req.GetFollow()}
+	mask, err := newFieldMask(req.GetFieldMask())
+	if err != nil {
+		return nil, err
+	}
+	q := &flowQuery{filter: filter, mask: mask, number: req.GetNumber(), first: req.GetFirst(), follow: req.GetFollow()}
 	if ts := req.GetSince(); ts != nil {
 		if err := ts.CheckValid(); err != nil {
 			return nil, fmt.Errorf("since: %w", err)

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
@@ -253,5 +255,112 @@ func TestServerNeedsAListener(t *testing.T) {
 	}
 	if _, err := NewServer(ServerOptions{UnixSocket: "/x"}); err == nil {
 		t.Error("a server without observer must be rejected")
+	}
+}
+
+// TestSlowFollowStreamLosesCountedFlows: a client that does not read makes
+// its stream lose flows, never the producer wait; every flow is then either
+// delivered or reported lost.
+func TestSlowFollowStreamLosesCountedFlows(t *testing.T) {
+	o := newTestObserver(t, 0)
+	sock := filepath.Join(t.TempDir(), "hubble.sock")
+	s, err := NewServer(ServerOptions{Observer: o, UnixSocket: sock, FollowBuffer: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	// A fixed, small flow-control window: the server's sends block once the
+	// unread client buffer is full.
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := observerpb.NewObserverClient(conn).GetFlows(ctx, &observerpb.GetFlowsRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFollowers(t, o, 1)
+
+	const pushed = 20000 // far more than the window holds
+	ev := allowedSYN(0)
+	for i := 0; i < pushed; i++ {
+		o.Handle(&ev) // returns although nobody reads
+	}
+	if o.Ring().Lost() == 0 {
+		t.Fatal("a stream that does not read lost no flow: the producer must have waited")
+	}
+
+	// Read everything; lost counts ride on the next delivered flow, so keep
+	// offering marker flows until every flow is accounted for.
+	var delivered, lost uint64
+	markers := uint64(0)
+	responses := make(chan *observerpb.GetFlowsResponse)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				close(responses)
+				return
+			}
+			responses <- resp
+		}
+	}()
+	deadline := time.After(60 * time.Second)
+	for delivered+lost < pushed+markers || markers == 0 {
+		select {
+		case resp, ok := <-responses:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			if l := resp.GetLostEvents(); l != nil {
+				lost += l.GetNumEventsLost()
+			} else {
+				delivered++
+			}
+		case <-time.After(50 * time.Millisecond):
+			o.Handle(&ev)
+			markers++
+		case <-deadline:
+			t.Fatalf("delivered %d + lost %d, want %d", delivered, lost, pushed+markers)
+		}
+	}
+	if delivered+lost != pushed+markers || lost != o.Ring().Lost() {
+		t.Errorf("delivered %d + reported lost %d != pushed %d (ring counted %d lost)", delivered, lost, pushed+markers, o.Ring().Lost())
+	}
+}
+
+func TestGetFlowsFieldMask(t *testing.T) {
+	o := newTestObserver(t, 0)
+	feedDemo(o)
+	c, _, _ := startServer(t, o)
+	flows := collect(t, c, &observerpb.GetFlowsRequest{Number: 1, FieldMask: &fieldmaskpb.FieldMask{
+		Paths: []string{"verdict", "source.pod_name", "l4", "destination", "destination.identity", "egress_denied_by"},
+	}})
+	if len(flows) != 1 {
+		t.Fatalf("%d flows", len(flows))
+	}
+	f := flows[0]
+	want := &flowpb.Flow{
+		Verdict:     flowpb.Verdict_FORWARDED,
+		Source:      &flowpb.Endpoint{PodName: "frontend-7d4b9c"},
+		L4:          &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{SourcePort: 40000, DestinationPort: 53}}},
+		Destination: o.Ring().Snapshot()[3].GetDestination(),
+	}
+	if !proto.Equal(f, want) {
+		t.Errorf("masked flow\n got %v\nwant %v", f, want)
+	}
+	stream, err := c.GetFlows(context.Background(), &observerpb.GetFlowsRequest{FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"no_such_field"}}})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("unknown field in mask: %v, want InvalidArgument", err)
 	}
 }

@@ -38,7 +38,7 @@ func (r ObjectRef) String() string {
 // reload the ipcache if IPCache is set.
 type Change struct {
 	Revision  uint64
-	Endpoints []EndpointKey // added, or policy/identity changed
+	Endpoints []EndpointKey // added, or policy, identity or address changed
 	Removed   []EndpointKey
 	Selectors []resolved.SelectorID
 	IPCache   bool
@@ -111,6 +111,9 @@ type Repository struct {
 	pendIPCacheLocal *bool
 	dirty            map[EndpointKey]struct{}
 	namedChanged     bool
+	// moved: endpoints whose address changed (reported even if their
+	// policy did not)
+	moved map[EndpointKey]bool
 	// unusedIDs may have lost their last user (pod, CIDR prefix or learned
 	// address) during the update; see collectIdentities.
 	unusedIDs map[identity.NumericIdentity]struct{}
@@ -268,6 +271,7 @@ func (r *Repository) run(ops []op) Change {
 	r.dirty = map[EndpointKey]struct{}{}
 	r.namedChanged = false
 	r.unusedIDs = map[identity.NumericIdentity]struct{}{}
+	r.moved = map[EndpointKey]bool{}
 	selChanged := map[resolved.SelectorID]struct{}{}
 	saved := r.sels.changed
 	r.sels.changed = selChanged
@@ -297,7 +301,7 @@ func (r *Repository) run(ops []op) Change {
 			r.pendEndpoints[k] = true
 			continue
 		}
-		if r.recompute(ep) {
+		if r.recompute(ep) || r.moved[k] {
 			ch.Endpoints = append(ch.Endpoints, k)
 			r.pendEndpoints[k] = false
 		}
@@ -477,6 +481,9 @@ func (r *Repository) setPod(in podInput) {
 		r.removeNamedPorts(old.Ports)
 		if old.Identity != id || old.IP != in.ip {
 			r.markIPCache()
+		}
+		if old.IP != in.ip {
+			r.moved[in.key] = true
 		}
 		r.moveIdentity(old, nil)
 	} else if in.ip.IsValid() {

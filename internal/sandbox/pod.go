@@ -2,12 +2,13 @@ package sandbox
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"time"
 
@@ -91,8 +92,11 @@ func (n *Node) addPodLocked(spec PodSpec) (PodInfo, error) {
 	if i := n.findPod(spec.Namespace, spec.Name); i >= 0 {
 		p := &n.st.Pods[i]
 		if netns.Exists(p.Netns) {
+			restart := !p.Running() || !slices.Equal(p.Ports, spec.Ports) || p.Role != spec.Role
+			if !restart && maps.Equal(p.Labels, spec.Labels) && p.OwnerDeployment == spec.OwnerDeployment {
+				return *p, nil // already as asked: nothing to rewrite
+			}
 			p.Labels, p.OwnerDeployment = spec.Labels, spec.OwnerDeployment
-			restart := !p.Running() || !reflect.DeepEqual(p.Ports, spec.Ports) || p.Role != spec.Role
 			p.Ports, p.Role = spec.Ports, spec.Role
 			if restart {
 				if err := killProcess(p.PID, p.PIDStartTime); err != nil {

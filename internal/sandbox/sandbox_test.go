@@ -457,3 +457,65 @@ func TestWorld(t *testing.T) {
 		t.Error("world netns left after SetWorld(nil)")
 	}
 }
+
+func TestIPv6DualStack(t *testing.T) {
+	t.Parallel()
+	n := newTestNode(t, Options{IPv6: true})
+	st := n.State()
+	srv, err := n.AddPod(PodSpec{Namespace: "v6", Name: "web", Labels: map[string]string{"app": "web"}, Ports: []ContainerPort{{Name: "http", Port: 8080}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := n.AddPod(PodSpec{Namespace: "v6", Name: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(srv.IPs) != 2 || !st.PodCIDR.Contains(srv.IPs[0]) || !st.PodCIDR6.Contains(srv.IPs[1]) {
+		t.Fatalf("dual-stack pod IPs %v (ranges %v %v)", srv.IPs, st.PodCIDR, st.PodCIDR6)
+	}
+	svcs, err := n.SetServices([]ServiceSpec{{Namespace: "v6", Name: "web", Selector: map[string]string{"app": "web"},
+		Ports: []ServicePort{{Port: 80, TargetPort: "http"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var web ServiceInfo
+	for _, s := range svcs {
+		if s.Key() == "v6/web" {
+			web = s
+		}
+	}
+	if len(web.ClusterIPs) != 2 || !st.ServiceCIDR6.Contains(web.ClusterIPs[1]) {
+		t.Fatalf("service ClusterIPs %v", web.ClusterIPs)
+	}
+	// No IPv6 default route either.
+	h, err := nsHandle(cli.NetnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := h.RouteList(nil, 10) // AF_INET6
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.String() == "::/0" {
+			t.Errorf("pod has an IPv6 default route: %v", r)
+		}
+	}
+	clientTag := "client=[" + cli.IPs[1].String() + "]:"
+	// Pod to pod over IPv6.
+	out, code := execIn(t, n, "v6", "client", "wget", "--timeout=5", "-q", "-O-", "http://["+srv.IPs[1].String()+"]:8080/direct")
+	if code != 0 || !strings.Contains(out, "pod=v6/web") || !strings.Contains(out, clientTag) {
+		t.Fatalf("IPv6 pod to pod: exit %d %q", code, out)
+	}
+	// IPv6 ClusterIP translated by connect6; the backend sees the client.
+	out, code = execIn(t, n, "v6", "client", "wget", "--timeout=5", "-q", "-O-", "http://["+web.ClusterIPs[1].String()+"]/svc")
+	if code != 0 || !strings.Contains(out, "path=/svc") || !strings.Contains(out, clientTag) {
+		t.Fatalf("IPv6 ClusterIP: exit %d %q", code, out)
+	}
+	// AAAA records for the service.
+	out, code = execIn(t, n, "v6", "client", "getent", "ahostsv6", "web")
+	if code != 0 || !strings.HasPrefix(out, web.ClusterIPs[1].String()+" ") {
+		t.Errorf("getent ahostsv6 web: exit %d %q, want %v", code, out, web.ClusterIPs[1])
+	}
+}

@@ -173,10 +173,20 @@ func (n *Node) SetServices(specs []ServiceSpec) ([]ServiceInfo, error) {
 	if withDNS && !seen[DNSNamespace+"/"+DNSServiceName] {
 		specs = append(specs, n.dnsServiceSpec())
 	}
-	// Claim requested addresses first so allocation cannot take them.
+	// Claim requested addresses first so allocation cannot take them; on
+	// failure, addresses this call assigned are returned.
+	before := n.svcs.Owners()
+	undo := func() {
+		for owner := range n.svcs.Owners() {
+			if _, had := before[owner]; !had {
+				n.svcs.Release(owner)
+			}
+		}
+	}
 	for _, s := range specs {
 		if s.ClusterIP != "" {
 			if err := n.svcs.Claim(s.Namespace+"/"+s.Name, netip.MustParseAddr(s.ClusterIP)); err != nil {
+				undo()
 				return nil, fmt.Errorf("service %s/%s: spec.clusterIP: %w", s.Namespace, s.Name, err)
 			}
 		}
@@ -185,6 +195,8 @@ func (n *Node) SetServices(specs []ServiceSpec) ([]ServiceInfo, error) {
 	n.st.ServiceSpecs = specs
 	if err := n.reprogramServices(); err != nil {
 		n.st.ServiceSpecs = prev
+		undo()
+		n.reprogramServices() // best effort: back to the previous tables
 		return nil, err
 	}
 	for _, a := range []*ipam.Allocator{n.svcs, n.svcs6} {

@@ -95,13 +95,13 @@ type ServicePort struct {
 
 // ServiceSpec describes a ClusterIP Service.
 type ServiceSpec struct {
-	Namespace string
-	Name      string
-	Selector  map[string]string // empty selects no pods (like Kubernetes)
-	Ports     []ServicePort
+	Namespace string            `json:"namespace"`
+	Name      string            `json:"name"`
+	Selector  map[string]string `json:"selector,omitempty"` // empty selects no pods (like Kubernetes)
+	Ports     []ServicePort     `json:"ports"`
 	// ClusterIP requests a specific address inside the service range;
 	// empty allocates one.
-	ClusterIP string
+	ClusterIP string `json:"clusterIP,omitempty"`
 }
 
 // Backend is one resolved backend of a service port.

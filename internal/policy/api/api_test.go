@@ -154,6 +154,13 @@ func TestNamespaceConfinement(t *testing.T) {
 	if s := EffectiveSubjectSelector("demo", named); !in(s, demo) || in(s, other) {
 		t.Error("subject selector escaped the policy namespace")
 	}
+	notDemo := sel(nil, metav1.LabelSelectorRequirement{Key: "k8s:io.kubernetes.pod.namespace", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"demo"}})
+	if s := EffectiveSubjectSelector("demo", notDemo); in(s, demo) || in(s, other) {
+		t.Error("subject matchExpressions on the namespace must be ANDed with the policy namespace")
+	}
+	if p := EffectivePeerSelector("demo", sel(map[string]string{"reserved:host": ""})); p.MentionsNamespace() {
+		t.Error("reserved peer selector was namespaced")
+	}
 	if plain.MentionsNamespace() || !named.MentionsNamespace() {
 		t.Error("MentionsNamespace wrong")
 	}

@@ -197,23 +197,15 @@ func (s EndpointSelector) WithNamespace(ns string) EndpointSelector {
 	return c
 }
 
-// withoutNamespace returns a copy of s with every requirement on the pod
-// namespace label removed.
-func (s EndpointSelector) withoutNamespace() EndpointSelector {
+// withoutNamespaceMatch returns a copy of s without matchLabels entries on
+// the pod namespace label (matchExpressions are kept).
+func (s EndpointSelector) withoutNamespaceMatch() EndpointSelector {
 	c := s.DeepCopy()
 	for k := range c.MatchLabels {
 		if nk, err := NormalizeKey(k); err == nil && nk == LabelPodNamespace {
 			delete(c.MatchLabels, k)
 		}
 	}
-	exprs := c.MatchExpressions[:0]
-	for _, e := range c.MatchExpressions {
-		if nk, err := NormalizeKey(e.Key); err == nil && nk == LabelPodNamespace {
-			continue
-		}
-		exprs = append(exprs, e)
-	}
-	c.MatchExpressions = exprs
 	return c
 }
 
@@ -232,11 +224,13 @@ func EffectivePeerSelector(policyNamespace string, s EndpointSelector) EndpointS
 
 // EffectiveSubjectSelector is the selector of the endpoints a rule applies
 // to (its endpointSelector): a namespaced policy always applies in its own
-// namespace only, whatever namespace the selector names (Cilium drops such a
-// match and logs it); a cluster-scoped policy applies cluster-wide.
+// namespace only: a matchLabels entry naming another namespace is replaced
+// by the policy's namespace (Cilium drops such a match and logs it), and
+// matchExpressions on the namespace are ANDed with it. A cluster-scoped
+// policy applies cluster-wide.
 func EffectiveSubjectSelector(policyNamespace string, s EndpointSelector) EndpointSelector {
 	if policyNamespace == "" {
 		return s.DeepCopy()
 	}
-	return s.withoutNamespace().WithNamespace(policyNamespace)
+	return s.withoutNamespaceMatch().WithNamespace(policyNamespace)
 }

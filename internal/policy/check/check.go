@@ -210,6 +210,8 @@ func (s *State) decide(r io.Reader, collect func(Result)) error {
 		if err != nil {
 			return &LineError{line, err}
 		}
+		// Keep only what is printed: 100k flows stay small in memory.
+		res.SrcPeer, res.DstPeer, res.EgressDecision, res.IngressDecision = Peer{}, Peer{}, nil, nil
 		collect(res)
 	}
 	if err := sc.Err(); err != nil {

@@ -31,6 +31,21 @@ func validateCiliumPolicy(r *reporter, p api.Policy) {
 	}
 	for i := range rules {
 		validateRule(r, field.NewPath(p.RulePath(i)), &rules[i])
+		if ns := p.Meta().Namespace; ns != "" && rules[i].EndpointSelector != nil {
+			subjectNamespace(r, field.NewPath(p.RulePath(i)).Child("endpointSelector"), ns, *rules[i].EndpointSelector)
+		}
+	}
+}
+
+// subjectNamespace warns when a namespaced policy's endpointSelector names
+// another namespace: Cilium drops that match (the policy applies in its own
+// namespace only), so the rule applies to pods it does not seem to.
+func subjectNamespace(r *reporter, p *field.Path, ns string, s api.EndpointSelector) {
+	for k, v := range s.MatchLabels {
+		if nk, err := api.NormalizeKey(k); err == nil && nk == api.LabelPodNamespace && v != ns {
+			r.warnf("subject-namespace", p.Child("matchLabels").Key(k),
+				"a CiliumNetworkPolicy applies only in its own namespace %q: the match on namespace %q is ignored (as in Cilium); use a CiliumClusterwideNetworkPolicy or move the policy", ns, v)
+		}
 	}
 }
 

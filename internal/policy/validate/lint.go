@@ -31,10 +31,12 @@ func Lint(set *manifest.Set) []Finding {
 			lintL7Protocol(r, v)
 			if l.havePods {
 				l.lintCiliumSelectors(r, v)
+				l.lintNamedPorts(r, v)
 			}
 		case *networkingv1.NetworkPolicy:
 			if l.havePods {
 				l.lintNetworkPolicySelectors(r, v)
+				l.lintNetworkPolicyNamedPorts(r, v)
 			}
 		}
 		out = append(out, r.out...)

@@ -1,0 +1,76 @@
+package printer
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func ipv6Drop() *flowpb.Flow {
+	return &flowpb.Flow{
+		Time:           timestamppb.New(time.Date(2026, 11, 26, 4, 0, 1, 5e8, time.UTC)),
+		Verdict:        flowpb.Verdict_DROPPED,
+		DropReasonDesc: flowpb.DropReason_POLICY_DENY,
+		EventType:      &flowpb.CiliumEventType{Type: 1, SubType: 181},
+		IP:             &flowpb.IP{Source: "fd00::1", Destination: "2001:db8::7", IpVersion: flowpb.IPVersion_IPv6},
+		L4:             &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{SourcePort: 5353, DestinationPort: 53}}},
+		Source:         &flowpb.Endpoint{ID: 3, Identity: 300, Namespace: "demo", PodName: "client"},
+		Destination:    &flowpb.Endpoint{Identity: 2, Labels: []string{"reserved:world"}},
+		EgressDeniedBy: []*flowpb.Policy{{Name: "no-world", Kind: "CiliumClusterwideNetworkPolicy"}},
+		Summary:        "UDP",
+	}
+}
+
+func TestCompactLine(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := New(&out, &errOut, Options{Format: Compact, PolicyNames: true, Location: time.UTC})
+	if err := p.Write(&observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: ipv6Drop()}}); err != nil {
+		t.Fatal(err)
+	}
+	want := "Nov 26 04:00:01.500: demo/client:5353 (ID:300) -> [2001:db8::7]:53 (world) Policy denied by denylist DROPPED (UDP) [denied by no-world]\n"
+	if out.String() != want {
+		t.Errorf("compact\n got %q\nwant %q", out.String(), want)
+	}
+	if err := p.Write(&observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_LostEvents{
+		LostEvents: &flowpb.LostEvent{Source: flowpb.LostEventSource_OBSERVER_EVENTS_QUEUE, NumEventsLost: 12}}}); err != nil {
+		t.Fatal(err)
+	}
+	if errOut.String() != "EVENTS LOST: OBSERVER_EVENTS_QUEUE 12\n" {
+		t.Errorf("lost events notice %q", errOut.String())
+	}
+}
+
+func TestTableAndDict(t *testing.T) {
+	var out bytes.Buffer
+	p := New(&out, &out, Options{Format: Table, Location: time.UTC})
+	for range 2 {
+		if err := p.Write(&observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: ipv6Drop()}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TIMESTAMP") || strings.Index(lines[0], "VERDICT") != strings.Index(lines[1], "DROPPED") {
+		t.Errorf("table not aligned:\n%s", out.String())
+	}
+	out.Reset()
+	p = New(&out, &out, Options{Format: Dict, Location: time.UTC})
+	for range 2 {
+		if err := p.Write(&observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: ipv6Drop()}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Count(out.String(), "------------") != 1 || !strings.Contains(out.String(), "        TYPE: Policy denied by denylist") {
+		t.Errorf("dict:\n%s", out.String())
+	}
+	if _, err := ParseFormat("yaml"); err == nil {
+		t.Error("yaml accepted")
+	}
+}
