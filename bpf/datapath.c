@@ -138,6 +138,33 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	return PARSE_OK; /* other protocols: no ports */
 }
 
+/* parse_fragment handles a fragment of p->proto: the first one is parsed
+ * and its ports remembered, later ones take the remembered ports; a later
+ * fragment whose first was not seen is invalid (fail closed). */
+static __always_inline int parse_fragment(struct __sk_buff *skb, struct pkt *p, __u32 id, __u32 offset,
+					  __u32 l4off)
+{
+	struct bw_frag_key k = { .id = id, .proto = p->proto };
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(k.daddr, p->daddr, 16);
+	if (offset == 0) {
+		int r = parse_l4(skb, l4off, p);
+		if (r == PARSE_OK) {
+			struct bw_frag_ports v = { .sport = p->sport, .dport = p->dport,
+						   .icmp_kind = p->icmp_kind };
+			bpf_map_update_elem(&bw_fragments, &k, &v, BPF_ANY);
+		}
+		return r;
+	}
+	struct bw_frag_ports *v = bpf_map_lookup_elem(&bw_fragments, &k);
+	if (!v)
+		return PARSE_INVALID;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->icmp_kind = v->icmp_kind;
+	return PARSE_OK;
+}
+
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	__u16 eth_proto;
@@ -156,8 +183,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->daddr[11] = 0xff;
 		__builtin_memcpy(&p->daddr[12], &ip.daddr, 4);
 		p->proto = ip.protocol;
-		if (ip.frag_off & bpf_htons(0x1fff))
-			return PARSE_INVALID; /* non-first fragment: no ports to judge */
+		__u16 frag = bpf_ntohs(ip.frag_off);
+		if (frag & 0x3fff) /* MF or an offset: a fragment */
+			return parse_fragment(skb, p, bpf_ntohs(ip.id), frag & 0x1fff, ETH_HLEN + ip.ihl * 4);
 		return parse_l4(skb, ETH_HLEN + ip.ihl * 4, p);
 	}
 	if (eth_proto == bpf_htons(ETH_P_IPV6)) {
@@ -179,13 +207,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				nexthdr = ext[0];
 				off += ((__u32)ext[1] + 1) * 8;
 			} else if (nexthdr == IPPROTO_FRAGMENT) {
-				__u8 frag[4];
-				if (bpf_skb_load_bytes(skb, off, frag, 4) < 0)
+				__u8 frag[8];
+				if (bpf_skb_load_bytes(skb, off, frag, 8) < 0)
 					return PARSE_INVALID;
-				if (((frag[2] << 8) | frag[3]) & 0xfff8)
-					return PARSE_INVALID; /* non-first fragment */
-				nexthdr = frag[0];
-				off += 8;
+				__u32 id;
+				__builtin_memcpy(&id, &frag[4], 4);
+				p->proto = frag[0];
+				return parse_fragment(skb, p, bpf_ntohl(id), ((frag[2] << 8) | frag[3]) & 0xfff8,
+						      off + 8);
 			} else {
 				break;
 			}

@@ -106,6 +106,24 @@ struct bw_ct_entry {
 	__u16 pad;
 };
 
+/* Fragments: the first fragment of a datagram records its ports under
+ * (addresses, protocol, IP id) so the later fragments, which carry no L4
+ * header, are judged as the same flow. */
+struct bw_frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct bw_frag_ports {
+	__be16 sport;
+	__be16 dport;
+	__u8 icmp_kind;
+	__u8 pad[3];
+};
+
 struct bw_config {
 	__u64 revision; /* global policy revision; stale CT entries revalidate */
 };
@@ -208,6 +226,13 @@ struct {
 	__type(key, struct bw_ct_key);
 	__type(value, __u64); /* last drop event time */
 } bw_drop_notify SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct bw_frag_key);
+	__type(value, struct bw_frag_ports);
+} bw_fragments SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -89,6 +89,10 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 		}
 		resp.Changes = append(resp.Changes, ch)
 	}
+	// Deleting a namespace deletes everything in it, as in Kubernetes.
+	if del {
+		resp.Changes = append(resp.Changes, p.cascadeNamespaces(objs)...)
+	}
 	// Resolve the whole new state before committing: a change the policy
 	// engine cannot resolve is refused, never half-applied.
 	if p.changed {

@@ -495,8 +495,28 @@ func (n *node) reconcile(set *manifest.Set) error {
 		}
 	}
 	// 3. Every pod (adopted, updated, DNS): known to the repository with
-	// its current labels and address, and attached.
-	for _, p := range n.sb.Pods() {
+	// its current labels and address, and attached. Endpoints of pods that
+	// no longer exist are forgotten (and detached below).
+	pods := n.sb.Pods()
+	exists := map[string]bool{}
+	for _, p := range pods {
+		exists[p.Key()] = true
+	}
+	n.mu.Lock()
+	for id, key := range n.attached {
+		if !exists[key] {
+			delete(n.attached, id)
+		}
+	}
+	n.mu.Unlock()
+	for _, k := range n.repo.Snapshot().EndpointKeys() {
+		if !exists[k.String()] {
+			if _, err := n.repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: k.Namespace, Name: k.Name}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, p := range pods {
 		if p.Role == sandbox.RoleDNS {
 			desired[p.Key()] = true
 		}
@@ -513,6 +533,9 @@ func (n *node) reconcile(set *manifest.Set) error {
 	if err := n.syncDatapath(); err != nil {
 		errs = append(errs, err)
 	}
+	// Endpoints the datapath holds for no existing pod (adopted pins of a
+	// pod that vanished): they only drop; take them out.
+	errs = append(errs, n.detachStale()...)
 	// 4. Services (backends follow pods inside the sandbox).
 	if svcs, err := serviceSpecs(set); err != nil {
 		errs = append(errs, err)
@@ -556,4 +579,25 @@ func copyLabels(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// detachStale detaches datapath endpoints that belong to no pod we know.
+func (n *node) detachStale() []error {
+	n.mu.Lock()
+	known := make(map[uint32]bool, len(n.attached))
+	for id := range n.attached {
+		known[id] = true
+	}
+	n.mu.Unlock()
+	var errs []error
+	for _, ep := range n.dp.Endpoints() {
+		if known[ep.ID] {
+			continue
+		}
+		n.log.Info("detaching stale endpoint", "endpoint", ep.ID, "ifindex", ep.IfIndex)
+		if err := n.dp.DetachEndpoint(ep.ID); err != nil {
+			errs = append(errs, fmt.Errorf("detach stale endpoint %d: %w", ep.ID, err))
+		}
+	}
+	return errs
 }

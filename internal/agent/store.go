@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 )
 
@@ -225,4 +226,32 @@ func writeFileAtomic(file string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), file)
+}
+
+// cascadeNamespaces removes every object in the namespaces among deleted
+// and reports each removal.
+func (p *pending) cascadeNamespaces(deleted []*manifest.Object) []agentapi.ObjectChange {
+	gone := map[string]bool{}
+	for _, o := range deleted {
+		if o.Kind == "Namespace" {
+			gone[o.Name] = true
+		}
+	}
+	var keys []objectKey
+	for k := range p.objects {
+		if k.Namespace != "" && gone[k.Namespace] {
+			keys = append(keys, k)
+		}
+	}
+	sortKeys(keys)
+	var out []agentapi.ObjectChange
+	for _, k := range keys {
+		o := p.objects[k]
+		delete(p.objects, k)
+		delete(p.docs, k)
+		p.changed = true
+		out = append(out, agentapi.ObjectChange{APIVersion: o.APIVersion, Kind: k.Kind, Namespace: k.Namespace, Name: k.Name,
+			Action: "deleted (with namespace " + k.Namespace + ")"})
+	}
+	return out
 }

@@ -113,6 +113,17 @@ func TestStoreApplyPersistReload(t *testing.T) {
 	if a := p.remove(np); a != "not found" {
 		t.Errorf("second remove: %q", a)
 	}
+
+	// Deleting the namespace takes everything in it.
+	nsObj := decode(t, seedDocs(t, "sample-app.yaml"))[0]
+	if nsObj.Kind != "Namespace" {
+		t.Fatalf("first object is %s", nsObj.Kind)
+	}
+	p.remove(nsObj)
+	changes := p.cascadeNamespaces([]*manifest.Object{nsObj})
+	if len(changes) != 6 || len(p.objects) != 0 {
+		t.Errorf("cascade removed %d objects, %d left; want 6 and 0", len(changes), len(p.objects))
+	}
 }
 
 func TestDecodeDocumentsAllOrNothing(t *testing.T) {

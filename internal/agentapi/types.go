@@ -37,8 +37,8 @@ type ApplyRequest struct {
 type ObjectChange struct {
 	APIVersion string `json:"apiVersion,omitempty"`
 	Kind       string `json:"kind"`
-	Namespace string `json:"namespace,omitempty"`
-	Name      string `json:"name"`
+	Namespace  string `json:"namespace,omitempty"`
+	Name       string `json:"name"`
 	// Action is "created", "configured", "unchanged", "deleted" or
 	// "not found".
 	Action string `json:"action"`

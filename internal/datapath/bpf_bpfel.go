@@ -77,6 +77,23 @@ type bpfBwEvent struct {
 	_           [4]byte
 }
 
+type bpfBwFragKey struct {
+	_     structs.HostLayout
+	Saddr [16]uint8
+	Daddr [16]uint8
+	Id    uint32
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type bpfBwFragPorts struct {
+	_        structs.HostLayout
+	Sport    uint16
+	Dport    uint16
+	IcmpKind uint8
+	Pad      [3]uint8
+}
+
 type bpfBwIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -129,6 +146,7 @@ const (
 	bpfMapBwDropNotify      = "bw_drop_notify"
 	bpfMapBwEndpoints       = "bw_endpoints"
 	bpfMapBwEvents          = "bw_events"
+	bpfMapBwFragments       = "bw_fragments"
 	bpfMapBwIdSelectors     = "bw_id_selectors"
 	bpfMapBwIpcache         = "bw_ipcache"
 	bpfMapBwMetrics         = "bw_metrics"
@@ -193,6 +211,7 @@ type bpfMapSpecs struct {
 	BwDropNotify  *ebpf.MapSpec `ebpf:"bw_drop_notify"`
 	BwEndpoints   *ebpf.MapSpec `ebpf:"bw_endpoints"`
 	BwEvents      *ebpf.MapSpec `ebpf:"bw_events"`
+	BwFragments   *ebpf.MapSpec `ebpf:"bw_fragments"`
 	BwIdSelectors *ebpf.MapSpec `ebpf:"bw_id_selectors"`
 	BwIpcache     *ebpf.MapSpec `ebpf:"bw_ipcache"`
 	BwMetrics     *ebpf.MapSpec `ebpf:"bw_metrics"`
@@ -231,6 +250,7 @@ type bpfMaps struct {
 	BwDropNotify  *ebpf.Map `ebpf:"bw_drop_notify"`
 	BwEndpoints   *ebpf.Map `ebpf:"bw_endpoints"`
 	BwEvents      *ebpf.Map `ebpf:"bw_events"`
+	BwFragments   *ebpf.Map `ebpf:"bw_fragments"`
 	BwIdSelectors *ebpf.Map `ebpf:"bw_id_selectors"`
 	BwIpcache     *ebpf.Map `ebpf:"bw_ipcache"`
 	BwMetrics     *ebpf.Map `ebpf:"bw_metrics"`
@@ -244,6 +264,7 @@ func (m *bpfMaps) Close() error {
 		m.BwDropNotify,
 		m.BwEndpoints,
 		m.BwEvents,
+		m.BwFragments,
 		m.BwIdSelectors,
 		m.BwIpcache,
 		m.BwMetrics,

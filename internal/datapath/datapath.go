@@ -268,7 +268,7 @@ func (dp *Datapath) Destroy() error {
 		}
 	}
 	for _, m := range []*ebpf.Map{dp.objs.BwConfigMap, dp.objs.BwConntrack, dp.objs.BwDropNotify,
-		dp.objs.BwEndpoints, dp.objs.BwEvents, dp.objs.BwIdSelectors, dp.objs.BwIpcache,
+		dp.objs.BwEndpoints, dp.objs.BwEvents, dp.objs.BwFragments, dp.objs.BwIdSelectors, dp.objs.BwIpcache,
 		dp.objs.BwMetrics, dp.objs.BwPolicy} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpin map: %w", err))

@@ -120,6 +120,10 @@ func TestE2EAllowDenyReplies(t *testing.T) {
 			if err := tp.udpExchange(0, 1, 5354); err == nil {
 				t.Fatal("UDP to a port without allow answered")
 			}
+			big := netip.AddrPortFrom(tp.pods[1].addr, 5353)
+			if err := tp.udpExchangeSize(0, big, 4000); err != nil {
+				t.Fatalf("fragmented UDP both ways: %v", err)
+			}
 			if err := tp.ping(0, 1); err == nil {
 				t.Fatal("ICMP echo answered without an allow")
 			}
@@ -329,5 +333,8 @@ func TestE2EIPv6(t *testing.T) {
 	}
 	if err := tp.udpExchangeTo(0, netip.AddrPortFrom(tp.pods[1].addr6, 5354)); err == nil {
 		t.Fatal("UDP over IPv6 to a port without allow answered")
+	}
+	if err := tp.udpExchangeSize(0, netip.AddrPortFrom(tp.pods[1].addr6, 5353), 4000); err != nil {
+		t.Fatalf("fragmented UDP over IPv6 both ways: %v", err)
 	}
 }

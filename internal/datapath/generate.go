@@ -27,7 +27,7 @@
 // with `go generate ./internal/datapath`.
 package datapath
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror" -type bw_endpoint -type bw_ipcache_key -type bw_ipcache_value -type bw_selector_list -type bw_policy_key -type bw_policy_value -type bw_ct_key -type bw_ct_entry -type bw_config -type bw_metric -type bw_event bpf ../../bpf/datapath.c -- -I/usr/include/x86_64-linux-gnu -I../../bpf
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror" -type bw_endpoint -type bw_ipcache_key -type bw_ipcache_value -type bw_selector_list -type bw_policy_key -type bw_policy_value -type bw_ct_key -type bw_ct_entry -type bw_config -type bw_metric -type bw_event -type bw_frag_key -type bw_frag_ports bpf ../../bpf/datapath.c -- -I/usr/include/x86_64-linux-gnu -I../../bpf
 
 // ProxyMarkMagic marks a packet the datapath redirects to the L7 proxy
 // (PROXY_MARK_MAGIC in bpf/datapath.c); the proxy port is in the upper 16

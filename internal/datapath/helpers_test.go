@@ -91,7 +91,14 @@ type packet struct {
 	ethType          uint16 // set for non-IP frames
 	ipv6NextHdrChain []uint8
 	quote            []byte // ICMP errors: the quoted packet (IP header on)
+	// fragments: offset in 8-byte units (non-zero: no L4 header), more
+	// fragments follow, datagram id
+	fragOffset uint16
+	moreFrags  bool
+	fragID     uint32
 }
+
+func (p packet) isFragment() bool { return p.fragOffset != 0 || p.moreFrags }
 
 // frame builds Ethernet + IPv4/IPv6 + L4 by hand (checksums are not
 // checked by the programs).
@@ -127,6 +134,9 @@ func (p packet) frame() []byte {
 	default:
 		l4 = make([]byte, 8)
 	}
+	if p.fragOffset != 0 {
+		l4 = nil // a later fragment carries payload only
+	}
 	if p.quote != nil {
 		l4 = append(l4, p.quote...)
 	} else {
@@ -139,6 +149,12 @@ func (p packet) frame() []byte {
 		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
 		ip[8] = 64
 		ip[9] = uint8(p.proto)
+		binary.BigEndian.PutUint16(ip[4:], uint16(p.fragID))
+		frag := p.fragOffset
+		if p.moreFrags {
+			frag |= 0x2000
+		}
+		binary.BigEndian.PutUint16(ip[6:], frag)
 		s, d := p.src.As4(), p.dst.As4()
 		copy(ip[12:], s[:])
 		copy(ip[16:], d[:])
@@ -147,6 +163,18 @@ func (p packet) frame() []byte {
 	binary.BigEndian.PutUint16(eth[12:], 0x86dd)
 	var ext []byte
 	next := uint8(p.proto)
+	if p.isFragment() {
+		h := make([]byte, 8)
+		h[0] = next
+		off := p.fragOffset << 3
+		if p.moreFrags {
+			off |= 1
+		}
+		binary.BigEndian.PutUint16(h[2:], off)
+		binary.BigEndian.PutUint32(h[4:], p.fragID)
+		ext = h
+		next = 44
+	}
 	// extension headers, innermost last
 	for i := len(p.ipv6NextHdrChain) - 1; i >= 0; i-- {
 		h := make([]byte, 8)

@@ -150,7 +150,7 @@ func (tp *topology) listenUDP(i int, port int) {
 	}
 	t.Cleanup(func() { pc.Close() })
 	go func() {
-		buf := make([]byte, 2048)
+		buf := make([]byte, 65536)
 		for {
 			n, from, err := pc.ReadFrom(buf)
 			if err != nil {
@@ -199,6 +199,12 @@ func (tp *topology) udpExchange(i, j int, port int) error {
 }
 
 func (tp *topology) udpExchangeTo(i int, to netip.AddrPort) error {
+	return tp.udpExchangeSize(i, to, 4)
+}
+
+// udpExchangeSize sends a datagram of size bytes (beyond the veth MTU it is
+// fragmented) and waits for the full echo.
+func (tp *topology) udpExchangeSize(i int, to netip.AddrPort, size int) error {
 	var pc net.PacketConn
 	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
 		var err error
@@ -211,16 +217,17 @@ func (tp *topology) udpExchangeTo(i int, to netip.AddrPort) error {
 	defer pc.Close()
 	dst := net.UDPAddrFromAddrPort(to)
 	pc.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := pc.WriteTo([]byte("ping"), dst); err != nil {
+	msg := []byte(strings.Repeat("ping", size/4+1)[:size])
+	if _, err := pc.WriteTo(msg, dst); err != nil {
 		return err
 	}
-	buf := make([]byte, 64)
+	buf := make([]byte, size+64)
 	n, _, err := pc.ReadFrom(buf)
 	if err != nil {
 		return err
 	}
-	if string(buf[:n]) != "ping" {
-		return fmt.Errorf("udp echo %q", buf[:n])
+	if string(buf[:n]) != string(msg) {
+		return fmt.Errorf("udp echo of %d bytes came back as %d bytes", size, n)
 	}
 	return nil
 }

@@ -597,3 +597,33 @@ func TestRedirectSetsProxyMark(t *testing.T) {
 
 // skbCtxSize is sizeof(struct __sk_buff) (mark at offset 8).
 const skbCtxSize = 192
+
+func TestFragmentsFollowTheirFirst(t *testing.T) {
+	dp, _ := setupFixture(t)
+	for _, src := range []netip.Addr{peerB, peerB6} {
+		dst := podAddr
+		if src.Is6() {
+			dst = podAddr6
+		}
+		first := packet{src: src, dst: dst, proto: resolved.ProtoUDP, sport: flowPort(), dport: 53, moreFrags: true, fragID: 77}
+		later := first
+		later.fragOffset, later.moreFrags = 3, false
+		if run(t, dp, resolved.Ingress, first) != tcActOK {
+			t.Fatalf("%s: allowed first fragment dropped", src)
+		}
+		if run(t, dp, resolved.Ingress, later) != tcActOK {
+			t.Fatalf("%s: later fragment of an allowed datagram dropped", src)
+		}
+		orphan := later
+		orphan.fragID = 78
+		if run(t, dp, resolved.Ingress, orphan) != tcActShot {
+			t.Fatalf("%s: fragment without its first passed", src)
+		}
+		denied := packet{src: src, dst: dst, proto: resolved.ProtoUDP, sport: flowPort(), dport: 54, moreFrags: true, fragID: 79}
+		deniedLater := denied
+		deniedLater.fragOffset, deniedLater.moreFrags = 3, false
+		if run(t, dp, resolved.Ingress, denied) != tcActShot || run(t, dp, resolved.Ingress, deniedLater) != tcActShot {
+			t.Fatalf("%s: fragments of a denied datagram passed", src)
+		}
+	}
+}

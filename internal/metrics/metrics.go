@@ -183,9 +183,11 @@ func New(opts Options) (*Metrics, error) {
 // Registry is the registry every series lives in.
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
 
-// Handler serves the registry in the Prometheus exposition format.
+// Handler serves the registry in the Prometheus exposition format. A source
+// that fails (the datapath counters unreadable) loses its own series, not
+// the whole scrape.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
 // Serve serves /metrics on addr until ctx ends. The listener is bound

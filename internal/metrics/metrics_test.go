@@ -2,9 +2,11 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -133,7 +135,7 @@ func TestDropMetricsMoveWithDropEvents(t *testing.T) {
 	expect(t, m, "cilium_drop_count_total", map[string]string{"reason": "Policy denied by denylist", "direction": "EGRESS"}, 1)
 	expect(t, m, "bulwark_forward_count_total", map[string]string{"direction": "egress"}, 1)
 	expect(t, m, "cilium_forward_bytes_total", map[string]string{"direction": "EGRESS"}, 100)
-	expect(t, m, "bulwark_drops_by_policy_total", map[string]string{"namespace": "demo", "policy": "default-deny", "direction": "ingress"}, 2)
+	expect(t, m, "bulwark_drops_by_policy_total", map[string]string{"namespace": "demo", "policy": "default-deny", "direction": "ingress"}, 3) // two denials and a revocation
 	expect(t, m, "bulwark_drops_by_policy_total", map[string]string{"namespace": "", "policy": "deny-world", "direction": "egress"}, 1)
 	expect(t, m, "bulwark_drops_by_namespace_total", map[string]string{"namespace": "demo", "direction": "ingress"}, 3)
 	expect(t, m, "bulwark_drops_by_namespace_total", map[string]string{"namespace": "demo", "direction": "egress"}, 1)
@@ -268,5 +270,24 @@ func TestServeExposition(t *testing.T) {
 	}
 	if err := m.Serve(context.Background(), "256.0.0.1:1"); err == nil {
 		t.Error("serving on a bad address must fail")
+	}
+}
+
+// failingDatapath cannot read its counters.
+type failingDatapath struct{ fixedDatapath }
+
+func (failingDatapath) Traffic() ([]TrafficSample, error) { return nil, errors.New("map lookup: EPERM") }
+
+func TestFailingSourceKeepsTheRestOfTheScrape(t *testing.T) {
+	m, err := New(Options{CiliumCompat: true, Datapath: &failingDatapath{fixedDatapath{lost: 3}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.PolicyImportError()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	if rec.Code != http.StatusOK || !strings.Contains(body, "bulwark_policy_import_errors_total 1") || !strings.Contains(body, "bulwark_event_lost_total 3") {
+		t.Errorf("scrape with a failing source: %d\n%s", rec.Code, body)
 	}
 }

@@ -133,8 +133,51 @@ func TestStockHubbleCLI(t *testing.T) {
 		t.Errorf("hubble observe --type policy-verdict --print-policy-names:\n%s", verdicts)
 	}
 
+	// --follow: flows pushed after hubble connected arrive live.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	follow := exec.CommandContext(ctx, bin, "observe", "--server", server, "--follow", "-o", "json", "--to-port", "6379")
+	follow.Env = append(os.Environ(), "HOME="+t.TempDir())
+	stdout, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var live string
+	for live == "" {
+		ev := allowedSYN(time.Minute)
+		ev.Time, ev.DstPort = time.Now(), 6379
+		o.Handle(&ev)
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("hubble observe --follow ended: %v", follow.Wait())
+			}
+			live = l
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("hubble observe --follow printed nothing")
+		}
+	}
+	cancel()
+	_ = follow.Wait()
+	if got := ports(parseJSONFlows(t, live)); !slices.Equal(got, []uint32{6379}) {
+		t.Errorf("hubble observe --follow: %q", live)
+	}
+
 	status := runHubble(t, bin, "status", "--server", server)
-	if !strings.Contains(status, "Healthcheck (via unix://") || !strings.Contains(status, "4/4,096") {
+	if !strings.Contains(status, "Healthcheck (via unix://") || !strings.Contains(status, "/4,096 (") || !strings.Contains(status, "Connected Nodes: 1/1") {
 		t.Errorf("hubble status:\n%s", status)
 	}
 }

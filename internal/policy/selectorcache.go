@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"sort"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -57,14 +58,22 @@ type selectorCache struct {
 	byID    map[resolved.SelectorID]*selEntry
 	next    resolved.SelectorID
 	changed map[resolved.SelectorID]struct{} // since the last Changes()
+	// published membership, kept up to date at each snapshot for the
+	// selectors in unpublished (added, released or with changed members)
+	sets        map[resolved.SelectorID]*memberSet
+	descs       map[resolved.SelectorID]string
+	unpublished map[resolved.SelectorID]struct{}
 }
 
 func newSelectorCache() *selectorCache {
 	return &selectorCache{
-		byKey:   map[string]*selEntry{},
-		byID:    map[resolved.SelectorID]*selEntry{},
-		next:    1,
-		changed: map[resolved.SelectorID]struct{}{},
+		byKey:       map[string]*selEntry{},
+		byID:        map[resolved.SelectorID]*selEntry{},
+		next:        1,
+		changed:     map[resolved.SelectorID]struct{}{},
+		sets:        map[resolved.SelectorID]*memberSet{},
+		descs:       map[resolved.SelectorID]string{},
+		unpublished: map[resolved.SelectorID]struct{}{},
 	}
 }
 
@@ -90,8 +99,13 @@ func (c *selectorCache) acquire(p peerSpec, ids map[identity.NumericIdentity]ide
 	}
 	c.byKey[p.key] = e
 	c.byID[e.id] = e
-	c.changed[e.id] = struct{}{}
+	c.touch(e.id)
 	return e.id
+}
+
+func (c *selectorCache) touch(id resolved.SelectorID) {
+	c.changed[id] = struct{}{}
+	c.unpublished[id] = struct{}{}
 }
 
 func (c *selectorCache) release(id resolved.SelectorID) {
@@ -105,7 +119,7 @@ func (c *selectorCache) release(id resolved.SelectorID) {
 	}
 	delete(c.byKey, e.peer.key)
 	delete(c.byID, id)
-	c.changed[id] = struct{}{}
+	c.touch(id)
 }
 
 // addIdentity adds a newly allocated identity to every label selector
@@ -115,7 +129,7 @@ func (c *selectorCache) addIdentity(id identity.NumericIdentity, ls identity.Lab
 		if e.peer.fqdn == nil && e.peer.label.Matches(ls) {
 			e.members[id] = struct{}{}
 			e.dirty = true
-			c.changed[e.id] = struct{}{}
+			c.touch(e.id)
 		}
 	}
 }
@@ -126,7 +140,7 @@ func (c *selectorCache) removeIdentity(id identity.NumericIdentity) {
 		if _, ok := e.members[id]; ok {
 			delete(e.members, id)
 			e.dirty = true
-			c.changed[e.id] = struct{}{}
+			c.touch(e.id)
 		}
 	}
 }
@@ -152,7 +166,7 @@ func (c *selectorCache) refreshFQDN(fq *fqdnState) {
 		}
 		e.members = want
 		e.dirty = true
-		c.changed[e.id] = struct{}{}
+		c.touch(e.id)
 	}
 }
 
@@ -191,15 +205,17 @@ type SelectorSnapshot struct {
 var _ resolved.SelectorSet = (*SelectorSnapshot)(nil)
 
 func (c *selectorCache) snapshot() *SelectorSnapshot {
-	s := &SelectorSnapshot{
-		sets:  make(map[resolved.SelectorID]*memberSet, len(c.byID)),
-		descs: make(map[resolved.SelectorID]string, len(c.byID)),
+	for id := range c.unpublished {
+		if e, ok := c.byID[id]; ok {
+			c.sets[id] = e.freeze()
+			c.descs[id] = e.desc
+		} else {
+			delete(c.sets, id)
+			delete(c.descs, id)
+		}
 	}
-	for id, e := range c.byID {
-		s.sets[id] = e.freeze()
-		s.descs[id] = e.desc
-	}
-	return s
+	clear(c.unpublished)
+	return &SelectorSnapshot{sets: maps.Clone(c.sets), descs: maps.Clone(c.descs)}
 }
 
 // Selects implements resolved.Selectors.

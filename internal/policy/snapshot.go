@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 
@@ -32,16 +33,10 @@ func (r *Repository) Snapshot() *Snapshot {
 	}
 	s := &Snapshot{
 		Revision:  r.revision,
-		Endpoints: make(map[EndpointKey]*Endpoint, len(r.endpoints)),
+		Endpoints: maps.Clone(r.endpoints),
 		Selectors: r.sels.snapshot(),
 		alloc:     r.alloc,
-		policies:  make(map[string]*installedPolicy, len(r.policies)),
-	}
-	for k, ep := range r.endpoints {
-		s.Endpoints[k] = ep
-	}
-	for k, p := range r.policies {
-		s.policies[k] = p
+		policies:  maps.Clone(r.policies),
 	}
 	if r.ipcache == nil {
 		r.ipcache = r.buildIPCache()
