@@ -83,6 +83,14 @@ static __always_inline int is_icmp(__u8 proto)
 	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
 }
 
+/* Protocols whose tables always hold the ProtoAny entries folded in: a
+ * miss under their own number is final (one LPM lookup per selector). */
+static __always_inline int has_own_entries(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP ||
+	       proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	switch (p->proto) {
@@ -290,7 +298,7 @@ __attribute__((noinline)) __u64 policy_lookup(__u32 table_id, __u32 ep_flags, __
 			k.proto = proto;
 			k.port = port;
 			struct bw_policy_value *v = bpf_map_lookup_elem(&bw_policy, &k);
-			if (!v && !is_icmp(proto)) {
+			if (!v && !has_own_entries(proto)) {
 				k.proto = 0;
 				v = bpf_map_lookup_elem(&bw_policy, &k);
 			}

@@ -8,9 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -458,6 +460,8 @@ func (n *node) removePod(p sandbox.PodInfo) error {
 
 // reconcile converges the machine to set.
 func (n *node) reconcile(set *manifest.Set) error {
+	start := time.Now()
+	defer func() { n.log.Debug("reconciled", "took", time.Since(start), "revision", n.dp.Revision()) }()
 	var errs []error
 	if err := n.loadBase(set); err != nil {
 		return fmt.Errorf("policy repository: %w", err)
@@ -487,8 +491,15 @@ func (n *node) reconcile(set *manifest.Set) error {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	current := map[string]sandbox.PodInfo{}
+	for _, p := range n.sb.Pods() {
+		current[p.Key()] = p
+	}
 	for _, k := range keys {
 		desired[k] = true
+		if cur, ok := current[k]; ok && upToDate(cur, want[k]) {
+			continue
+		}
 		if _, err := n.sb.AddPod(want[k]); err != nil {
 			problems[k] = err.Error()
 			errs = append(errs, err)
@@ -600,4 +611,15 @@ func (n *node) detachStale() []error {
 		}
 	}
 	return errs
+}
+
+// upToDate reports whether an existing pod already matches its spec and
+// runs: AddPod would change nothing.
+func upToDate(cur sandbox.PodInfo, spec sandbox.PodSpec) bool {
+	role := spec.Role
+	if role == "" {
+		role = sandbox.RoleWorkload
+	}
+	return cur.Running() && cur.Role == role && cur.OwnerDeployment == spec.OwnerDeployment &&
+		reflect.DeepEqual(cur.Labels, spec.Labels) && reflect.DeepEqual(cur.Ports, spec.Ports)
 }

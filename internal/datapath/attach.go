@@ -95,7 +95,8 @@ func (dp *Datapath) AttachEndpoint(ep Endpoint) error {
 			return fmt.Errorf("attach endpoint %d: ifindex %d belongs to endpoint %d", ep.ID, ep.IfIndex, id)
 		}
 	}
-	if es == nil {
+	isNew := es == nil
+	if isNew {
 		es = &endpointState{ep: ep}
 		dp.endpoints[ep.ID] = es
 		// Fail closed first: the record exists, not ready.
@@ -113,6 +114,10 @@ func (dp *Datapath) AttachEndpoint(ep Endpoint) error {
 		}
 	}
 	if err := dp.attachHooks(es); err != nil {
+		if isNew { // nothing enforces through the record: forget it
+			dp.objs.BwEndpoints.Delete(uint32(ep.IfIndex))
+			delete(dp.endpoints, ep.ID)
+		}
 		return fmt.Errorf("attach endpoint %d: %w", ep.ID, err)
 	}
 	// A policy already known for it: load it now.

@@ -187,24 +187,48 @@ func entryRange(e *resolved.Entry) (uint16, uint16) {
 	return e.PortLo, e.PortHi
 }
 
+// ownEntryProtos are the protocols the datapath looks up under their own
+// number only (has_own_entries in bpf/datapath.c): their tables hold the
+// ProtoAny entries folded in.
+var ownEntryProtos = []resolved.Protocol{resolved.ProtoTCP, resolved.ProtoUDP, resolved.ProtoSCTP, resolved.ProtoICMP, resolved.ProtoICMPv6}
+
+func hasOwnEntries(p resolved.Protocol) bool {
+	for _, q := range ownEntryProtos {
+		if p == q {
+			return true
+		}
+	}
+	return false
+}
+
 // compileSelector writes the entries of one (dir, selector): for each
-// protocol named by an entry, the combined verdict of its own and ProtoAny
-// entries over the port space; for ICMP/ICMPv6 the port-less verdict; for
-// proto 0 the ProtoAny entries alone (used for protocols without entries).
+// protocol named by an entry (and for TCP, UDP, SCTP when ProtoAny entries
+// exist), the combined verdict of its own and ProtoAny entries over the
+// port space; for ICMP/ICMPv6 the port-less verdict; for proto 0 the
+// ProtoAny entries alone (used for the other protocols).
 func compileSelector(out map[TableKey]TableValue, epID uint32, dir resolved.Direction, sel resolved.SelectorID,
 	entries []*resolved.Entry, proxy ProxyPortFunc, ri *ruleInterner) {
 	protos := map[resolved.Protocol]bool{}
-	var anyL3 bool
+	var anyL3, anyPorts bool
 	for _, e := range entries {
-		if e.Proto != resolved.ProtoAny {
+		switch {
+		case e.Proto != resolved.ProtoAny:
 			protos[e.Proto] = true
-		} else if e.PortLo == 0 && e.PortHi == 0 {
+		case e.PortLo == 0 && e.PortHi == 0:
 			anyL3 = true
+		default:
+			anyPorts = true
 		}
 	}
 	if anyL3 {
 		protos[resolved.ProtoICMP] = true
 		protos[resolved.ProtoICMPv6] = true
+	}
+	if anyL3 || anyPorts {
+		// The datapath looks these up under their own number only.
+		for _, p := range ownEntryProtos {
+			protos[p] = true
+		}
 	}
 	value := func(matched []*resolved.Entry) (TableValue, bool) {
 		var deny, redirect, allow []*resolved.Entry

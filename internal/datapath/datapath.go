@@ -60,6 +60,8 @@ type endpointState struct {
 	flags  uint32
 	links  []link.Link // TCX links (pinned)
 	legacy bool        // attached with clsact + cls_bpf
+	// overflowReason says why the last Sync failed the endpoint closed.
+	overflowReason string
 }
 
 const (

@@ -31,6 +31,7 @@ type EndpointDump struct {
 	Endpoint       Endpoint
 	Ready          bool
 	Overflow       bool
+	OverflowReason string
 	EnforceIngress bool
 	EnforceEgress  bool
 	TableID        uint32
@@ -53,6 +54,7 @@ func (dp *Datapath) DumpEndpoint(id uint32) (*EndpointDump, error) {
 		Endpoint:       es.ep,
 		Ready:          rec.Flags&epFlagReady != 0,
 		Overflow:       rec.Flags&epFlagOverflow != 0,
+		OverflowReason: es.overflowReason,
 		EnforceIngress: rec.Flags&epFlagEnforceIngress != 0,
 		EnforceEgress:  rec.Flags&epFlagEnforceEgress != 0,
 		TableID:        rec.TableId[0],
@@ -119,7 +121,7 @@ func (d *EndpointDump) Format(w io.Writer) error {
 	state := "ready"
 	switch {
 	case d.Overflow:
-		state = "OVERFLOW (fail closed)"
+		state = "OVERFLOW (fail closed): " + d.OverflowReason
 	case !d.Ready:
 		state = "NOT READY (fail closed)"
 	}

@@ -338,3 +338,13 @@ func TestE2EIPv6(t *testing.T) {
 		t.Fatalf("fragmented UDP over IPv6 both ways: %v", err)
 	}
 }
+
+func TestAttachMissingInterfaceFails(t *testing.T) {
+	dp := openTest(t, Sizes{Policy: 1024})
+	if err := dp.AttachEndpoint(Endpoint{ID: 9, IfIndex: 1 << 20}); err == nil {
+		t.Fatal("attached to an interface that does not exist")
+	}
+	if len(dp.Endpoints()) != 0 {
+		t.Fatalf("failed attach left an endpoint: %+v", dp.Endpoints())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -481,9 +482,9 @@ func TestSyncIsIncrementalAndDoubleBuffered(t *testing.T) {
 	if len(loaded) != 1 || len(loaded[d3.TableID]) == 0 {
 		t.Fatalf("old buffer left behind: %d tables", len(loaded))
 	}
-	var sb stringsBuilder
+	var sb strings.Builder
 	d3.Format(&sb)
-	if !contains(sb.String(), "ns/web") {
+	if !strings.Contains(sb.String(), "ns/web") {
 		t.Fatalf("dump misses policy name:\n%s", sb.String())
 	}
 }

@@ -17,7 +17,7 @@ type RefDecision struct {
 // ReferenceLookup evaluates a new flow of an endpoint the way the C
 // policy_lookup does, on the same compiled tables: the selectors of the
 // peer in ascending order, per selector the longest port prefix under the
-// packet's protocol, else under protocol 0 (not for ICMP); the strongest
+// packet's protocol, else (not for TCP, UDP, SCTP, ICMP) under protocol 0; the strongest
 // verdict wins (deny > redirect > allow), first found on a tie; no match =
 // the direction's default.
 func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer identity.NumericIdentity,
@@ -47,7 +47,7 @@ func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer ide
 	}
 	for _, sel := range c.SelectorLists[peer] {
 		v, ok := ep.lpm(dir, sel, proto, port)
-		if !ok && !icmp {
+		if !ok && !hasOwnEntries(proto) {
 			v, ok = ep.lpm(dir, sel, resolved.ProtoAny, port)
 		}
 		if !ok {

@@ -210,6 +210,9 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	// 4. switch endpoints.
 	for _, sw := range switches {
 		sw.es.gen, sw.es.flags, sw.es.ep.Identity = sw.gen, sw.flags, sw.identity
+		if sw.flags&epFlagOverflow == 0 {
+			sw.es.overflowReason = ""
+		}
 		if err := dp.writeEndpoint(sw.es); err != nil {
 			return fmt.Errorf("sync: endpoint %d: %w", sw.es.ep.ID, err)
 		}
@@ -301,11 +304,13 @@ func (dp *Datapath) compiledOverflow(id identity.NumericIdentity) (int, bool) {
 
 func (dp *Datapath) raiseOverflow(epID uint32, why string) {
 	dp.overflows.Add(1)
+	if es := dp.endpoints[epID]; es != nil {
+		es.overflowReason = why
+	}
 	dp.sendSynthetic(event.Event{
 		Time: time.Now(), Type: event.TypeOverflow, EndpointID: epID,
 		Verdict: event.Dropped, Reason: event.ReasonTableOverflow,
 	})
-	_ = why
 }
 
 func (dp *Datapath) raiseIdentityOverflow(id identity.NumericIdentity, n int) {
@@ -314,7 +319,7 @@ func (dp *Datapath) raiseIdentityOverflow(id identity.NumericIdentity, n int) {
 		Time: time.Now(), Type: event.TypeOverflow, Verdict: event.Dropped,
 		Reason: event.ReasonTableOverflow, SrcIdentity: id,
 	})
-	_ = n
+	_ = n // the count is in Compiled().Overflowed
 }
 
 func (dp *Datapath) sendSynthetic(e event.Event) {

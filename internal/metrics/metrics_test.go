@@ -276,7 +276,9 @@ func TestServeExposition(t *testing.T) {
 // failingDatapath cannot read its counters.
 type failingDatapath struct{ fixedDatapath }
 
-func (failingDatapath) Traffic() ([]TrafficSample, error) { return nil, errors.New("map lookup: EPERM") }
+func (failingDatapath) Traffic() ([]TrafficSample, error) {
+	return nil, errors.New("map lookup: EPERM")
+}
 
 func TestFailingSourceKeepsTheRestOfTheScrape(t *testing.T) {
 	m, err := New(Options{CiliumCompat: true, Datapath: &failingDatapath{fixedDatapath{lost: 3}}})

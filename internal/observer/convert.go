@@ -97,6 +97,7 @@ func verdictOf(v event.Verdict) flowpb.Verdict {
 type converter struct {
 	resolver Resolver
 	nodeName string
+	ids      *flowIDs
 	// policies caches the immutable flow.Policy of each PolicyRef, so the
 	// event path does not rebuild labels for every flow.
 	policies sync.Map // resolved.PolicyRef → *flowpb.Policy
@@ -113,6 +114,7 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 	}
 	f := &flowpb.Flow{
 		Time:     timestamppb.New(t),
+		Uuid:     c.ids.next(),
 		Verdict:  verdictOf(ev.Verdict),
 		Type:     flowpb.FlowType_L3_L4,
 		NodeName: c.nodeName,

@@ -1,6 +1,7 @@
 package observer
 
 import (
+	"regexp"
 	"slices"
 	"testing"
 	"time"
@@ -53,10 +54,20 @@ func TestFlowOfAllowedConnection(t *testing.T) {
 			},
 		}},
 	}
+	if !uuidFormat.MatchString(got.GetUuid()) {
+		t.Errorf("uuid %q is not an RFC 9562 version 8 UUID", got.GetUuid())
+	}
+	got = proto.Clone(got).(*flowpb.Flow)
+	got.Uuid = ""
 	if !proto.Equal(got, want) {
 		t.Errorf("flow:\n got %v\nwant %v", got, want)
 	}
+	if again := o.Handle(&ev); again.GetUuid() == "" || again.GetUuid() == o.Ring().Snapshot()[0].GetUuid() {
+		t.Errorf("flows share uuid %q", again.GetUuid())
+	}
 }
+
+var uuidFormat = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
 func TestFlowOfDefaultDenyNamesSelectingPolicies(t *testing.T) {
 	o := newTestObserver(t, 0)

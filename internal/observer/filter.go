@@ -82,8 +82,8 @@ func compileFlowFilter(ff *flowpb.FlowFilter) (flowMatcher, error) {
 		return m, nil
 	}
 	unsupported := map[string]bool{
-		"uuid": len(ff.GetUuid()) > 0, "source_ip_xlated": len(ff.GetSourceIpXlated()) > 0,
-		"source_fqdn": len(ff.GetSourceFqdn()) > 0, "destination_fqdn": len(ff.GetDestinationFqdn()) > 0,
+		"source_ip_xlated": len(ff.GetSourceIpXlated()) > 0,
+		"source_fqdn":      len(ff.GetSourceFqdn()) > 0, "destination_fqdn": len(ff.GetDestinationFqdn()) > 0,
 		"source_service": len(ff.GetSourceService()) > 0, "destination_service": len(ff.GetDestinationService()) > 0,
 		"source_workload": len(ff.GetSourceWorkload()) > 0, "destination_workload": len(ff.GetDestinationWorkload()) > 0,
 		"source_cluster_name": len(ff.GetSourceClusterName()) > 0, "destination_cluster_name": len(ff.GetDestinationClusterName()) > 0,
@@ -128,6 +128,9 @@ func compileFlowFilter(ff *flowpb.FlowFilter) (flowMatcher, error) {
 		if err != nil {
 			return nil, err
 		}
+	}
+	if v := ff.GetUuid(); len(v) > 0 {
+		m = append(m, func(f *flowpb.Flow) bool { return slices.Contains(v, f.GetUuid()) })
 	}
 	if v := ff.GetVerdict(); len(v) > 0 {
 		m = append(m, func(f *flowpb.Flow) bool { return slices.Contains(v, f.GetVerdict()) })

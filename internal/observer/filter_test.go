@@ -25,6 +25,7 @@ func TestFilters(t *testing.T) {
 		want      string // names of matching flows, sorted, comma separated
 	}{
 		{"no filter", nil, nil, "allowed,denied,dns,world"},
+		{"uuid", []*flowpb.FlowFilter{{Uuid: []string{world.GetUuid()}}}, nil, "world"},
 		// --namespace demo: either side in demo
 		{"namespace either side", []*flowpb.FlowFilter{{SourcePod: []string{"demo/"}}, {DestinationPod: []string{"demo/"}}}, nil, "allowed,denied,dns,world"},
 		{"destination pod prefix", []*flowpb.FlowFilter{{DestinationPod: []string{"demo/back"}}}, nil, "allowed,dns"},
@@ -88,6 +89,7 @@ func TestFilterErrorsNameTheField(t *testing.T) {
 		{&flowpb.FlowFilter{SourceLabel: []string{"app in ("}}, "source_label"},
 		{&flowpb.FlowFilter{SourcePod: []string{""}}, "source_pod"},
 		{&flowpb.FlowFilter{HttpMethod: []string{"GET"}}, "http_method"},
+		{&flowpb.FlowFilter{SourceFqdn: []string{"example.com"}}, "source_fqdn"},
 		{&flowpb.FlowFilter{NodeName: []string{"[a"}}, "node_name"},
 	}
 	for _, tt := range tests {
@@ -96,4 +98,32 @@ func TestFilterErrorsNameTheField(t *testing.T) {
 			t.Errorf("filter %v: error %v, want one naming %s", tt.ff, err, tt.want)
 		}
 	}
+}
+
+// FuzzFilterStrings: user-supplied filter strings never panic the server,
+// whether they compile or not.
+func FuzzFilterStrings(f *testing.F) {
+	for _, s := range []string{"app=frontend", "k8s:app in (a, b)", "!reserved:world", "demo/", "10.0.0.0/8", "fd00::1", "node-*", "any:x,y!=z"} {
+		f.Add(s)
+	}
+	o, err := New(Options{NodeName: "node-1", Resolver: demoResolver()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	ev := allowedSYN(0)
+	flow := o.Handle(&ev)
+	f.Fuzz(func(t *testing.T, s string) {
+		ff := &flowpb.FlowFilter{
+			SourceLabel: []string{s}, DestinationPod: []string{s}, SourceIp: []string{s},
+			NodeName: []string{s}, Protocol: []string{s}, DestinationPort: []string{s},
+		}
+		for _, one := range []*flowpb.FlowFilter{
+			{SourceLabel: ff.SourceLabel}, {DestinationPod: ff.DestinationPod}, {SourceIp: ff.SourceIp},
+			{NodeName: ff.NodeName}, {Protocol: ff.Protocol}, {DestinationPort: ff.DestinationPort}, ff,
+		} {
+			if filter, err := NewFilter([]*flowpb.FlowFilter{one}, nil); err == nil {
+				filter.Match(flow)
+			}
+		}
+	})
 }

@@ -61,7 +61,7 @@ func New(opts Options) (*Observer, error) {
 		capacity = DefaultCapacity
 	}
 	return &Observer{
-		conv:     converter{resolver: opts.Resolver, nodeName: opts.NodeName},
+		conv:     converter{resolver: opts.Resolver, nodeName: opts.NodeName, ids: newFlowIDs()},
 		ring:     NewRing(capacity),
 		sinks:    opts.Sinks,
 		nodeName: opts.NodeName,

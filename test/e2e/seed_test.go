@@ -313,7 +313,19 @@ func TestSeedScenario(t *testing.T) {
 		t.Errorf("bpf policy get: no ingress 8080/TCP entry from frontend-to-backend on a backend endpoint: %+v", bpf)
 	}
 
-	// Deleting a policy blocks its traffic again.
+	// Deleting a policy blocks its traffic again, established connections
+	// included (their conntrack entries revalidate against the new tables).
+	open := openKeepAlive(t, s.pod("deploy/frontend"), backendIP)
+	open.get(t, "before its allow is deleted")
+	s.mustRun("delete", "-f", "testdata/delete-frontend-egress.yaml")
+	if err := open.try(); err == nil {
+		t.Errorf("an established frontend -> backend connection still works after its allow was deleted")
+	}
+	open.close()
+	s.expectHTTPBlocked("deploy/frontend", "http://backend:8080")
+	s.mustRun("apply", "-f", "testdata/egress-allowances.yaml")
+	s.expectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
+
 	s.mustRun("delete", "-f", "testdata/delete-backend-egress.yaml")
 	s.expectTCP("deploy/backend", "database", "5432", false)
 	s.expectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
@@ -434,21 +446,27 @@ func openKeepAlive(t *testing.T, from sandbox.PodInfo, ip string) *keepAlive {
 
 func (k *keepAlive) get(t *testing.T, when string) {
 	t.Helper()
+	if err := k.try(); err != nil {
+		t.Errorf("open connection %s: %v", when, err)
+	}
+}
+
+// try sends one request on the connection and reads the answer.
+func (k *keepAlive) try() error {
 	k.c.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := io.WriteString(k.c, "GET /keepalive HTTP/1.1\r\nHost: backend\r\n\r\n"); err != nil {
-		t.Errorf("open connection %s: write: %v", when, err)
-		return
+		return fmt.Errorf("write: %w", err)
 	}
 	resp, err := http.ReadResponse(k.rd, nil)
 	if err != nil {
-		t.Errorf("open connection %s: read: %v", when, err)
-		return
+		return fmt.Errorf("read: %w", err)
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Errorf("open connection %s: status %s", when, resp.Status)
+		return fmt.Errorf("status %s", resp.Status)
 	}
+	return nil
 }
 
 func (k *keepAlive) close() { k.c.Close() }
