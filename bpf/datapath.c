@@ -544,6 +544,11 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			ct->peer_identity = peer_id;
 		}
 		if (p.proto == IPPROTO_TCP) {
+			if ((p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !is_reply) {
+				/* the tuple is reused by a new connection */
+				ct->tcp_flags_seen = 0;
+				ct->closing = 0;
+			}
 			ct->tcp_flags_seen |= p.tcp_flags;
 			if (p.tcp_flags & (TCP_FIN | TCP_RST))
 				ct->closing = 1;

@@ -58,9 +58,7 @@ type Agent struct {
 	errMu  sync.Mutex
 	errors []string // recent reconcile errors, newest last
 
-	shutdown    chan agentapi.ShutdownRequest
-	trigger     chan struct{}
-	destroyDone chan error
+	shutdown chan agentapi.ShutdownRequest
 }
 
 // Run runs the agent until ctx ends or a client asks it to shut down. It
@@ -90,7 +88,6 @@ func Run(ctx context.Context, opts Options) (err error) {
 	a := &Agent{
 		opts: opts, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
-		trigger:  make(chan struct{}, 1),
 	}
 	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)
 	if a.store, err = openStore(opts.Paths.Objects); err != nil {
@@ -133,8 +130,6 @@ loop:
 			break loop
 		case err := <-serveErr:
 			return fmt.Errorf("serve API: %w", err)
-		case <-a.trigger:
-			a.reconcile(ctx)
 		case <-resync.C:
 			// Converge again: restarts crashed workloads, retries
 			// failed pods, re-pushes tables.

@@ -39,9 +39,11 @@ type ObjectChange struct {
 	Kind       string `json:"kind"`
 	Namespace  string `json:"namespace,omitempty"`
 	Name       string `json:"name"`
-	// Action is "created", "configured", "unchanged", "deleted" or
-	// "not found".
+	// Action is "created", "configured", "unchanged", "deleted", "not
+	// found" or "ignored (why)".
 	Action string `json:"action"`
+	// Source is where the document came from ("file:doc N").
+	Source string `json:"source,omitempty"`
 }
 
 // ApplyResponse lists the changes and the policy revision after them.

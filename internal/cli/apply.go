@@ -64,6 +64,9 @@ func printChanges(w io.Writer, changes []agentapi.ObjectChange) {
 // kindRef is kubectl's "kind.group/name" form ("deployment.apps/frontend",
 // "ciliumnetworkpolicy.cilium.io/allow-dns", "service/backend").
 func kindRef(c agentapi.ObjectChange) string {
+	if c.Kind == "" {
+		return c.Source
+	}
 	kind := strings.ToLower(c.Kind)
 	if group, _, ok := strings.Cut(c.APIVersion, "/"); ok {
 		kind += "." + group

@@ -70,4 +70,14 @@ func TestPolicyTraceFlags(t *testing.T) {
 	if err := runPolicyTrace(&out, policyTraceOptions{files: []string{"x"}, src: "demo/frontend-0", dst: "demo:b", dport: 1}); err == nil || !strings.Contains(err.Error(), "NAMESPACE:POD") {
 		t.Errorf("bad --src-k8s-pod: %v", err)
 	}
+	if err := runPolicyTrace(&out, policyTraceOptions{files: []string{"x"}, src: "demo:a", srcID: 256, dst: "demo:b", dport: 1}); err == nil || !strings.Contains(err.Error(), "exactly one") {
+		t.Errorf("both --src-k8s-pod and --src-identity: %v", err)
+	}
+	// As in the article: by identity; world (2) is outside the cluster.
+	out.Reset()
+	err = runPolicyTrace(&out, policyTraceOptions{files: []string{seedFile("sample-app.yaml"), seedFile("default-deny.yaml")},
+		srcID: 2, dst: "demo:backend-0", dport: 8080, proto: "TCP"})
+	if err != nil || !strings.Contains(out.String(), "Ingress of demo/backend-0 from identity reserved:world: DENIED by default deny") {
+		t.Errorf("trace by identity: %v\n%s", err, out.String())
+	}
 }

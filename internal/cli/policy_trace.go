@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/check"
 	"github.com/spf13/cobra"
 )
@@ -13,6 +14,8 @@ type policyTraceOptions struct {
 	files []string
 	src   string
 	dst   string
+	srcID uint32
+	dstID uint32
 	dport int
 	proto string
 }
@@ -21,12 +24,16 @@ type policyTraceOptions struct {
 func newPolicyTraceCmd() *cobra.Command {
 	var o policyTraceOptions
 	cmd := &cobra.Command{
-		Use:   "trace --src-k8s-pod NS:POD --dst-k8s-pod NS:POD --dport N [--proto TCP] -f STATE...",
+		Use:   "trace (--src-k8s-pod NS:POD | --src-identity ID) (--dst-k8s-pod NS:POD | --dst-identity ID) --dport N [--proto TCP] -f STATE...",
 		Short: "Explain the verdict of one connection between two pods",
 		Long: `Trace explains how the policies of the state decide a connection: the
 identities of both pods and their labels, the rules selecting each side, the
 source's egress verdict, the destination's ingress verdict with the matching
-rules or the default deny, and the final verdict.`,
+rules or the default deny, and the final verdict.
+
+Either side may be given as an identity (as "cilium policy trace
+--src-identity" does): the first pod with that identity is traced, and an
+identity no pod has (world, a CIDR identity) is a peer outside the cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPolicyTrace(cmd.OutOrStdout(), o)
@@ -36,6 +43,8 @@ rules or the default deny, and the final verdict.`,
 	f.StringArrayVarP(&o.files, "file", "f", nil, "state manifests: files or directories (repeatable)")
 	f.StringVar(&o.src, "src-k8s-pod", "", "source pod as NAMESPACE:POD")
 	f.StringVar(&o.dst, "dst-k8s-pod", "", "destination pod as NAMESPACE:POD")
+	f.Uint32Var(&o.srcID, "src-identity", 0, "source identity (instead of --src-k8s-pod)")
+	f.Uint32Var(&o.dstID, "dst-identity", 0, "destination identity (instead of --dst-k8s-pod)")
 	f.IntVar(&o.dport, "dport", 0, "destination port")
 	f.StringVar(&o.proto, "proto", "TCP", "protocol: TCP, UDP or SCTP")
 	return cmd
@@ -53,13 +62,23 @@ func runPolicyTrace(w io.Writer, o policyTraceOptions) error {
 	if len(o.files) == 0 {
 		return fmt.Errorf("policy trace: -f STATE is required")
 	}
-	src, err := podRef("src-k8s-pod", o.src)
-	if err != nil {
-		return err
+	if (o.src == "") == (o.srcID == 0) {
+		return fmt.Errorf("policy trace: give exactly one of --src-k8s-pod and --src-identity")
 	}
-	dst, err := podRef("dst-k8s-pod", o.dst)
-	if err != nil {
-		return err
+	if (o.dst == "") == (o.dstID == 0) {
+		return fmt.Errorf("policy trace: give exactly one of --dst-k8s-pod and --dst-identity")
+	}
+	var src, dst string
+	var err error
+	if o.src != "" {
+		if src, err = podRef("src-k8s-pod", o.src); err != nil {
+			return err
+		}
+	}
+	if o.dst != "" {
+		if dst, err = podRef("dst-k8s-pod", o.dst); err != nil {
+			return err
+		}
 	}
 	if o.dport < 1 || o.dport > 65535 {
 		return fmt.Errorf("policy trace: --dport %d: must be 1-65535", o.dport)
@@ -68,7 +87,25 @@ func runPolicyTrace(w io.Writer, o policyTraceOptions) error {
 	if err != nil {
 		return fmt.Errorf("policy trace: %w", err)
 	}
-	res, err := st.Check(check.Flow{Src: src, Dst: dst, Port: o.dport, Protocol: o.proto})
+	peer := func(ref string, id uint32, flag string) (check.Peer, error) {
+		if ref != "" {
+			return st.Peer(ref)
+		}
+		p, err := st.IdentityPeer(identity.NumericIdentity(id))
+		if err != nil {
+			return p, fmt.Errorf("--%s: %w", flag, err)
+		}
+		return p, nil
+	}
+	sp, err := peer(src, o.srcID, "src-identity")
+	if err != nil {
+		return fmt.Errorf("policy trace: %w", err)
+	}
+	dp, err := peer(dst, o.dstID, "dst-identity")
+	if err != nil {
+		return fmt.Errorf("policy trace: %w", err)
+	}
+	res, err := st.CheckPeers(sp, dp, o.dport, o.proto)
 	if err != nil {
 		return fmt.Errorf("policy trace: %w", err)
 	}

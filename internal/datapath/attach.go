@@ -218,8 +218,8 @@ func (dp *Datapath) detachLegacy(es *endpointState) error {
 	})
 }
 
-// DetachEndpoint removes the programs from the endpoint's veth, its record
-// and its tables.
+// DetachEndpoint removes the programs from the endpoint's veth, its record,
+// its conntrack entries and its tables.
 func (dp *Datapath) DetachEndpoint(id uint32) error {
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
@@ -251,6 +251,9 @@ func (dp *Datapath) DetachEndpoint(id uint32) error {
 		errs = append(errs, fmt.Errorf("delete endpoint record: %w", err))
 	}
 	delete(dp.endpoints, id)
+	if err := dp.purgeConntrack(uint32(es.ep.IfIndex)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := dp.deleteTables(func(tableID uint32) bool { return tableID>>1 == id }); err != nil {
 		errs = append(errs, err)
 	}

@@ -31,7 +31,8 @@ const (
 // last), for N = 1, 1000, 10000. It prints TCP throughput (iperf3),
 // request/response rate on one connection (rr) and connect+request+close
 // rate (crr), each also as a ratio to (a) measured in the same run; the
-// configurations are interleaved over BULWARK_BENCH_ROUNDS rounds (3).
+// configurations are interleaved over BULWARK_BENCH_ROUNDS rounds (5) and
+// each figure is the median of its rounds.
 //
 //	go test -run XXX -bench BenchmarkThroughput -benchtime 1x ./internal/datapath/
 func BenchmarkThroughput(b *testing.B) {
@@ -64,15 +65,15 @@ func BenchmarkThroughput(b *testing.B) {
 			rows = append(rows, r)
 		}
 		runtime.GC() // the in-process rr/crr peers should not pay for a Sync's garbage
-		r.gbps = append(r.gbps, tp.iperf(b, 2))
-		r.rr = append(r.rr, tp.rrRate(b, time.Second))
-		r.crr = append(r.crr, tp.crrRate(b, time.Second))
+		r.gbps = append(r.gbps, tp.iperf(b, 1))
+		r.rr = append(r.rr, tp.rrRate(b, 500*time.Millisecond))
+		r.crr = append(r.crr, tp.crrRate(b, 500*time.Millisecond))
 	}
 	sizes := []int{1, 1000, 10000}
 	pin := "/sys/fs/bpf/bulwark-bench-" + tp.sfx
 	b.Cleanup(func() { os.RemoveAll(pin) })
 	b.Cleanup(func() { exec.Command("ip", "netns", "exec", tp.node, "iptables", "-F", "FORWARD").Run() })
-	rounds := 3
+	rounds := 5
 	if v, err := strconv.Atoi(os.Getenv("BULWARK_BENCH_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}

@@ -104,3 +104,25 @@ func (dp *Datapath) Conntrack() ([]Flow, error) {
 	}
 	return out, nil
 }
+
+// purgeConntrack deletes the flows tracked on an interface.
+func (dp *Datapath) purgeConntrack(ifindex uint32) error {
+	var k bpfBwCtKey
+	var v bpfBwCtEntry
+	var keys []bpfBwCtKey
+	it := dp.objs.BwConntrack.Iterate()
+	for it.Next(&k, &v) {
+		if k.Ifindex == ifindex {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("purge conntrack: %w", err)
+	}
+	for i := range keys {
+		if err := dp.objs.BwConntrack.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("purge conntrack: %w", err)
+		}
+	}
+	return nil
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
@@ -177,7 +178,7 @@ func TestE2EPolicyChangeMidConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Ingress.Dropped[5+3].Packets == 0 { // ReasonRevoked
+	if m.Ingress.Dropped[event.ReasonRevoked].Packets == 0 {
 		t.Fatalf("no revoked drops counted: %+v", m.Ingress.Dropped)
 	}
 }

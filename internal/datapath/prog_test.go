@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -400,6 +401,16 @@ func TestFinShortensLifetimeAndGC(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("gc deleted %d, %v", n, err)
 	}
+	// A new connection reusing a closing tuple is tracked as new.
+	p.tcpFlags = 0x02
+	run(t, dp, resolved.Ingress, p)
+	p.tcpFlags = 0x11
+	run(t, dp, resolved.Ingress, p)
+	p.tcpFlags = 0x02
+	run(t, dp, resolved.Ingress, p)
+	if flows, _ := dp.Conntrack(); len(flows) != 1 || flows[0].Closing {
+		t.Fatalf("reused tuple: %+v", flows)
+	}
 }
 
 func TestSelectorOverflowFailsClosed(t *testing.T) {
@@ -625,6 +636,44 @@ func TestFragmentsFollowTheirFirst(t *testing.T) {
 		deniedLater.fragOffset, deniedLater.moreFrags = 3, false
 		if run(t, dp, resolved.Ingress, denied) != tcActShot || run(t, dp, resolved.Ingress, deniedLater) != tcActShot {
 			t.Fatalf("%s: fragments of a denied datagram passed", src)
+		}
+	}
+}
+
+// TestStructOffsetsMatchBTF compares every field offset of the generated Go
+// structs with the C struct's BTF.
+func TestStructOffsetsMatchBTF(t *testing.T) {
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, goType := range map[string]any{
+		"bw_endpoint": bpfBwEndpoint{}, "bw_ipcache_key": bpfBwIpcacheKey{}, "bw_selector_list": bpfBwSelectorList{},
+		"bw_policy_key": bpfBwPolicyKey{}, "bw_policy_value": bpfBwPolicyValue{}, "bw_ct_key": bpfBwCtKey{},
+		"bw_ct_entry": bpfBwCtEntry{}, "bw_event": bpfBwEvent{}, "bw_frag_key": bpfBwFragKey{}, "bw_config": bpfBwConfig{},
+	} {
+		var st *btf.Struct
+		if err := spec.Types.TypeByName(name, &st); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		rt := reflect.TypeOf(goType)
+		if uint32(rt.Size()) != st.Size {
+			t.Errorf("%s: Go size %d, C size %d", name, rt.Size(), st.Size)
+		}
+		var goFields []reflect.StructField
+		for i := 0; i < rt.NumField(); i++ {
+			if f := rt.Field(i); f.Name != "_" {
+				goFields = append(goFields, f)
+			}
+		}
+		if len(goFields) != len(st.Members) {
+			t.Errorf("%s: %d Go fields, %d C members", name, len(goFields), len(st.Members))
+			continue
+		}
+		for i, m := range st.Members {
+			if got, want := goFields[i].Offset, uintptr(m.Offset.Bytes()); got != want {
+				t.Errorf("%s.%s: Go offset %d, C offset %d", name, m.Name, got, want)
+			}
 		}
 	}
 }

@@ -172,10 +172,16 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 		return it, fmt.Errorf("%s.%sNodes: not supported", path, prefix)
 	case len(groups) > 0:
 		return it, fmt.Errorf("%s.%sGroups: cloud provider groups are not supported", path, prefix)
-	case len(services) > 0:
-		return it, fmt.Errorf("%s.toServices: not supported (select the backends with toEndpoints)", path)
 	}
-	hasL3 := len(endpoints) > 0 || len(cidrs) > 0 || len(cidrSets) > 0 || len(entities) > 0 || len(fqdns) > 0
+	hasL3 := len(endpoints) > 0 || len(cidrs) > 0 || len(cidrSets) > 0 || len(entities) > 0 || len(fqdns) > 0 || len(services) > 0
+	for j, svc := range services {
+		ref, err := c.serviceRef(svc)
+		if err != nil {
+			return it, fmt.Errorf("%s.toServices[%d]: %w", path, j, err)
+		}
+		it.services = append(it.services, ref)
+		c.cp.usesServices = true
+	}
 
 	for j := range endpoints {
 		s, err := c.peerSelector(&endpoints[j])
@@ -313,6 +319,37 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 		}
 	}
 	return it, nil
+}
+
+// serviceRef compiles a toServices element. The namespace defaults to the
+// policy's (for a clusterwide policy: a named Service needs one; a label
+// selector without one selects Services of every namespace).
+func (c *ciliumCompiler) serviceRef(svc api.Service) (serviceRef, error) {
+	switch {
+	case svc.K8sService != nil && svc.K8sServiceSelector == nil:
+		ns := svc.K8sService.Namespace
+		if ns == "" {
+			ns = c.ns
+		}
+		if svc.K8sService.ServiceName == "" {
+			return serviceRef{}, fmt.Errorf("k8sService.serviceName: required")
+		}
+		if ns == "" {
+			return serviceRef{}, fmt.Errorf("k8sService.namespace: required in a clusterwide policy")
+		}
+		return serviceRef{namespace: ns, name: svc.K8sService.ServiceName}, nil
+	case svc.K8sServiceSelector != nil && svc.K8sService == nil:
+		sel, err := k8sSelector(&svc.K8sServiceSelector.Selector.LabelSelector, "")
+		if err != nil {
+			return serviceRef{}, fmt.Errorf("k8sServiceSelector.selector: %w", err)
+		}
+		ns := svc.K8sServiceSelector.Namespace
+		if ns == "" {
+			ns = c.ns
+		}
+		return serviceRef{namespace: ns, labels: &sel}, nil
+	}
+	return serviceRef{}, fmt.Errorf("exactly one of k8sService and k8sServiceSelector must be set")
 }
 
 func parseCIDR(s string) (netip.Prefix, error) {

@@ -27,6 +27,17 @@ type ruleItem struct {
 	l3Only  bool
 	ports   []portSpec
 	path    string // where it comes from in the document, for trace output
+	// services are toServices peers: resolved against the Services of the
+	// repository when the policy is installed (and again when they change).
+	services []serviceRef
+}
+
+// serviceRef names Services whose backends are peers: one by name, or all
+// those of a namespace ("" for every namespace) whose labels match.
+type serviceRef struct {
+	namespace string
+	name      string             // set: one Service
+	labels    *selector.Selector // set: Services selected by their labels
 }
 
 // section is a rule's table for one direction.
@@ -55,6 +66,8 @@ type compiledPolicy struct {
 	// egressNamed: an egress item names a port, resolved against every
 	// pod's ports, so endpoints selected by the policy depend on them.
 	egressNamed bool
+	// usesServices: some item has toServices peers.
+	usesServices bool
 }
 
 func (p *compiledPolicy) peers() []peerSpec {
@@ -89,4 +102,15 @@ func (p portSpec) String() string {
 		s += " (L7)"
 	}
 	return s
+}
+
+func (s serviceRef) String() string {
+	ns := s.namespace
+	if ns == "" {
+		ns = "*"
+	}
+	if s.name != "" {
+		return "service(" + ns + "/" + s.name + ")"
+	}
+	return "services(" + ns + ", labels {" + s.labels.String() + "})"
 }

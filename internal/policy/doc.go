@@ -27,9 +27,14 @@
 //   - An update is validated whole before anything changes: it applies
 //     completely or not at all, and reports what changed (Change).
 //
+// toServices peers are the pods selected by the Services' selectors (in
+// the Service's namespace), re-resolved whenever a Service changes; a
+// Service without a selector contributes no peer (its backends are not
+// known here).
+//
 // Differences from Cilium, on purpose or for now: ICMP rules (icmps) allow
 // every ICMP type of the family (the resolved table has no ICMP type);
-// fromRequires/toRequires, toServices, toGroups, fromNodes/toNodes, host
+// fromRequires/toRequires, toGroups, fromNodes/toNodes, host
 // policies (nodeSelector), CIDR groups, Kafka and generic L7 rules, TLS
 // interception, listeners and mutual authentication are rejected with an
 // error naming the field rather than silently ignored.

@@ -45,6 +45,9 @@ func (s *Snapshot) Rules(k EndpointKey) []RuleInfo {
 				for _, p := range it.peers {
 					ii.Peers = append(ii.Peers, p.String())
 				}
+				for _, svc := range it.services {
+					ii.Peers = append(ii.Peers, svc.String())
+				}
 				for _, p := range it.ports {
 					ii.Ports = append(ii.Ports, p.String())
 				}

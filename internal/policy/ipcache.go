@@ -20,7 +20,9 @@ type IPCacheEntry struct {
 // IPCache is an immutable IP → identity map with longest-prefix match.
 // Invariant: a pod address resolves to its pod's identity, whatever CIDR
 // prefix covers it (CIDR selectors never select cluster endpoints, as in
-// Cilium); an address no entry covers resolves to world-ipv4/world-ipv6.
+// Cilium); 0.0.0.0/0 and ::/0 are always present (world-ipv4, world-ipv6),
+// so every address has an entry and a longest-prefix-match datapath loaded
+// from Entries decides exactly as Lookup.
 type IPCache struct {
 	pods     map[netip.Addr]podAddr
 	prefixes map[netip.Prefix]identity.NumericIdentity

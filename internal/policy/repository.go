@@ -63,6 +63,17 @@ type installedPolicy struct {
 	cp     *compiledPolicy
 	key    string
 	selIDs map[string]resolved.SelectorID // peer key → selector
+	// servicePeers are the toServices peers of items, resolved against
+	// the Services present when the policy was (re)installed.
+	servicePeers map[*ruleItem][]peerSpec
+}
+
+// itemPeers returns an item's peers, toServices peers included.
+func (ip *installedPolicy) itemPeers(it *ruleItem) []peerSpec {
+	if extra := ip.servicePeers[it]; len(extra) > 0 {
+		return append(append([]peerSpec(nil), it.peers...), extra...)
+	}
+	return it.peers
 }
 
 type namedPortValue struct {
@@ -174,6 +185,9 @@ func (r *Repository) Upsert(objs ...any) (Change, error) {
 	var ops []op
 	newIPs := map[netip.Addr]EndpointKey{}
 	for _, obj := range objs {
+		if isNilObject(obj) {
+			return Change{}, fmt.Errorf("upsert: nil %T", obj)
+		}
 		switch o := obj.(type) {
 		case *corev1.Namespace:
 			if o.Name == "" {
@@ -186,7 +200,10 @@ func (r *Repository) Upsert(objs ...any) (Change, error) {
 				return Change{}, fmt.Errorf("Service: metadata.name is empty")
 			}
 			svc := o
-			ops = append(ops, op{1, func() { r.services[EndpointKey{svc.Namespace, svc.Name}] = svc }})
+			ops = append(ops, op{1, func() {
+				r.services[EndpointKey{svc.Namespace, svc.Name}] = svc
+				r.refreshServicePolicies()
+			}})
 		case *corev1.Pod:
 			in, err := podFromObject(o)
 			if err != nil {
@@ -222,6 +239,26 @@ func (r *Repository) Upsert(objs ...any) (Change, error) {
 	return r.run(ops), nil
 }
 
+func isNilObject(obj any) bool {
+	switch o := obj.(type) {
+	case nil:
+		return true
+	case *corev1.Namespace:
+		return o == nil
+	case *corev1.Service:
+		return o == nil
+	case *corev1.Pod:
+		return o == nil
+	case *networkingv1.NetworkPolicy:
+		return o == nil
+	case *api.CiliumNetworkPolicy:
+		return o == nil
+	case *api.CiliumClusterwideNetworkPolicy:
+		return o == nil
+	}
+	return false
+}
+
 // Delete removes objects. Deleting a Namespace deletes its pods and
 // namespaced policies. Unknown objects are an error and nothing is deleted.
 func (r *Repository) Delete(refs ...ObjectRef) (Change, error) {
@@ -241,7 +278,10 @@ func (r *Repository) Delete(refs ...ObjectRef) (Change, error) {
 			if _, ok := r.services[k]; !ok {
 				return Change{}, fmt.Errorf("delete %s: not found", ref)
 			}
-			ops = append(ops, op{1, func() { delete(r.services, k) }})
+			ops = append(ops, op{1, func() {
+				delete(r.services, k)
+				r.refreshServicePolicies()
+			}})
 		case "Pod":
 			k := EndpointKey{ref.Namespace, ref.Name}
 			if _, ok := r.endpoints[k]; !ok {
@@ -422,6 +462,16 @@ func (r *Repository) deleteNamespace(name string) {
 			r.removePolicy(key)
 		}
 	}
+	removed := false
+	for k := range r.services {
+		if k.Namespace == name {
+			delete(r.services, k)
+			removed = true
+		}
+	}
+	if removed {
+		r.refreshServicePolicies()
+	}
 }
 
 // relabel recomputes an endpoint's identity from its pod and namespace.
@@ -578,7 +628,14 @@ func (r *Repository) setPolicy(cp *compiledPolicy) {
 	for _, p := range cp.cidrs {
 		r.acquireCIDR(p)
 	}
-	for _, peer := range cp.peers() {
+	peers := cp.peers()
+	if cp.usesServices {
+		ip.servicePeers = r.resolveServices(cp)
+		for _, extra := range ip.servicePeers {
+			peers = append(peers, extra...)
+		}
+	}
+	for _, peer := range peers {
 		if _, ok := ip.selIDs[peer.key]; ok {
 			continue
 		}
@@ -648,6 +705,12 @@ func (r *Repository) releaseInstalled(ip *installedPolicy) {
 func (r *Repository) acquireCIDR(p netip.Prefix) {
 	r.cidrRefs[p]++
 	if r.cidrRefs[p] > 1 {
+		return
+	}
+	if p.Bits() == 0 {
+		// The whole address space of a family is its world identity (as
+		// in Cilium), which the ipcache always maps.
+		r.cidrIDs[p] = identity.WorldFor(p.Addr())
 		return
 	}
 	id, created, err := r.alloc.AllocateCIDR(p)

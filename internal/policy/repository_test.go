@@ -200,3 +200,36 @@ func TestUnusedIdentityLeavesSelectors(t *testing.T) {
 		t.Errorf("label set came back as %v (want %v), member %v", id, old, snap.Selectors.Selects(sel, id))
 	}
 }
+
+// Snapshots stay valid and consistent while updates go on (run with -race).
+func TestConcurrentSnapshots(t *testing.T) {
+	repo := policy.NewRepository(policy.Options{})
+	if _, err := repo.Upsert(pod("prod", "db", "10.0.0.1", map[string]string{"app": "db"}), allowFromNamespace("prod", "np")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			if _, err := repo.Upsert(pod("prod", fmt.Sprintf("c%d", i%10), fmt.Sprintf("10.0.1.%d", i%10), map[string]string{"v": fmt.Sprint(i)})); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		snap := repo.Snapshot()
+		db := snap.Endpoints[policy.EndpointKey{Namespace: "prod", Name: "db"}]
+		for _, ep := range snap.Endpoints {
+			if d := db.Policy.Ingress.Lookup(snap.Selectors, ep.Identity, resolved.ProtoTCP, 80); ep.Key.Name != "db" && d.Verdict != resolved.Allow {
+				t.Fatalf("snapshot %d: %s denied", snap.Revision, ep.Key)
+			}
+			snap.IPCache.Lookup(ep.IP)
+		}
+	}
+}

@@ -107,7 +107,7 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 		ip := r.policies[policyKey(rule.policy)]
 		for i := range sec.items {
 			it := &sec.items[i]
-			for _, peer := range it.peers {
+			for _, peer := range ip.itemPeers(it) {
 				sel := ip.selIDs[peer.key]
 				if it.l3Only {
 					add(resolved.Entry{Peer: sel, Proto: resolved.ProtoAny, Verdict: it.verdict}, rule.policy)

@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"github.com/bulwark-net/bulwark/internal/policy"
 	"net/netip"
 	"strings"
 	"testing"
@@ -396,4 +397,49 @@ spec:
 	st.Repo.Forget("api.github.com")
 	st.Snap = st.Repo.Snapshot()
 	runFlows(t, st, []flowCase{{"a/frontend", "140.82.112.5", 443, "", "denied", "a/fqdn"}})
+}
+
+// toServices selects the pods behind a Service (by its selector); it
+// follows Service changes.
+func TestToServices(t *testing.T) {
+	svc := `
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: b, labels: {tier: api}}
+spec: {selector: {app: backend}, ports: [{port: 9090}]}
+`
+	pol := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-svc, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toServices: [{k8sService: {serviceName: api, namespace: b}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-svc-sel, namespace: b}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: api}}}}]
+    toPorts: [{ports: [{port: "9090", protocol: TCP}]}]
+`
+	st := loadYAML(t, baseState, svc, pol)
+	runFlows(t, st, []flowCase{
+		{"a/frontend", "b/backend", 9090, "", "allowed", "a/to-svc"},
+		{"a/frontend", "a/backend", 8080, "", "denied", "a/to-svc"},
+		{"b/frontend", "b/backend", 9090, "", "allowed", "b/to-svc-sel"},
+		{"b/frontend", "b/backend", 9091, "", "denied", "b/to-svc-sel"},
+	})
+	ch, err := st.Repo.Delete(policy.ObjectRef{Kind: "Service", Namespace: "b", Name: "api"})
+	if err != nil || len(ch.Endpoints) != 2 {
+		t.Fatalf("delete service: %+v %v", ch, err)
+	}
+	st.Snap = st.Repo.Snapshot()
+	runFlows(t, st, []flowCase{
+		{"a/frontend", "b/backend", 9090, "", "denied", "a/to-svc"},
+		{"b/frontend", "b/backend", 9090, "", "denied", "b/to-svc-sel"},
+	})
 }

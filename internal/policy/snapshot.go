@@ -51,7 +51,11 @@ func (r *Repository) buildIPCache() *IPCache {
 	for a, k := range r.podIPs {
 		pods[a] = podAddr{id: r.endpoints[k].Identity, key: k}
 	}
-	prefixes := make(map[netip.Prefix]identity.NumericIdentity, len(r.cidrIDs)+len(r.fqdn.idOfIP))
+	prefixes := make(map[netip.Prefix]identity.NumericIdentity, len(r.cidrIDs)+len(r.fqdn.idOfIP)+2)
+	// Every address resolves to some entry: the datapath's trie never
+	// misses, and agrees with Lookup.
+	prefixes[netip.MustParsePrefix("0.0.0.0/0")] = identity.WorldIPv4
+	prefixes[netip.MustParsePrefix("::/0")] = identity.WorldIPv6
 	for p, id := range r.cidrIDs {
 		prefixes[p] = id
 	}

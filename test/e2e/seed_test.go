@@ -485,3 +485,25 @@ func TestDownIdempotent(t *testing.T) {
 		t.Errorf("status of a removed instance: exit %d, %q", code, out)
 	}
 }
+
+// TestTwoInstances: two sandboxes run side by side with disjoint ranges;
+// each works, and neither reaches the other's pods.
+func TestTwoInstances(t *testing.T) {
+	t.Parallel()
+	a, b := newSandbox(t), newSandbox(t)
+	a.mustRun("up", "-f", seed("sample-app.yaml"))
+	b.mustRun("up", "-f", seed("sample-app.yaml"))
+	sa, sb := a.status(), b.status()
+	if !sa.Ready || !sb.Ready {
+		t.Fatalf("not ready: %+v / %+v", sa, sb)
+	}
+	a.expectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
+	b.expectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
+	aIP := a.pod("deploy/backend").IPs[0]
+	bIP := b.pod("deploy/backend").IPs[0]
+	if aIP == bIP {
+		t.Fatalf("both instances gave a backend %v", aIP)
+	}
+	b.expectHTTPBlocked("deploy/frontend", "http://"+aIP.String()+":8080")
+	a.expectHTTPBlocked("deploy/frontend", "http://"+bIP.String()+":8080")
+}

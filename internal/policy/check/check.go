@@ -49,10 +49,13 @@ type Peer struct {
 }
 
 func (p Peer) String() string {
-	if p.Endpoint != nil {
+	switch {
+	case p.Endpoint != nil:
 		return p.Endpoint.Key.String()
+	case p.Addr.IsValid():
+		return p.Addr.String()
 	}
-	return p.Addr.String()
+	return "identity " + p.Identity.String()
 }
 
 const (
@@ -116,10 +119,41 @@ func (s *State) Check(f Flow) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("dst: %w", err)
 	}
+	return s.decidePeers(f, src, dst, proto, protoName), nil
+}
+
+// IdentityPeer resolves a numeric identity: the first endpoint (by
+// namespace/name) that has it, or, for identities no endpoint has (world,
+// CIDR and other reserved identities), a peer outside the cluster.
+func (s *State) IdentityPeer(id identity.NumericIdentity) (Peer, error) {
+	for _, k := range s.Snap.EndpointKeys() {
+		if ep := s.Snap.Endpoints[k]; ep.Identity == id {
+			return Peer{Endpoint: ep, Addr: ep.IP, Identity: id}, nil
+		}
+	}
+	if _, ok := s.Snap.Labels(id); !ok {
+		return Peer{}, fmt.Errorf("identity %d is not allocated", id)
+	}
+	return Peer{Identity: id}, nil
+}
+
+// CheckPeers decides a flow between resolved peers (see Check).
+func (s *State) CheckPeers(src, dst Peer, port int, protocol string) (Result, error) {
+	proto, protoName, err := ParseProtocol(protocol)
+	if err != nil {
+		return Result{}, err
+	}
+	if port < 1 || port > 65535 {
+		return Result{}, fmt.Errorf("port %d is out of range 1-65535", port)
+	}
+	return s.decidePeers(Flow{Src: src.String(), Dst: dst.String(), Port: port, Protocol: protoName}, src, dst, proto, protoName), nil
+}
+
+func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, protoName string) Result {
 	res := Result{Src: f.Src, Dst: f.Dst, Port: f.Port, Protocol: protoName, SrcPeer: src, DstPeer: dst,
 		Egress: allowed, Ingress: allowed, Verdict: allowed, Policies: []string{}}
 	if src.Endpoint != nil && dst.Endpoint != nil && src.Endpoint.Key == dst.Endpoint.Key {
-		return res, nil
+		return res
 	}
 	var refs []resolved.PolicyRef
 	if src.Endpoint != nil {
@@ -163,7 +197,7 @@ func (s *State) Check(f Flow) (Result, error) {
 			res.Policies = append(res.Policies, n)
 		}
 	}
-	return res, nil
+	return res
 }
 
 // LineError is a bad line of a flows file.
