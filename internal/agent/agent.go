@@ -23,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -218,6 +219,14 @@ func Teardown(_ context.Context, p Paths) error {
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// The shared roots go too once the last instance has left them
+	// (os.Remove refuses a non-empty directory); a user's --state-dir
+	// parent is never touched.
+	_ = os.Remove(p.PinRoot)
+	_ = os.Remove(p.RunRoot)
+	if filepath.Dir(p.StateDir) == agentapi.DefaultStateRoot {
+		_ = os.Remove(agentapi.DefaultStateRoot)
 	}
 	return errors.Join(errs...)
 }

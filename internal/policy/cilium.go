@@ -82,7 +82,9 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 		// in the policy's namespace; a k8s:io.kubernetes.pod.namespace
 		// matchLabels entry naming another namespace is replaced.
 		subjectSel = *subjectSel.DeepCopy()
-		delete(subjectSel.MatchLabels, identity.SourceK8s+":"+identity.LabelNamespace)
+		for _, key := range []string{identity.LabelNamespace, identity.SourceK8s + ":" + identity.LabelNamespace, identity.SourceAny + ":" + identity.LabelNamespace} {
+			delete(subjectSel.MatchLabels, key)
+		}
 	}
 	subject, err := selector.FromLabelSelector(&subjectSel)
 	if err != nil {

@@ -113,5 +113,9 @@ func TeardownWith(o TeardownOptions) error {
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove state %s: %w", dir, err))
 	}
+	// The shared roots go too once the last instance has left them
+	// (os.Remove refuses a non-empty directory).
+	_ = os.Remove(o.BPFFSRoot)
+	_ = os.Remove(o.StateRoot)
 	return errors.Join(errs...)
 }
