@@ -543,14 +543,18 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			ct->proxy_port = d.proxy_port;
 			ct->peer_identity = peer_id;
 		}
+		/* Established packets write the shared entry only when something
+		 * changes: both directions of a flow hit the same entry, often
+		 * from different CPUs. */
 		if (p.proto == IPPROTO_TCP) {
 			if ((p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !is_reply) {
 				/* the tuple is reused by a new connection */
 				ct->tcp_flags_seen = 0;
 				ct->closing = 0;
 			}
-			ct->tcp_flags_seen |= p.tcp_flags;
-			if (p.tcp_flags & (TCP_FIN | TCP_RST))
+			if ((ct->tcp_flags_seen | p.tcp_flags) != ct->tcp_flags_seen)
+				ct->tcp_flags_seen |= p.tcp_flags;
+			if ((p.tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
 				ct->closing = 1;
 		}
 		__u64 expires = now + ct_lifetime(&p, ct);
