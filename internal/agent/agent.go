@@ -41,6 +41,13 @@ type Options struct {
 	// MetricsAddr the Prometheus address ("" = off).
 	HubbleAddr  string
 	MetricsAddr string
+	// IPv6 makes the instance's pods and services dual stack; it sticks
+	// (an instance created dual stack stays so until 'bulwark down').
+	// World, when not nil, replaces the names the simulated outside world
+	// serves and the cluster DNS answers; nil keeps the previous names.
+	// Both persist in the state directory (see sandboxConfig).
+	IPv6  bool
+	World []string
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
 
 // endpointIDs assigns each pod a stable endpoint ID and persists the
@@ -87,18 +88,19 @@ func (e *endpointIDs) save() error {
 	return nil
 }
 
-// savedIdentity is a cluster identity as persisted.
+// savedIdentity is an identity as persisted.
 type savedIdentity struct {
 	ID     identity.NumericIdentity `json:"id"`
 	Labels identity.Labels          `json:"labels"`
 }
 
-// restoreIdentities replays the persisted cluster identities into a fresh
-// allocator in numeric order. The allocator numbers label sets
-// sequentially, so the replay gives every label set its previous number:
-// a restarted agent pushes the same identities into the datapath and
-// established connections keep matching. A mismatch (a file from another
-// version) is reported and leaves the new numbering in place.
+// restoreIdentities registers the persisted identities (cluster and local:
+// pods, CIDR prefixes, learned addresses) under their numbers in a fresh
+// allocator, so that a restarted agent pushes the same identities into the
+// datapath and established connections keep matching. New label sets are
+// numbered above the restored ones. A file that does not restore (from
+// another version, or conflicting) is reported; the caller then starts
+// with a fresh numbering.
 func restoreIdentities(file string, a *identity.Allocator) error {
 	b, err := os.ReadFile(file)
 	if errors.Is(err, os.ErrNotExist) {
@@ -111,24 +113,20 @@ func restoreIdentities(file string, a *identity.Allocator) error {
 	if err := json.Unmarshal(b, &saved); err != nil {
 		return fmt.Errorf("identities %s: %w", file, err)
 	}
-	sort.Slice(saved, func(i, j int) bool { return saved[i].ID < saved[j].ID })
 	for _, s := range saved {
-		id, _, err := a.Allocate(identity.NewLabels(s.Labels...))
-		if err != nil {
-			return err
-		}
-		if id != s.ID {
-			return fmt.Errorf("identity %d (%s) restored as %d", s.ID, s.Labels, id)
+		if err := a.Restore(s.ID, identity.NewLabels(s.Labels...)); err != nil {
+			return fmt.Errorf("identities %s: %w", file, err)
 		}
 	}
 	return nil
 }
 
-// saveIdentities persists the allocator's cluster identities.
+// saveIdentities persists the allocator's identities (all but the
+// reserved ones).
 func saveIdentities(file string, a *identity.Allocator) error {
 	var out []savedIdentity
 	for id, ls := range a.All() {
-		if id.IsReserved() || id.IsLocal() {
+		if id.IsReserved() {
 			continue
 		}
 		out = append(out, savedIdentity{ID: id, Labels: ls})
@@ -140,6 +138,36 @@ func saveIdentities(file string, a *identity.Allocator) error {
 	}
 	if err := writeFileAtomic(file, b); err != nil {
 		return fmt.Errorf("persist identities: %w", err)
+	}
+	return nil
+}
+
+// restoreSelectorIDs reads the selector numbering a previous run persisted
+// (canonical selector key → ID; see policy.Options.SelectorIDs). A missing
+// file is no numbering.
+func restoreSelectorIDs(file string) (map[string]resolved.SelectorID, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read selector IDs: %w", err)
+	}
+	var ids map[string]resolved.SelectorID
+	if err := json.Unmarshal(b, &ids); err != nil {
+		return nil, fmt.Errorf("selector IDs %s: %w", file, err)
+	}
+	return ids, nil
+}
+
+// saveSelectorIDs persists the repository's selector numbering.
+func saveSelectorIDs(file string, ids map[string]resolved.SelectorID) error {
+	b, err := json.MarshalIndent(ids, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(file, b); err != nil {
+		return fmt.Errorf("persist selector IDs: %w", err)
 	}
 	return nil
 }

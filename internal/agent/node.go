@@ -56,6 +56,7 @@ type node struct {
 }
 
 func (n *node) identitiesFile() string { return filepath.Join(n.paths.StateDir, "identities.json") }
+func (n *node) selectorsFile() string  { return filepath.Join(n.paths.StateDir, "selectors.json") }
 
 // openNode opens the datapath (adopting pins), fills the policy repository
 // from the persisted desired state and the pods that already exist, then
@@ -76,8 +77,15 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 		n.log.Warn("identities not restored", "err", err)
 		alloc = identity.NewAllocator()
 	}
-	n.repo = policy.NewRepository(policy.Options{Allocator: alloc})
-	var err error
+	selIDs, err := restoreSelectorIDs(n.selectorsFile())
+	if err != nil {
+		// Not fatal either: selector IDs are derived from the selectors.
+		n.log.Warn("selector IDs not restored", "err", err)
+	}
+	// Restored identities and selector IDs make the repository compute
+	// the tables the datapath already holds: the first Sync of a
+	// restarted agent changes nothing.
+	n.repo = policy.NewRepository(policy.Options{Allocator: alloc, SelectorIDs: selIDs})
 	if n.ids, err = openEndpointIDs(filepath.Join(p.StateDir, "endpoints.json")); err != nil {
 		return nil, err
 	}
@@ -110,16 +118,27 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 			}
 		}
 	}
+	cfg, err := wantedSandboxConfig(p, a.opts)
+	if err != nil {
+		return fail(err)
+	}
 	sb, err := sandbox.New(sandbox.Options{
-		Instance:    p.Instance,
-		StateRoot:   p.RunRoot,
-		BPFFSRoot:   p.PinRoot,
-		BeforeStart: n.beforeStart,
+		Instance:  p.Instance,
+		StateRoot: p.RunRoot,
+		BPFFSRoot: p.PinRoot,
+		IPv6:      cfg.IPv6,
+		BeforeUp:  n.beforeUp,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("open sandbox: %w", err))
 	}
 	n.sb = sb
+	if err := applyWorld(sb, cfg.World); err != nil {
+		return fail(err)
+	}
+	if err := writeSandboxConfig(p, cfg); err != nil {
+		return fail(err)
+	}
 	n.nodeIP = sb.State().NodeIP
 	n.events = startEventPump(ctx, n, a.opts)
 	return n, nil
@@ -161,17 +180,11 @@ func (n *node) destroy() error {
 // revision is the datapath's policy revision.
 func (n *node) revision() uint64 { return n.dp.Revision() }
 
-// nonIdentityLabels are pod labels that Cilium's default label filter keeps
-// out of security identities (they change on every rollout), so policies
-// cannot select on them either.
-var nonIdentityLabels = []string{"pod-template-hash", "controller-revision-hash", "pod-template-generation"}
-
-// podObject is the Pod the policy repository sees for a sandbox pod.
+// podObject is the Pod the policy repository sees for a sandbox pod, with
+// all its labels: identity.PodLabels leaves out those that are not
+// identity-relevant (pod-template-hash, ...).
 func podObject(p sandbox.PodInfo) *corev1.Pod {
 	labels := copyLabels(p.Labels)
-	for _, k := range nonIdentityLabels {
-		delete(labels, k)
-	}
 	pod := &corev1.Pod{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: labels},
@@ -335,12 +348,12 @@ func endpointKey(p sandbox.PodInfo) policy.EndpointKey {
 	return policy.EndpointKey{Namespace: p.Namespace, Name: p.Name}
 }
 
-// beforeStart runs inside sandbox.AddPod for a new pod, after its network
-// exists and before its workload starts: the endpoint is attached not
-// ready (drop all), then the datapath loads its policy. Only then may the
-// workload start. On error everything done here is undone and the sandbox
+// beforeUp runs inside sandbox.AddPod for a new pod as its BeforeUp
+// hook, while the node side of its veth is still down and unrouted: the
+// endpoint is attached not ready (drop all), then the datapath loads its
+// policy. Only then may the link come up and the workload start. On error everything done here is undone and the sandbox
 // removes the pod.
-func (n *node) beforeStart(p sandbox.PodInfo) (err error) {
+func (n *node) beforeUp(p sandbox.PodInfo) (err error) {
 	key := p.Key()
 	id, err := n.ids.assign(key)
 	if err != nil {
@@ -420,7 +433,20 @@ func (n *node) syncDatapath() error {
 		n.loaded[id] = true
 	}
 	n.mu.Unlock()
+	n.persistNumbering()
 	return nil
+}
+
+// persistNumbering saves the identities and selector IDs the datapath now
+// holds, for the next agent to restore. A failure only costs that agent
+// one rewrite of its tables, so it is logged, not returned.
+func (n *node) persistNumbering() {
+	if err := saveIdentities(n.identitiesFile(), n.repo.Allocator()); err != nil {
+		n.log.Warn("identities not persisted", "err", err)
+	}
+	if err := saveSelectorIDs(n.selectorsFile(), n.repo.SelectorIDs()); err != nil {
+		n.log.Warn("selector IDs not persisted", "err", err)
+	}
 }
 
 func splitKey(k string) (string, string) {
@@ -483,7 +509,7 @@ func (n *node) reconcile(set *manifest.Set) error {
 			}
 		}
 	}
-	// 2. Pods to create or update (a new one goes through beforeStart).
+	// 2. Pods to create or update (a new one goes through beforeUp).
 	problems := map[string]string{}
 	desired := map[string]bool{}
 	keys := make([]string, 0, len(want))
@@ -552,9 +578,6 @@ func (n *node) reconcile(set *manifest.Set) error {
 		errs = append(errs, err)
 	} else if _, err := n.sb.SetServices(svcs); err != nil {
 		errs = append(errs, fmt.Errorf("services: %w", err))
-	}
-	if err := saveIdentities(n.identitiesFile(), n.repo.Allocator()); err != nil {
-		errs = append(errs, err)
 	}
 	n.mu.Lock()
 	n.problems, n.desired, n.lastSet = problems, desired, set

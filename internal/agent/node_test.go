@@ -4,7 +4,9 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
 
@@ -73,17 +75,33 @@ func TestDesiredPodSpecs(t *testing.T) {
 	}
 }
 
-func TestPodObjectDropsRolloutLabels(t *testing.T) {
+func TestPodObjectRolloutLabelsStayOutOfIdentities(t *testing.T) {
 	p := sandbox.PodInfo{Namespace: "demo", Name: "web-1", Labels: map[string]string{"app": "web", "pod-template-hash": "abc"},
 		Ports: []sandbox.ContainerPort{{Name: "http", Port: 80, Protocol: "TCP"}}}
 	o := podObject(p)
-	if _, ok := o.Labels["pod-template-hash"]; ok || o.Labels["app"] != "web" {
+	if o.Labels["pod-template-hash"] != "abc" || o.Labels["app"] != "web" {
 		t.Errorf("labels %v", o.Labels)
 	}
-	if p.Labels["pod-template-hash"] != "abc" {
-		t.Error("podObject changed the pod's own labels")
+	o.Labels["app"] = "changed"
+	if p.Labels["app"] != "web" {
+		t.Error("podObject shares the pod's own labels")
 	}
 	if len(o.Spec.Containers) != 1 || o.Spec.Containers[0].Ports[0].Name != "http" || o.Status.PodIP != "" {
 		t.Errorf("pod object %+v", o)
+	}
+	// The identity layer filters: two rollouts of a pod share an identity.
+	repo := policy.NewRepository(policy.Options{})
+	q := p
+	q.Name, q.Labels = "web-2", map[string]string{"app": "web", "pod-template-hash": "def"}
+	if _, err := repo.Upsert(podObject(p), podObject(q)); err != nil {
+		t.Fatal(err)
+	}
+	eps := repo.Snapshot().Endpoints
+	a, b := eps[policy.EndpointKey{Namespace: "demo", Name: "web-1"}], eps[policy.EndpointKey{Namespace: "demo", Name: "web-2"}]
+	if a == nil || b == nil || a.Identity != b.Identity {
+		t.Fatalf("rollouts got different identities: %+v %+v", a, b)
+	}
+	if _, ok := a.Labels.Get(identity.SourceK8s, "pod-template-hash"); ok {
+		t.Errorf("identity labels %s keep pod-template-hash", a.Labels)
 	}
 }

@@ -2,14 +2,17 @@ package agent
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/policy"
 )
 
 func seedDocs(t *testing.T, names ...string) []agentapi.Document {
@@ -250,5 +253,76 @@ func TestIdentitiesRestore(t *testing.T) {
 	}
 	if err := restoreIdentities(filepath.Join(t.TempDir(), "none.json"), identity.NewAllocator()); err != nil {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// CIDR (local) identities are persisted too, and numbering with gaps
+// restores exactly; later allocations go above the restored ones.
+func TestIdentitiesRestoreLocalAndGaps(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "identities.json")
+	a := identity.NewAllocator()
+	for _, p := range []string{"10.1.0.0/16", "192.168.3.0/24", "fd00::/64"} {
+		if _, _, err := a.AllocateCIDR(netip.MustParsePrefix(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web := identity.NewLabels(identity.Label{Source: "k8s", Key: "app", Value: "web"})
+	gap := identity.MinCluster + 7
+	if err := a.Restore(gap, web); err != nil {
+		t.Fatal(err)
+	}
+	if err := saveIdentities(file, a); err != nil {
+		t.Fatal(err)
+	}
+	b := identity.NewAllocator()
+	if err := restoreIdentities(file, b); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a.All(), b.All()) {
+		t.Fatalf("restored %v, want %v", b.All(), a.All())
+	}
+	db, _, _ := b.Allocate(identity.NewLabels(identity.Label{Source: "k8s", Key: "app", Value: "db"}))
+	cidr, _, _ := b.AllocateCIDR(netip.MustParsePrefix("10.2.0.0/16"))
+	if db <= gap || !cidr.IsLocal() {
+		t.Fatalf("new identities %d, %d collide with restored ones", db, cidr)
+	}
+	if _, ok := a.LookupLabels(identity.CIDRLabels(netip.MustParsePrefix("10.2.0.0/16"))); ok {
+		t.Fatal("allocators share state")
+	}
+	for id := range a.All() {
+		if id == cidr {
+			t.Fatalf("CIDR identity %d reused", cidr)
+		}
+	}
+}
+
+func TestSelectorIDsPersist(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "selectors.json")
+	repo := policy.NewRepository(policy.Options{})
+	set := setOf(t, seedDocs(t, "sample-app.yaml", "default-deny.yaml", "allow-dns.yaml", "frontend-to-backend.yaml")...)
+	objs, _ := baseObjects(set)
+	if _, err := repo.Upsert(objs...); err != nil {
+		t.Fatal(err)
+	}
+	ids := repo.SelectorIDs()
+	if len(ids) == 0 {
+		t.Fatal("no selectors")
+	}
+	if err := saveSelectorIDs(file, ids); err != nil {
+		t.Fatal(err)
+	}
+	got, err := restoreSelectorIDs(file)
+	if err != nil || !reflect.DeepEqual(got, ids) {
+		t.Fatalf("restored %v %v, want %v", got, err, ids)
+	}
+	again := policy.NewRepository(policy.Options{SelectorIDs: got})
+	if _, err := again.Upsert(objs...); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(again.SelectorIDs(), ids) {
+		t.Fatalf("repository with restored IDs numbers %v, want %v", again.SelectorIDs(), ids)
+	}
+	if none, err := restoreSelectorIDs(filepath.Join(t.TempDir(), "none.json")); err != nil || none != nil {
+		t.Errorf("missing file: %v %v", none, err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -76,7 +75,7 @@ func (a *Agent) Status(context.Context) (agentapi.Status, error) {
 		StateDir: a.opts.Paths.StateDir, Socket: a.opts.Paths.Socket,
 		Errors: a.recentErrors(),
 	}
-	st.DatapathMode = datapathMode(datapathPinDir(a.opts.Paths))
+	st.DatapathMode = string(n.dp.Mode())
 	st.Revision = n.dp.Revision()
 	views := n.podViews()
 	n.mu.Lock()
@@ -371,24 +370,4 @@ func capitalize(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
-}
-
-// datapathMode tells how the endpoints' programs are attached: TCX links
-// are pinned under links/ (tcx_<ifindex>_<dir>); endpoints attached with
-// the clsact fallback have none. The datapath does not report it itself.
-func datapathMode(pinDir string) string {
-	ents, err := os.ReadDir(filepath.Join(pinDir, "links"))
-	if err != nil {
-		return "unknown"
-	}
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "tcx_") {
-			return "tcx"
-		}
-	}
-	files, _ := os.ReadDir(pinDir)
-	if len(files) > 0 && len(ents) == 0 {
-		return "legacy (tc clsact) or no endpoints"
-	}
-	return "unknown"
 }

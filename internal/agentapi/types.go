@@ -59,7 +59,7 @@ type Status struct {
 	StartedAt    time.Time `json:"startedAt"`
 	StateDir     string    `json:"stateDir"`
 	Socket       string    `json:"socket"`
-	DatapathMode string    `json:"datapathMode"` // "tcx" or "legacy" (tc clsact)
+	DatapathMode string    `json:"datapathMode"` // datapath.AttachMode: "tcx", "legacy" (tc clsact), "mixed" or "none"
 	Revision     uint64    `json:"revision"`     // policy revision in force
 	// Ready: every desired pod runs and every endpoint enforces the
 	// current revision.

@@ -69,6 +69,9 @@ func newAgentCmd() *cobra.Command {
 				p = p.WithStateDir(stateDir)
 			}
 			opts.Paths = p
+			if !cmd.Flags().Changed("world") {
+				opts.World = nil // keep the instance's world
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, opts)
@@ -79,6 +82,7 @@ func newAgentCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&opts.Foreground, "foreground", false, "log to stderr (the agent always runs in the calling process)")
 	cmd.Flags().StringVar(&opts.HubbleAddr, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
 	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	return cmd
 }
 

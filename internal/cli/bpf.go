@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
@@ -26,57 +28,48 @@ func newBPFCmd() *cobra.Command {
 }
 
 func newBPFPolicyGetCmd() *cobra.Command {
-	var inst instanceFlags
-	var out outputFlag
 	var all bool
+	var id uint64
+	q := agentQuery{validate: func(_ *cobra.Command, args []string) error {
+		id = 0
+		if all == (len(args) == 1) {
+			return fmt.Errorf("give either --all or one endpoint ID")
+		}
+		if !all {
+			var err error
+			id, err = strconv.ParseUint(args[0], 10, 32)
+			if err != nil || id == 0 {
+				return fmt.Errorf("endpoint ID %q: not a positive number", args[0])
+			}
+		}
+		return nil
+	}}
 	cmd := &cobra.Command{
 		Use:   "get --all | ENDPOINT-ID",
 		Short: "Show the datapath's effective policy entries of an endpoint",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.check(); err != nil {
-				return err
-			}
-			if all == (len(args) == 1) {
-				return fmt.Errorf("give either --all or one endpoint ID")
-			}
-			var id uint64
-			if !all {
-				var err error
-				id, err = strconv.ParseUint(args[0], 10, 32)
-				if err != nil || id == 0 {
-					return fmt.Errorf("endpoint ID %q: not a positive number", args[0])
-				}
-			}
-			c, err := inst.client()
+		RunE: q.withAgentClient(func(ctx context.Context, cmd *cobra.Command, _ []string, c *agentapi.Client) error {
+			pols, err := c.BPFPolicy(ctx, uint32(id)) // id 0: every endpoint
 			if err != nil {
 				return err
 			}
-			pols, err := c.BPFPolicy(cmdContext(cmd), uint32(id))
-			if err != nil {
-				return err
-			}
-			if out.format == "json" {
-				return printJSON(cmd.OutOrStdout(), nonNil(pols))
-			}
-			w := cmd.OutOrStdout()
-			for i, p := range pols {
-				if i > 0 {
-					fmt.Fprintln(w)
+			return q.out.print(cmd.OutOrStdout(), nonNil(pols), func(w io.Writer) error {
+				for i, p := range pols {
+					if i > 0 {
+						fmt.Fprintln(w)
+					}
+					printBPFPolicy(w, p)
 				}
-				printBPFPolicy(cmd, p)
-			}
-			return nil
-		},
+				return nil
+			})
+		}),
 	}
-	inst.register(cmd)
-	out.register(cmd, "json")
+	q.register(cmd, "json")
 	cmd.Flags().BoolVar(&all, "all", false, "every endpoint")
 	return cmd
 }
 
-func printBPFPolicy(cmd *cobra.Command, p agentapi.EndpointPolicy) {
-	w := cmd.OutOrStdout()
+func printBPFPolicy(w io.Writer, p agentapi.EndpointPolicy) {
 	fmt.Fprintf(w, "Endpoint %d (%s), identity %d, revision %d, ingress enforcement %s, egress enforcement %s\n",
 		p.EndpointID, p.Pod, p.Identity, p.Revision, p.IngressEnforcement, p.EgressEnforcement)
 	tw := newTable(w)

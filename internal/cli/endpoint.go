@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,64 +25,40 @@ func newEndpointCmd() *cobra.Command {
 }
 
 func newEndpointListCmd() *cobra.Command {
-	var inst instanceFlags
-	var out outputFlag
+	var q agentQuery
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the local endpoints",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.check(); err != nil {
-				return err
-			}
-			c, err := inst.client()
-			if err != nil {
-				return err
-			}
-			eps, err := c.Endpoints(cmdContext(cmd))
+		RunE: q.withAgentClient(func(ctx context.Context, cmd *cobra.Command, _ []string, c *agentapi.Client) error {
+			eps, err := c.Endpoints(ctx)
 			if err != nil {
 				return err
 			}
 			sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
-			if out.format == "json" {
-				return printJSON(cmd.OutOrStdout(), nonNil(eps))
-			}
-			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "ENDPOINT\tPOLICY (ingress)\tPOLICY (egress)\tIDENTITY\tLABELS (source:key[=value])\tIPv4\tREVISION\tSTATUS")
-			for _, e := range eps {
-				labels := e.Labels
-				if len(labels) == 0 {
-					labels = []string{""}
+			return q.out.print(cmd.OutOrStdout(), nonNil(eps), func(w io.Writer) error {
+				tw := newTable(w)
+				fmt.Fprintln(tw, "ENDPOINT\tPOLICY (ingress)\tPOLICY (egress)\tIDENTITY\tLABELS (source:key[=value])\tIPv4\tREVISION\tSTATUS")
+				for _, e := range eps {
+					writeListRow(tw, []string{fmt.Sprint(e.ID), e.IngressEnforcement, e.EgressEnforcement,
+						fmt.Sprint(e.Identity), "", e.IPv4, fmt.Sprint(e.Revision), e.Status}, 4, e.Labels)
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", e.ID, e.IngressEnforcement, e.EgressEnforcement, e.Identity, labels[0], e.IPv4, e.Revision, e.Status)
-				for _, l := range labels[1:] {
-					fmt.Fprintf(tw, "\t\t\t\t%s\t\t\t\n", l)
-				}
-			}
-			return tw.Flush()
-		},
+				return tw.Flush()
+			})
+		}),
 	}
-	inst.register(cmd)
-	out.register(cmd, "json")
+	q.register(cmd, "json")
 	return cmd
 }
 
 func newEndpointGetCmd() *cobra.Command {
-	var inst instanceFlags
-	var out outputFlag
+	var q agentQuery
 	cmd := &cobra.Command{
 		Use:   "get ID|NAMESPACE/POD",
 		Short: "Show one endpoint",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.check(); err != nil {
-				return err
-			}
-			c, err := inst.client()
-			if err != nil {
-				return err
-			}
-			eps, err := c.Endpoints(cmdContext(cmd))
+		RunE: q.withAgentClient(func(ctx context.Context, cmd *cobra.Command, args []string, c *agentapi.Client) error {
+			eps, err := c.Endpoints(ctx)
 			if err != nil {
 				return err
 			}
@@ -88,28 +66,26 @@ func newEndpointGetCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if out.format == "json" {
-				return printJSON(cmd.OutOrStdout(), ep)
-			}
-			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintf(tw, "ID:\t%d\n", ep.ID)
-			fmt.Fprintf(tw, "Pod:\t%s\n", ep.Pod)
-			fmt.Fprintf(tw, "Identity:\t%d\n", ep.Identity)
-			fmt.Fprintf(tw, "Labels:\t%s\n", strings.Join(ep.Labels, ", "))
-			fmt.Fprintf(tw, "IPv4:\t%s\n", ep.IPv4)
-			if ep.IPv6 != "" {
-				fmt.Fprintf(tw, "IPv6:\t%s\n", ep.IPv6)
-			}
-			fmt.Fprintf(tw, "Interface:\t%s\n", ep.Interface)
-			fmt.Fprintf(tw, "Ingress enforcement:\t%s\n", ep.IngressEnforcement)
-			fmt.Fprintf(tw, "Egress enforcement:\t%s\n", ep.EgressEnforcement)
-			fmt.Fprintf(tw, "Policy revision:\t%d\n", ep.Revision)
-			fmt.Fprintf(tw, "Status:\t%s\n", ep.Status)
-			return tw.Flush()
-		},
+			return q.out.print(cmd.OutOrStdout(), ep, func(w io.Writer) error {
+				tw := newTable(w)
+				fmt.Fprintf(tw, "ID:\t%d\n", ep.ID)
+				fmt.Fprintf(tw, "Pod:\t%s\n", ep.Pod)
+				fmt.Fprintf(tw, "Identity:\t%d\n", ep.Identity)
+				fmt.Fprintf(tw, "Labels:\t%s\n", strings.Join(ep.Labels, ", "))
+				fmt.Fprintf(tw, "IPv4:\t%s\n", ep.IPv4)
+				if ep.IPv6 != "" {
+					fmt.Fprintf(tw, "IPv6:\t%s\n", ep.IPv6)
+				}
+				fmt.Fprintf(tw, "Interface:\t%s\n", ep.Interface)
+				fmt.Fprintf(tw, "Ingress enforcement:\t%s\n", ep.IngressEnforcement)
+				fmt.Fprintf(tw, "Egress enforcement:\t%s\n", ep.EgressEnforcement)
+				fmt.Fprintf(tw, "Policy revision:\t%d\n", ep.Revision)
+				fmt.Fprintf(tw, "Status:\t%s\n", ep.Status)
+				return tw.Flush()
+			})
+		}),
 	}
-	inst.register(cmd)
-	out.register(cmd, "json")
+	q.register(cmd, "json")
 	return cmd
 }
 

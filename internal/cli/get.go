@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,85 +16,63 @@ import (
 
 // newGetCmd lists the sandbox's pods, services and policies, kubectl-style.
 func newGetCmd() *cobra.Command {
-	var inst instanceFlags
-	var out outputFlag
 	var namespace string
 	var all bool
+	q := agentQuery{validate: func(cmd *cobra.Command, _ []string) error {
+		if all && cmd.Flags().Changed("namespace") {
+			return fmt.Errorf("--namespace and --all-namespaces are exclusive")
+		}
+		return nil
+	}}
 	cmd := &cobra.Command{
 		Use:       "get pods|services|policies",
 		Short:     "List the sandbox's pods, services or policies",
 		Args:      cobra.ExactArgs(1),
 		ValidArgs: []string{"pods", "services", "policies"},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.check(); err != nil {
-				return err
-			}
-			if all && cmd.Flags().Changed("namespace") {
-				return fmt.Errorf("--namespace and --all-namespaces are exclusive")
-			}
-			c, err := inst.client()
-			if err != nil {
-				return err
-			}
-			ctx := cmdContext(cmd)
+		RunE: q.withAgentClient(func(ctx context.Context, cmd *cobra.Command, args []string, c *agentapi.Client) error {
 			nsOK := func(ns string) bool { return all || ns == namespace }
+			wide := q.out.format == "wide"
 			w := cmd.OutOrStdout()
 			switch resourceName(args[0]) {
 			case "pods":
 				pods, err := c.Pods(ctx)
-				if err != nil {
-					return err
-				}
-				var sel []agentapi.Pod
-				for _, p := range pods {
-					if nsOK(p.Namespace) {
-						sel = append(sel, p)
-					}
-				}
-				if out.format == "json" {
-					return printJSON(w, nonNil(sel))
-				}
-				return printPods(w, sel, all, out.format == "wide")
+				return printSelected(w, &q.out, pods, err,
+					func(p agentapi.Pod) bool { return nsOK(p.Namespace) },
+					func(w io.Writer, sel []agentapi.Pod) error { return printPods(w, sel, all, wide) })
 			case "services":
 				svcs, err := c.Services(ctx)
-				if err != nil {
-					return err
-				}
-				var sel []agentapi.Service
-				for _, s := range svcs {
-					if nsOK(s.Namespace) {
-						sel = append(sel, s)
-					}
-				}
-				if out.format == "json" {
-					return printJSON(w, nonNil(sel))
-				}
-				return printServices(w, sel, all, out.format == "wide")
+				return printSelected(w, &q.out, svcs, err,
+					func(s agentapi.Service) bool { return nsOK(s.Namespace) },
+					func(w io.Writer, sel []agentapi.Service) error { return printServices(w, sel, all, wide) })
 			case "policies":
 				pols, err := c.Policies(ctx)
-				if err != nil {
-					return err
-				}
-				var sel []agentapi.Policy
-				for _, p := range pols {
+				return printSelected(w, &q.out, pols, err,
 					// Cluster-wide policies show in every namespace view.
-					if p.Namespace == "" || nsOK(p.Namespace) {
-						sel = append(sel, p)
-					}
-				}
-				if out.format == "json" {
-					return printJSON(w, nonNil(sel))
-				}
-				return printPolicies(w, sel)
+					func(p agentapi.Policy) bool { return p.Namespace == "" || nsOK(p.Namespace) },
+					printPolicies)
 			}
 			return fmt.Errorf("unknown resource %q: want pods, services or policies", args[0])
-		},
+		}),
 	}
-	inst.register(cmd)
-	out.register(cmd, "wide", "json")
+	q.register(cmd, "wide", "json")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace to list")
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list every namespace")
 	return cmd
+}
+
+// printSelected prints the items keep selects (fetched with err) as JSON
+// or with text.
+func printSelected[T any](w io.Writer, out *outputFlag, items []T, err error, keep func(T) bool, text func(io.Writer, []T) error) error {
+	if err != nil {
+		return err
+	}
+	var sel []T
+	for _, it := range items {
+		if keep(it) {
+			sel = append(sel, it)
+		}
+	}
+	return out.print(w, nonNil(sel), func(w io.Writer) error { return text(w, sel) })
 }
 
 func resourceName(s string) string {
@@ -130,45 +110,67 @@ func age(t time.Time) string {
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
-func printPods(w io.Writer, pods []agentapi.Pod, withNS, wide bool) error {
-	sort.Slice(pods, func(i, j int) bool {
-		if pods[i].Namespace != pods[j].Namespace {
-			return pods[i].Namespace < pods[j].Namespace
+// namespacedTable writes kubectl-style rows: a NAMESPACE column first
+// with -A, the wide columns last with -o wide.
+type namespacedTable struct {
+	tw           *tabwriter.Writer
+	withNS, wide bool
+}
+
+// newNamespacedTable writes the header: cols, then wideCols with wide.
+func newNamespacedTable(w io.Writer, withNS, wide bool, cols, wideCols string) *namespacedTable {
+	t := &namespacedTable{tw: newTable(w), withNS: withNS, wide: wide}
+	t.row("NAMESPACE", cols, wideCols)
+	return t
+}
+
+func (t *namespacedTable) row(namespace, cols, wideCols string) {
+	line := cols
+	if t.wide {
+		line += "\t" + wideCols
+	}
+	if t.withNS {
+		line = namespace + "\t" + line
+	}
+	fmt.Fprintln(t.tw, line)
+}
+
+// sortByNamespace orders items by namespace, then name.
+func sortByNamespace[T any](items []T, key func(T) (namespace, name string)) {
+	sort.Slice(items, func(i, j int) bool {
+		ni, a := key(items[i])
+		nj, b := key(items[j])
+		if ni != nj {
+			return ni < nj
 		}
-		return pods[i].Name < pods[j].Name
+		return a < b
 	})
-	tw := newTable(w)
-	hdr := "NAME\tREADY\tSTATUS\tAGE\tIP\tNODE"
-	if wide {
-		hdr += "\tENDPOINT\tIDENTITY\tLABELS"
+}
+
+func printPods(w io.Writer, pods []agentapi.Pod, withNS, wide bool) error {
+	if len(pods) == 0 {
+		fmt.Fprintln(w, "No resources found.")
+		return nil
 	}
-	if withNS {
-		hdr = "NAMESPACE\t" + hdr
-	}
-	fmt.Fprintln(tw, hdr)
+	sortByNamespace(pods, func(p agentapi.Pod) (string, string) { return p.Namespace, p.Name })
+	t := newNamespacedTable(w, withNS, wide, "NAME\tREADY\tSTATUS\tAGE\tIP\tNODE", "ENDPOINT\tIDENTITY\tLABELS")
 	for _, p := range pods {
 		ready := "0/1"
 		if p.Ready {
 			ready = "1/1"
 		}
-		ip := p.IP
-		if ip == "" {
-			ip = "<none>"
-		}
-		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", p.Name, ready, p.Status, age(p.Created), ip, p.Node)
-		if wide {
-			line += fmt.Sprintf("\t%d\t%d\t%s", p.Endpoint, p.Identity, labelString(p.Labels))
-		}
-		if withNS {
-			line = p.Namespace + "\t" + line
-		}
-		fmt.Fprintln(tw, line)
+		t.row(p.Namespace, fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", p.Name, ready, p.Status, age(p.Created), orNoneMark(p.IP), p.Node),
+			fmt.Sprintf("%d\t%d\t%s", p.Endpoint, p.Identity, labelString(p.Labels)))
 	}
-	if len(pods) == 0 {
-		fmt.Fprintln(w, "No resources found.")
-		return nil
+	return t.tw.Flush()
+}
+
+// orNoneMark is kubectl's "<none>" for an empty cell.
+func orNoneMark(s string) string {
+	if s == "" {
+		return "<none>"
 	}
-	return tw.Flush()
+	return s
 }
 
 func labelString(m map[string]string) string {
@@ -181,10 +183,7 @@ func labelString(m map[string]string) string {
 	for i, k := range keys {
 		parts[i] = k + "=" + m[k]
 	}
-	if len(parts) == 0 {
-		return "<none>"
-	}
-	return strings.Join(parts, ",")
+	return orNoneMark(strings.Join(parts, ","))
 }
 
 func printServices(w io.Writer, svcs []agentapi.Service, withNS, wide bool) error {
@@ -192,44 +191,17 @@ func printServices(w io.Writer, svcs []agentapi.Service, withNS, wide bool) erro
 		fmt.Fprintln(w, "No resources found.")
 		return nil
 	}
-	sort.Slice(svcs, func(i, j int) bool {
-		if svcs[i].Namespace != svcs[j].Namespace {
-			return svcs[i].Namespace < svcs[j].Namespace
-		}
-		return svcs[i].Name < svcs[j].Name
-	})
-	tw := newTable(w)
-	hdr := "NAME\tTYPE\tCLUSTER-IP\tPORT(S)"
-	if wide {
-		hdr += "\tSELECTOR\tBACKENDS"
-	}
-	if withNS {
-		hdr = "NAMESPACE\t" + hdr
-	}
-	fmt.Fprintln(tw, hdr)
+	sortByNamespace(svcs, func(s agentapi.Service) (string, string) { return s.Namespace, s.Name })
+	t := newNamespacedTable(w, withNS, wide, "NAME\tTYPE\tCLUSTER-IP\tPORT(S)", "SELECTOR\tBACKENDS")
 	for _, s := range svcs {
 		ports := make([]string, len(s.Ports))
 		for i, p := range s.Ports {
 			ports[i] = fmt.Sprintf("%d/%s", p.Port, p.Protocol)
 		}
-		ip := s.ClusterIP
-		if ip == "" {
-			ip = "<none>"
-		}
-		line := fmt.Sprintf("%s\t%s\t%s\t%s", s.Name, s.Type, ip, strings.Join(ports, ","))
-		if wide {
-			be := strings.Join(s.Backends, ",")
-			if be == "" {
-				be = "<none>"
-			}
-			line += "\t" + labelString(s.Selector) + "\t" + be
-		}
-		if withNS {
-			line = s.Namespace + "\t" + line
-		}
-		fmt.Fprintln(tw, line)
+		t.row(s.Namespace, fmt.Sprintf("%s\t%s\t%s\t%s", s.Name, s.Type, orNoneMark(s.ClusterIP), strings.Join(ports, ",")),
+			labelString(s.Selector)+"\t"+orNoneMark(strings.Join(s.Backends, ",")))
 	}
-	return tw.Flush()
+	return t.tw.Flush()
 }
 
 func printPolicies(w io.Writer, pols []agentapi.Policy) error {

@@ -1,10 +1,14 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"sort"
 
 	"github.com/spf13/cobra"
+
+	"github.com/bulwark-net/bulwark/internal/agentapi"
 )
 
 // newIdentityCmd lists the security identities the agent knows.
@@ -13,45 +17,28 @@ func newIdentityCmd() *cobra.Command {
 		Use:   "identity",
 		Short: "Inspect security identities",
 	}
-	var inst instanceFlags
-	var out outputFlag
+	var q agentQuery
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List identities and their labels",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.check(); err != nil {
-				return err
-			}
-			c, err := inst.client()
-			if err != nil {
-				return err
-			}
-			ids, err := c.Identities(cmdContext(cmd))
+		RunE: q.withAgentClient(func(ctx context.Context, cmd *cobra.Command, _ []string, c *agentapi.Client) error {
+			ids, err := c.Identities(ctx)
 			if err != nil {
 				return err
 			}
 			sort.Slice(ids, func(i, j int) bool { return ids[i].ID < ids[j].ID })
-			if out.format == "json" {
-				return printJSON(cmd.OutOrStdout(), nonNil(ids))
-			}
-			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "ID\tLABELS")
-			for _, id := range ids {
-				labels := id.Labels
-				if len(labels) == 0 {
-					labels = []string{""}
+			return q.out.print(cmd.OutOrStdout(), nonNil(ids), func(w io.Writer) error {
+				tw := newTable(w)
+				fmt.Fprintln(tw, "ID\tLABELS")
+				for _, id := range ids {
+					writeListRow(tw, []string{fmt.Sprint(id.ID), ""}, 1, id.Labels)
 				}
-				fmt.Fprintf(tw, "%d\t%s\n", id.ID, labels[0])
-				for _, l := range labels[1:] {
-					fmt.Fprintf(tw, "\t%s\n", l)
-				}
-			}
-			return tw.Flush()
-		},
+				return tw.Flush()
+			})
+		}),
 	}
-	inst.register(list)
-	out.register(list, "json")
+	q.register(list, "json")
 	cmd.AddCommand(list)
 	return cmd
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
@@ -38,45 +39,13 @@ one of --from, its destination one of --to, or either side one of --related-to.`
 			if err != nil {
 				return err
 			}
-			client, closeConn, target, err := srv.dial()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			ctx, cancel := signalContext(cmd)
-			defer cancel()
-			out := cmd.OutOrStdout()
-			if !f.json {
-				fmt.Fprintf(cmd.ErrOrStderr(), "Listening for events on %s\nPress Ctrl-C to quit\n", target)
-			}
-			err = streamFlows(ctx, client, req, func(resp *observerpb.GetFlowsResponse) error {
-				if lost := resp.GetLostEvents(); lost != nil {
-					if f.json {
-						_, err := fmt.Fprintf(out, "{\"type\":\"lost\",\"lost\":%d}\n", lost.GetNumEventsLost())
-						return err
-					}
-					_, err := fmt.Fprintf(out, "Lost %d events\n", lost.GetNumEventsLost())
-					return err
+			connected := func(target string) {
+				if !f.json {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Listening for events on %s\nPress Ctrl-C to quit\n", target)
 				}
-				fl := resp.GetFlow()
-				if fl == nil || !epFilter.Match(fl) {
-					return nil
-				}
-				if f.json {
-					b, err := monitor.JSON(fl)
-					if err != nil {
-						return err
-					}
-					_, err = fmt.Fprintf(out, "%s\n", b)
-					return err
-				}
-				_, err := fmt.Fprintln(out, monitor.Line(fl))
-				return err
-			})
-			if err != nil {
-				return hubbleError("monitor events", target, err)
 			}
-			return nil
+			return srv.follow(cmd, followOptions{what: "monitor events", req: req, connected: connected,
+				each: monitorPrinter(cmd.OutOrStdout(), f.json, epFilter)})
 		},
 	}
 	srv.register(cmd)
@@ -87,6 +56,35 @@ one of --from, its destination one of --to, or either side one of --related-to.`
 	fl.StringSliceVar(&f.relatedTo, "related-to", nil, "show events from or to this endpoint ID")
 	fl.BoolVarP(&f.json, "json", "j", false, "print one JSON object per event")
 	return cmd
+}
+
+// monitorPrinter prints each event epFilter matches as a cilium monitor
+// line, or as one JSON object with asJSON, and each loss notice.
+func monitorPrinter(out io.Writer, asJSON bool, epFilter monitor.EndpointFilter) func(*observerpb.GetFlowsResponse) error {
+	return func(resp *observerpb.GetFlowsResponse) error {
+		if lost := resp.GetLostEvents(); lost != nil {
+			if asJSON {
+				_, err := fmt.Fprintf(out, "{\"type\":\"lost\",\"lost\":%d}\n", lost.GetNumEventsLost())
+				return err
+			}
+			_, err := fmt.Fprintf(out, "Lost %d events\n", lost.GetNumEventsLost())
+			return err
+		}
+		fl := resp.GetFlow()
+		if fl == nil || !epFilter.Match(fl) {
+			return nil
+		}
+		if asJSON {
+			b, err := monitor.JSON(fl)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(out, "%s\n", b)
+			return err
+		}
+		_, err := fmt.Fprintln(out, monitor.Line(fl))
+		return err
+	}
 }
 
 // request builds the follow request (live events only) and the endpoint

@@ -138,46 +138,20 @@ match the source, --to-* the destination, and --namespace/--pod/--label/
 			if err != nil {
 				return err
 			}
-			client, closeConn, target, err := srv.dial()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			ctx, cancel := signalContext(cmd)
-			defer cancel()
 			p := printer.New(cmd.OutOrStdout(), cmd.ErrOrStderr(), printer.Options{
 				Format: format, PolicyNames: f.policyNames, Flush: f.follow,
 			})
-			err = streamFlows(ctx, client, req, func(resp *observerpb.GetFlowsResponse) error { return p.Write(resp) })
-			if ferr := p.Flush(); err == nil {
-				err = ferr
-			}
-			if err != nil {
-				return hubbleError("observe flows", target, err)
-			}
-			return nil
+			return srv.follow(cmd, followOptions{what: "observe flows", req: req, each: p.Write, flush: p.Flush})
 		},
 	}
 	srv.register(cmd)
 	fl := cmd.Flags()
-	fl.StringSliceVarP(&f.namespaces, "namespace", "n", nil, "show flows from or to pods in this namespace")
-	fl.StringSliceVar(&f.fromNamespaces, "from-namespace", nil, "show flows from pods in this namespace")
-	fl.StringSliceVar(&f.toNamespaces, "to-namespace", nil, "show flows to pods in this namespace")
-	fl.StringSliceVar(&f.pods, "pod", nil, "show flows from or to this pod ([namespace/]name prefix)")
-	fl.StringSliceVar(&f.fromPods, "from-pod", nil, "show flows from this pod ([namespace/]name prefix)")
-	fl.StringSliceVar(&f.toPods, "to-pod", nil, "show flows to this pod ([namespace/]name prefix)")
-	fl.StringArrayVarP(&f.labels, "label", "l", nil, "show flows from or to endpoints matching this label selector")
-	fl.StringArrayVar(&f.fromLabels, "from-label", nil, "show flows from endpoints matching this label selector")
-	fl.StringArrayVar(&f.toLabels, "to-label", nil, "show flows to endpoints matching this label selector")
-	fl.StringSliceVar(&f.ips, "ip", nil, "show flows from or to this IP or CIDR")
-	fl.StringSliceVar(&f.fromIPs, "from-ip", nil, "show flows from this IP or CIDR")
-	fl.StringSliceVar(&f.toIPs, "to-ip", nil, "show flows to this IP or CIDR")
-	fl.StringSliceVar(&f.ports, "port", nil, "show flows from or to this L4 port")
-	fl.StringSliceVar(&f.fromPorts, "from-port", nil, "show flows from this L4 port")
-	fl.StringSliceVar(&f.toPorts, "to-port", nil, "show flows to this L4 port")
-	fl.StringSliceVar(&f.identities, "identity", nil, "show flows from or to this security identity")
-	fl.StringSliceVar(&f.fromIdentities, "from-identity", nil, "show flows from this security identity")
-	fl.StringSliceVar(&f.toIdentities, "to-identity", nil, "show flows to this security identity")
+	directionalFlags(fl.StringSliceVarP, "namespace", "n", "pods in this namespace", &f.namespaces, &f.fromNamespaces, &f.toNamespaces)
+	directionalFlags(fl.StringSliceVarP, "pod", "", "this pod ([namespace/]name prefix)", &f.pods, &f.fromPods, &f.toPods)
+	directionalFlags(fl.StringArrayVarP, "label", "l", "endpoints matching this label selector", &f.labels, &f.fromLabels, &f.toLabels)
+	directionalFlags(fl.StringSliceVarP, "ip", "", "this IP or CIDR", &f.ips, &f.fromIPs, &f.toIPs)
+	directionalFlags(fl.StringSliceVarP, "port", "", "this L4 port", &f.ports, &f.fromPorts, &f.toPorts)
+	directionalFlags(fl.StringSliceVarP, "identity", "", "this security identity", &f.identities, &f.fromIdentities, &f.toIdentities)
 	fl.StringSliceVar(&f.verdicts, "verdict", nil, "show flows with this verdict: FORWARDED, DROPPED, AUDIT, REDIRECTED")
 	fl.StringSliceVar(&f.protocols, "protocol", nil, "show flows of this L4 protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6")
 	fl.StringSliceVarP(&f.types, "type", "t", nil, "show events of this type: drop, policy-verdict, trace[:to-endpoint|:from-endpoint]")
@@ -193,6 +167,51 @@ match the source, --to-* the destination, and --namespace/--pod/--label/
 	fl.StringVarP(&f.output, "output", "o", string(printer.Compact), "output format: compact, table, json, jsonpb, dict")
 	fl.BoolVar(&f.policyNames, "print-policy-names", false, "print the policies that allowed or denied each flow")
 	return cmd
+}
+
+// followOptions describe one GetFlows call of a command.
+type followOptions struct {
+	what      string // the call in error messages: "observe flows"
+	req       *observerpb.GetFlowsRequest
+	connected func(target string) // after dialing, before the call; may be nil
+	each      func(*observerpb.GetFlowsResponse) error
+	flush     func() error // after the stream, even a failed one; may be nil
+}
+
+// follow dials the Hubble API and streams o.req to o.each until the
+// stream ends, fails, or the user interrupts (Ctrl-C, SIGTERM: not an
+// error). A failure of the stream or of o.flush is explained by
+// hubbleError.
+func (h *hubbleServerFlags) follow(cmd *cobra.Command, o followOptions) error {
+	client, closeConn, target, err := h.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := signalContext(cmd)
+	defer cancel()
+	if o.connected != nil {
+		o.connected(target)
+	}
+	err = streamFlows(ctx, client, o.req, o.each)
+	if o.flush != nil {
+		if ferr := o.flush(); err == nil {
+			err = ferr
+		}
+	}
+	if err != nil {
+		return hubbleError(o.what, target, err)
+	}
+	return nil
+}
+
+// directionalFlags registers hubble's three forms of a filter: --NAME
+// (either side, with the shorthand), --from-NAME and --to-NAME; what is
+// the help's object ("this L4 port").
+func directionalFlags(define func(p *[]string, name, shorthand string, value []string, usage string), name, shorthand, what string, either, from, to *[]string) {
+	define(either, name, shorthand, nil, "show flows from or to "+what)
+	define(from, "from-"+name, "", nil, "show flows from "+what)
+	define(to, "to-"+name, "", nil, "show flows to "+what)
 }
 
 // streamFlows calls GetFlows and hands every response to fn until the

@@ -15,7 +15,7 @@ import (
 )
 
 type policyCheckOptions struct {
-	files  []string
+	files  stateFiles
 	flows  string
 	output string
 }
@@ -41,15 +41,15 @@ deny, those that selected the endpoint). "-" reads flows from stdin.`,
 			return runPolicyCheck(cmd.InOrStdin(), cmd.OutOrStdout(), o)
 		},
 	}
-	cmd.Flags().StringArrayVarP(&o.files, "file", "f", nil, "state manifests: files or directories (repeatable)")
+	o.files.register(cmd)
 	cmd.Flags().StringVar(&o.flows, "flows", "", "JSON-lines flows file (- for stdin)")
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	return cmd
 }
 
 func runPolicyCheck(stdin io.Reader, stdout io.Writer, o policyCheckOptions) error {
-	if len(o.files) == 0 {
-		return fmt.Errorf("policy check: -f STATE is required")
+	if err := o.files.require("policy check"); err != nil {
+		return err
 	}
 	if o.flows == "" {
 		return fmt.Errorf("policy check: --flows FILE is required")
@@ -57,9 +57,9 @@ func runPolicyCheck(stdin io.Reader, stdout io.Writer, o policyCheckOptions) err
 	if o.output != "table" && o.output != "json" {
 		return fmt.Errorf("policy check: -o %q: must be table or json", o.output)
 	}
-	st, err := check.Load(o.files...)
+	st, err := o.files.load("policy check")
 	if err != nil {
-		return fmt.Errorf("policy check: %w", err)
+		return err
 	}
 	in := stdin
 	if o.flows != "-" {

@@ -11,7 +11,7 @@ import (
 )
 
 type policyTraceOptions struct {
-	files []string
+	files stateFiles
 	src   string
 	dst   string
 	srcID uint32
@@ -40,7 +40,7 @@ identity no pod has (world, a CIDR identity) is a peer outside the cluster.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVarP(&o.files, "file", "f", nil, "state manifests: files or directories (repeatable)")
+	o.files.register(cmd)
 	f.StringVar(&o.src, "src-k8s-pod", "", "source pod as NAMESPACE:POD")
 	f.StringVar(&o.dst, "dst-k8s-pod", "", "destination pod as NAMESPACE:POD")
 	f.Uint32Var(&o.srcID, "src-identity", 0, "source identity (instead of --src-k8s-pod)")
@@ -59,8 +59,8 @@ func podRef(flag, v string) (string, error) {
 }
 
 func runPolicyTrace(w io.Writer, o policyTraceOptions) error {
-	if len(o.files) == 0 {
-		return fmt.Errorf("policy trace: -f STATE is required")
+	if err := o.files.require("policy trace"); err != nil {
+		return err
 	}
 	if (o.src == "") == (o.srcID == 0) {
 		return fmt.Errorf("policy trace: give exactly one of --src-k8s-pod and --src-identity")
@@ -83,9 +83,9 @@ func runPolicyTrace(w io.Writer, o policyTraceOptions) error {
 	if o.dport < 1 || o.dport > 65535 {
 		return fmt.Errorf("policy trace: --dport %d: must be 1-65535", o.dport)
 	}
-	st, err := check.Load(o.files...)
+	st, err := o.files.load("policy trace")
 	if err != nil {
-		return fmt.Errorf("policy trace: %w", err)
+		return err
 	}
 	peer := func(ref string, id uint32, flag string) (check.Peer, error) {
 		if ref != "" {

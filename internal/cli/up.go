@@ -15,6 +15,7 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/agent"
 	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
 
 // newUpCmd starts a sandbox instance: validates the input, starts the agent
@@ -26,6 +27,8 @@ func newUpCmd() *cobra.Command {
 	var foreground bool
 	var wait time.Duration
 	var hubble, metrics string
+	var ipv6 bool
+	var world []string
 	cmd := &cobra.Command{
 		Use:   "up -f FILE|DIR...",
 		Short: "Start a sandbox running the given workloads and policies (without -f: restart a stopped instance's agent)",
@@ -48,6 +51,11 @@ func newUpCmd() *cobra.Command {
 			} else if _, err := os.Stat(p.Objects); err != nil {
 				return fmt.Errorf("no input: give -f FILE|DIR (instance %q has no saved state to resume)", p.Instance)
 			}
+			if _, err := sandbox.CleanWorldNames(world, ""); err != nil {
+				fmt.Fprintf(stderr, "--world: %v\n", err)
+				fmt.Fprintln(stderr, "nothing was started")
+				return &ExitError{Code: 1}
+			}
 			if os.Geteuid() != 0 {
 				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF)")
 			}
@@ -58,7 +66,10 @@ func newUpCmd() *cobra.Command {
 			}
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
-			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics}
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6}
+			if cmd.Flags().Changed("world") {
+				agentOpts.World = world // otherwise the agent keeps the instance's world
+			}
 			var agentDone <-chan error
 			agentPID := os.Getpid()
 			if foreground {
@@ -106,7 +117,16 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for pods and policies to be ready")
 	cmd.Flags().StringVar(&hubble, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
 	cmd.Flags().StringVar(&metrics, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	registerSandboxFlags(cmd, &ipv6, &world)
 	return cmd
+}
+
+// registerSandboxFlags adds the flags shaping the sandbox, shared by up and
+// agent. Both persist in the instance's state: a later start without them
+// keeps them.
+func registerSandboxFlags(cmd *cobra.Command, ipv6 *bool, world *[]string) {
+	cmd.Flags().BoolVar(ipv6, "ipv6", false, "dual-stack pods and services (sticks until 'bulwark down')")
+	cmd.Flags().StringArrayVar(world, "world", nil, "a host name of the simulated outside world, served on ports 80 and 443 and resolvable by the pods (repeatable; replaces the previous set)")
 }
 
 // startDetached starts 'bulwark agent' in its own session with its output
@@ -127,6 +147,12 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 	defer logf.Close()
 	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir,
 		"--run-dir", parentDir(p.RunDir), "--hubble-listen", o.HubbleAddr, "--metrics-listen", o.MetricsAddr}
+	if o.IPv6 {
+		args = append(args, "--ipv6")
+	}
+	for _, w := range o.World {
+		args = append(args, "--world", w)
+	}
 	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

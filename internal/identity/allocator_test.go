@@ -87,3 +87,45 @@ func TestRestore(t *testing.T) {
 		t.Error("restoring a reserved number succeeded")
 	}
 }
+
+func TestPodLabelsDropIdentityIrrelevantLabels(t *testing.T) {
+	ctx := PodContext{Namespace: "demo", ServiceAccount: "web"}
+	base := PodLabels(map[string]string{"app": "web", "app.kubernetes.io/name": "web"}, ctx)
+	noisy := PodLabels(map[string]string{
+		"app": "web", "app.kubernetes.io/name": "web",
+		"pod-template-hash": "5d8f7c9b6", "controller-revision-hash": "web-7c9", "pod-template-generation": "3",
+		"statefulset.kubernetes.io/pod-name": "web-0", "apps.kubernetes.io/pod-index": "0",
+		"batch.kubernetes.io/controller-uid": "u1", "batch.kubernetes.io/job-name": "j", "controller-uid": "u1", "job-name": "j",
+		"topology.beta.kubernetes.io/zone": "z", "kubernetes.io/arch": "amd64",
+		// forged derived labels: the real ones come from the context
+		"io.kubernetes.pod.namespace": "other", "io.cilium.k8s.policy.serviceaccount": "admin",
+	}, ctx)
+	if base.String() != noisy.String() {
+		t.Fatalf("identity-irrelevant labels changed the identity:\n%s\n%s", base, noisy)
+	}
+	for _, want := range []string{"k8s:app=web", "k8s:app.kubernetes.io/name=web", "k8s:io.cilium.k8s.policy.serviceaccount=web", "k8s:io.kubernetes.pod.namespace=demo"} {
+		if !strings.Contains(noisy.String(), want) {
+			t.Errorf("labels %s lack %s", noisy, want)
+		}
+	}
+	for _, k := range []string{"app", "tier", "app.kubernetes.io/component", "version"} {
+		if !IsIdentityRelevant(k) {
+			t.Errorf("%s should be identity-relevant", k)
+		}
+	}
+	in := map[string]string{"app": "web", "pod-template-hash": "x"}
+	if got := IdentityLabels(in); len(got) != 1 || got["app"] != "web" || len(in) != 2 {
+		t.Errorf("IdentityLabels(%v) = %v", in, got)
+	}
+}
+
+func TestIsSelectableKey(t *testing.T) {
+	for key, want := range map[string]bool{
+		"app": true, LabelNamespace: true, LabelNamespacePrefix + "team": true, LabelServiceAccount: true, LabelCluster: true,
+		"pod-template-hash": false, "io.kubernetes.pod.name": false, "io.cilium.k8s.policy.other": false, "statefulset.kubernetes.io/pod-name": false,
+	} {
+		if got := IsSelectableKey(key); got != want {
+			t.Errorf("IsSelectableKey(%q) = %v, want %v", key, got, want)
+		}
+	}
+}

@@ -3,6 +3,12 @@
 // identities of the entities (host, world, ...), and the local identities
 // given to CIDR prefixes.
 //
+// A pod's identity is built from its identity-relevant labels only
+// (IsIdentityRelevant: rollout hashes, job uids and other per-pod
+// bookkeeping are left out, as Cilium's default label filter does), so
+// pods of successive rollouts share an identity and no selector can match
+// on an excluded label.
+//
 // Numbering follows Cilium so that identities read the same in both tools:
 // reserved identities are below MinCluster, cluster identities are allocated
 // from MinCluster up, and local (node-scoped, CIDR) identities have LocalScope

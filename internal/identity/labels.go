@@ -98,13 +98,16 @@ type PodContext struct {
 	Cluster         string // empty: DefaultClusterName
 }
 
-// PodLabels returns the security labels of a pod: its labels, its namespace,
-// the namespace's labels (with kubernetes.io/metadata.name always set), its
-// service account and cluster, all from source k8s.
+// PodLabels returns the security labels of a pod: its identity-relevant
+// labels (IsIdentityRelevant: rollout hashes and the like are left out),
+// its namespace, the namespace's labels (with kubernetes.io/metadata.name
+// always set), its service account and cluster, all from source k8s.
 func PodLabels(podLabels map[string]string, ctx PodContext) Labels {
 	ls := make([]Label, 0, len(podLabels)+len(ctx.NamespaceLabels)+4)
 	for k, v := range podLabels {
-		ls = append(ls, Label{SourceK8s, k, v})
+		if IsIdentityRelevant(k) {
+			ls = append(ls, Label{SourceK8s, k, v})
+		}
 	}
 	ls = append(ls, Label{SourceK8s, LabelNamespace, ctx.Namespace})
 	ls = append(ls, Label{SourceK8s, LabelNamespacePrefix + LabelNamespaceMetaKey, ctx.Namespace})

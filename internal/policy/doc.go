@@ -26,6 +26,18 @@
 //     which carry the 0.0.0.0/0 (::/0) label.
 //   - An update is validated whole before anything changes: it applies
 //     completely or not at all, and reports what changed (Change).
+//   - Selector IDs are derived from the selectors' canonical keys (see
+//     selectorCache), never from history: repositories holding the same
+//     selectors number them alike, so an agent restarted on the same
+//     objects (with its persisted identities, Options.Allocator) computes
+//     the tables its datapath already holds. Repository.SelectorIDs and
+//     Options.SelectorIDs carry the numbering across restarts for the rare
+//     hash collision.
+//   - Only identity-relevant pod labels are in identities
+//     (identity.IsIdentityRelevant: pod-template-hash and the like are
+//     left out, as by Cilium's default label filter), so a selector on an
+//     excluded label behaves as if no pod had it; validate warns about such
+//     selectors.
 //
 // toServices peers are the pods selected by the Services' selectors (in
 // the Service's namespace), re-resolved whenever a Service changes; a

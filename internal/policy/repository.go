@@ -15,8 +15,16 @@ import (
 
 // Options configures a Repository.
 type Options struct {
-	// Allocator to share with other components; nil creates one.
+	// Allocator to share with other components; nil creates one. Its
+	// identities (restored ones too) join selector membership when the
+	// repository uses them (a pod, a CIDR prefix, a learned address).
 	Allocator *identity.Allocator
+	// SelectorIDs restores the selector numbering of a previous run (what
+	// Repository.SelectorIDs returned): a selector whose key is listed
+	// gets that ID back when it is free. Optional: IDs are derived from
+	// the selectors' keys anyway, this only pins the order-dependent
+	// outcome of hash collisions.
+	SelectorIDs map[string]resolved.SelectorID
 }
 
 // ObjectRef names an object to delete. Kind is one of Namespace, Pod,
@@ -92,7 +100,7 @@ type Repository struct {
 	mu    sync.Mutex
 	alloc *identity.Allocator
 
-	idLabels   map[identity.NumericIdentity]identity.Labels // every allocated identity
+	idLabels   map[identity.NumericIdentity]identity.Labels // every identity in use, reserved ones always
 	namespaces map[string]map[string]string
 	services   map[EndpointKey]*corev1.Service
 	endpoints  map[EndpointKey]*Endpoint
@@ -139,9 +147,19 @@ func NewRepository(opts Options) *Repository {
 	if a == nil {
 		a = identity.NewAllocator()
 	}
+	// Only identities in use are selector members (collectIdentities
+	// keeps it so): identities restored into the allocator join when they
+	// are used, so that a restarted repository computes the same
+	// membership as the one that ran before.
+	idLabels := map[identity.NumericIdentity]identity.Labels{}
+	for _, id := range identity.ReservedIdentities() {
+		if ls, ok := a.Lookup(id); ok {
+			idLabels[id] = ls
+		}
+	}
 	r := &Repository{
 		alloc:         a,
-		idLabels:      a.All(),
+		idLabels:      idLabels,
 		namespaces:    map[string]map[string]string{},
 		services:      map[EndpointKey]*corev1.Service{},
 		endpoints:     map[EndpointKey]*Endpoint{},
@@ -151,7 +169,7 @@ func NewRepository(opts Options) *Repository {
 		policiesByNS:  map[string]map[string]*installedPolicy{},
 		idNS:          map[identity.NumericIdentity]string{},
 		identRules:    map[identity.NumericIdentity][]*compiledRule{},
-		sels:          newSelectorCache(),
+		sels:          newSelectorCache(opts.SelectorIDs),
 		fqdn:          newFQDNState(),
 		cidrRefs:      map[netip.Prefix]int{},
 		cidrIDs:       map[netip.Prefix]identity.NumericIdentity{},
@@ -163,6 +181,14 @@ func NewRepository(opts Options) *Repository {
 
 // Allocator returns the identity allocator.
 func (r *Repository) Allocator() *identity.Allocator { return r.alloc }
+
+// SelectorIDs returns the ID of every live selector by its canonical key
+// (opaque; persist it and pass it back as Options.SelectorIDs).
+func (r *Repository) SelectorIDs() map[string]resolved.SelectorID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sels.ids()
+}
 
 func policyKey(ref resolved.PolicyRef) string {
 	return ref.Kind + "/" + ref.Namespace + "/" + ref.Name

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"sort"
 
@@ -42,6 +43,7 @@ func (p peerSpec) String() string {
 // identities of the IPs learned for a matching name).
 type selEntry struct {
 	id      resolved.SelectorID
+	hash    uint64 // keyHash(peer.key)
 	peer    peerSpec
 	refs    int
 	members map[identity.NumericIdentity]struct{}
@@ -51,13 +53,32 @@ type selEntry struct {
 }
 
 // selectorCache interns selectors: one SelectorID per distinct peer, kept
-// while some compiled rule references it. IDs are never reused, so a
-// datapath that holds an old ID can't confuse it with a new selector.
+// while some compiled rule references it.
+//
+// IDs are derived from the peer's canonical key, not from history, so that
+// two repositories holding the same selectors (a restarted agent, the
+// offline checker) number them the same and a restarted agent's first
+// datapath Sync rewrites nothing:
+//   - a peer's ID is its preferred ID (restored from a previous run, see
+//     Options.SelectorIDs) when that is free, else the first free ID of the
+//     probe sequence base, base+1, ... (0 skipped), base being the 32-bit
+//     fold of the FNV-1a hash of the key;
+//   - "free" means held by no live selector and never held by a different
+//     key in this cache's life: an ID never names two different selectors,
+//     so a datapath holding an old ID can't confuse it with a new selector
+//     (the same key may take its old ID back).
+//
+// Only a hash collision (two live keys with the same base; about n²/2³³
+// for n selectors) makes an ID depend on the order the keys arrived in;
+// persisting SelectorIDs and restoring them covers that case.
 type selectorCache struct {
-	byKey   map[string]*selEntry
-	byID    map[resolved.SelectorID]*selEntry
-	next    resolved.SelectorID
-	changed map[resolved.SelectorID]struct{} // since the last Changes()
+	byKey map[string]*selEntry
+	byID  map[resolved.SelectorID]*selEntry
+	// retired: IDs released in this cache's life → hash of the key that
+	// held them (one entry per ID: bounded by the distinct IDs ever used).
+	retired   map[resolved.SelectorID]uint64
+	preferred map[string]resolved.SelectorID   // restored: key → ID of a previous run
+	changed   map[resolved.SelectorID]struct{} // since the last Changes()
 	// published membership, kept up to date at each snapshot for the
 	// selectors in unpublished (added, released or with changed members)
 	sets        map[resolved.SelectorID]*memberSet
@@ -65,11 +86,12 @@ type selectorCache struct {
 	unpublished map[resolved.SelectorID]struct{}
 }
 
-func newSelectorCache() *selectorCache {
+func newSelectorCache(preferred map[string]resolved.SelectorID) *selectorCache {
 	return &selectorCache{
 		byKey:       map[string]*selEntry{},
 		byID:        map[resolved.SelectorID]*selEntry{},
-		next:        1,
+		retired:     map[resolved.SelectorID]uint64{},
+		preferred:   maps.Clone(preferred),
 		changed:     map[resolved.SelectorID]struct{}{},
 		sets:        map[resolved.SelectorID]*memberSet{},
 		descs:       map[resolved.SelectorID]string{},
@@ -84,8 +106,9 @@ func (c *selectorCache) acquire(p peerSpec, ids map[identity.NumericIdentity]ide
 		e.refs++
 		return e.id
 	}
-	e := &selEntry{id: c.next, peer: p, refs: 1, members: map[identity.NumericIdentity]struct{}{}, dirty: true, desc: p.String()}
-	c.next++
+	h := keyHash(p.key)
+	e := &selEntry{id: c.pick(p.key, h), hash: h, peer: p, refs: 1, members: map[identity.NumericIdentity]struct{}{}, dirty: true, desc: p.String()}
+	delete(c.retired, e.id)
 	if p.fqdn != nil {
 		for id := range fq.identitiesMatching(p.fqdn) {
 			e.members[id] = struct{}{}
@@ -101,6 +124,43 @@ func (c *selectorCache) acquire(p peerSpec, ids map[identity.NumericIdentity]ide
 	c.byID[e.id] = e
 	c.touch(e.id)
 	return e.id
+}
+
+// keyHash is the FNV-1a hash of a canonical peer key.
+func keyHash(key string) uint64 {
+	f := fnv.New64a()
+	f.Write([]byte(key))
+	return f.Sum64()
+}
+
+// pick chooses the ID of a new selector (see selectorCache).
+func (c *selectorCache) pick(key string, h uint64) resolved.SelectorID {
+	if id, ok := c.preferred[key]; ok && id != 0 && c.free(id, h) {
+		return id
+	}
+	id := resolved.SelectorID(uint32(h) ^ uint32(h>>32))
+	for id == 0 || !c.free(id, h) {
+		id++ // wraps; terminates: fewer than 2³² IDs are ever taken
+	}
+	return id
+}
+
+func (c *selectorCache) free(id resolved.SelectorID, h uint64) bool {
+	if _, live := c.byID[id]; live {
+		return false
+	}
+	owner, used := c.retired[id]
+	return !used || owner == h
+}
+
+// ids returns the canonical key → ID of every live selector (what
+// Options.SelectorIDs restores).
+func (c *selectorCache) ids() map[string]resolved.SelectorID {
+	out := make(map[string]resolved.SelectorID, len(c.byKey))
+	for k, e := range c.byKey {
+		out[k] = e.id
+	}
+	return out
 }
 
 func (c *selectorCache) touch(id resolved.SelectorID) {
@@ -119,6 +179,7 @@ func (c *selectorCache) release(id resolved.SelectorID) {
 	}
 	delete(c.byKey, e.peer.key)
 	delete(c.byID, id)
+	c.retired[id] = e.hash
 	c.touch(id)
 }
 

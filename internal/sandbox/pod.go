@@ -165,11 +165,6 @@ func (n *Node) addPodLocked(spec PodSpec) (PodInfo, error) {
 		return fail(err)
 	}
 	p.HostIfIndex, p.HostIfMAC, p.PodIfMAC = l.hostIndex, l.hostMAC, l.peerMAC
-	for _, a := range p.IPs {
-		if err := n.nodeRoute(l, netip.PrefixFrom(a, a.BitLen()), a); err != nil {
-			return fail(err)
-		}
-	}
 	podDir := filepath.Join(StateDir(n.opts.StateRoot, n.opts.Instance), "pods", p.Namespace+"_"+p.Name)
 	if err := os.MkdirAll(podDir, 0o755); err != nil {
 		return fail(fmt.Errorf("create pod dir: %w", err))
@@ -178,9 +173,20 @@ func (n *Node) addPodLocked(spec PodSpec) (PodInfo, error) {
 	if err := os.WriteFile(p.ResolvConf, []byte(dns.ResolvConf(n.st.DNSServiceIP, p.Namespace, n.st.ClusterDomain)), 0o644); err != nil {
 		return fail(fmt.Errorf("write resolv.conf: %w", err))
 	}
-	if n.opts.BeforeStart != nil {
-		if err := n.opts.BeforeStart(p); err != nil {
-			return fail(fmt.Errorf("before start: %w", err))
+	// The node side is still down and the node has no route to the pod:
+	// no packet can cross the veth yet, so enforcement attached here
+	// sees the endpoint's first packet.
+	if n.opts.BeforeUp != nil {
+		if err := n.opts.BeforeUp(p); err != nil {
+			return fail(fmt.Errorf("before up: %w", err))
+		}
+	}
+	if err := n.linkUp(l); err != nil {
+		return fail(err)
+	}
+	for _, a := range p.IPs {
+		if err := n.nodeRoute(l, netip.PrefixFrom(a, a.BitLen()), a); err != nil {
+			return fail(err)
 		}
 	}
 	if err := n.startPodWorkload(&p); err != nil {
@@ -299,6 +305,13 @@ type plumbed struct {
 // the namespace: loopback and eth0 up, addresses as /32, a permanent
 // neighbour for the gateway, routes to the given prefixes via the gateway,
 // and nothing else (no default route).
+//
+// Invariant: plumb leaves the node side administratively down, so the
+// veth has no carrier and carries no packet in either direction, and adds
+// nothing to the node namespace's routes or neighbours. The caller brings
+// it up with linkUp (after attaching whatever must see the first packet),
+// then routes to it with nodeRoute (the kernel refuses routes through a
+// down link).
 func (n *Node) plumb(o plumbOptions) (*plumbed, error) {
 	if err := writeSysctls(o.netnsPath, n.podSysctls()); err != nil {
 		return nil, err
@@ -392,14 +405,21 @@ func (n *Node) plumb(o plumbOptions) (*plumbed, error) {
 			return nil, fmt.Errorf("route %v: %w", r, err)
 		}
 	}
-	if err := node.LinkSetUp(host); err != nil {
-		return nil, fmt.Errorf("set %s up: %w", o.hostIf, err)
-	}
-	host, err = node.LinkByName(o.hostIf)
-	if err != nil {
-		return nil, fmt.Errorf("find %s: %w", o.hostIf, err)
-	}
 	return &plumbed{hostIndex: host.Attrs().Index, hostMAC: hostMAC.String(), peerMAC: peer.Attrs().HardwareAddr.String(), host: host}, nil
+}
+
+// linkUp brings the node side of a plumbed veth up: from here on packets
+// cross it.
+func (n *Node) linkUp(l *plumbed) error {
+	node, err := nsHandle(n.NodeNetnsPath())
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	if err := node.LinkSetUp(l.host); err != nil {
+		return fmt.Errorf("set %s up: %w", l.host.Attrs().Name, err)
+	}
+	return nil
 }
 
 // nodeRoute routes dst in the node namespace to the plumbed namespace

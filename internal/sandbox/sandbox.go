@@ -68,11 +68,23 @@ type Options struct {
 	// NoClusterDNS skips creating the kube-system/coredns pod and the
 	// kube-dns Service.
 	NoClusterDNS bool
-	// BeforeStart, if set, runs after a pod's network exists and before its
-	// workload process starts (e.g. to attach policy enforcement to
-	// HostIfIndex so no packet passes unenforced). An error aborts AddPod
-	// and removes the pod.
-	BeforeStart func(PodInfo) error
+	// BeforeUp, if set, runs for every new pod (including a pod rebuilt
+	// because its namespace vanished, and the cluster DNS pod) at the one
+	// point where enforcement can be attached before any packet crosses
+	// the pod's veth. When it runs:
+	//   - exist: the pod namespace (NetnsPath), the veth pair (HostIfName,
+	//     HostIfIndex, HostIfMAC in the node namespace; eth0, PodIfMAC in
+	//     the pod) and, inside the pod, its addresses (IPs), gateway
+	//     neighbour and routes; ResolvConf is written;
+	//   - do not exist yet: the node side is administratively down (no
+	//     carrier: nothing crosses the veth either way), the node has no
+	//     route or neighbour entry for the pod's IPs, and no workload
+	//     process runs (PID is 0). The pod is not yet in Pods().
+	// After it returns nil the node side goes up, the node routes to the
+	// pod, and the workload starts. An error aborts AddPod and removes
+	// the pod; the hook must undo its own work in that case. It runs with
+	// the Node's lock held: it must not call the Node's methods.
+	BeforeUp func(PodInfo) error
 }
 
 var instanceRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$`)

@@ -22,22 +22,14 @@ var WorldPorts = []int{80, 443}
 // (through the node) and routes only back to the pod range. An empty list
 // removes the world.
 func (n *Node) SetWorld(names []string) ([]WorldHost, error) {
-	seen := map[string]bool{}
-	var clean []string
-	for i, name := range names {
-		c := strings.TrimSuffix(strings.ToLower(name), ".")
-		if !dnsSubdomainRE.MatchString(c) || !strings.Contains(c, ".") {
-			return nil, fmt.Errorf("world name [%d] %q: need a fully qualified DNS name like api.example.com", i, name)
-		}
-		if c == n.st.ClusterDomain || strings.HasSuffix(c, "."+n.st.ClusterDomain) {
-			return nil, fmt.Errorf("world name [%d] %q: names under %s belong to the cluster", i, name, n.st.ClusterDomain)
-		}
-		if !seen[c] {
-			seen[c] = true
-			clean = append(clean, c)
-		}
+	clean, err := CleanWorldNames(names, n.st.ClusterDomain)
+	if err != nil {
+		return nil, err
 	}
-	sort.Strings(clean)
+	seen := map[string]bool{}
+	for _, c := range clean {
+		seen[c] = true
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if len(clean) == 0 {
@@ -79,6 +71,33 @@ func (n *Node) SetWorld(names []string) ([]WorldHost, error) {
 	return hosts, n.save()
 }
 
+// CleanWorldNames checks world host names (fully qualified DNS names, none
+// under clusterDomain; "" means cluster.local) and returns them lower-cased,
+// without a trailing dot, sorted and without duplicates: the set SetWorld
+// would serve.
+func CleanWorldNames(names []string, clusterDomain string) ([]string, error) {
+	if clusterDomain == "" {
+		clusterDomain = DefaultClusterDomain
+	}
+	seen := map[string]bool{}
+	var clean []string
+	for i, name := range names {
+		c := strings.TrimSuffix(strings.ToLower(name), ".")
+		if !dnsSubdomainRE.MatchString(c) || !strings.Contains(c, ".") {
+			return nil, fmt.Errorf("world name [%d] %q: need a fully qualified DNS name like api.example.com", i, name)
+		}
+		if c == clusterDomain || strings.HasSuffix(c, "."+clusterDomain) {
+			return nil, fmt.Errorf("world name [%d] %q: names under %s belong to the cluster", i, name, clusterDomain)
+		}
+		if !seen[c] {
+			seen[c] = true
+			clean = append(clean, c)
+		}
+	}
+	sort.Strings(clean)
+	return clean, nil
+}
+
 // worldGateway is the world namespace's own address, next hop for the node.
 func (n *Node) worldGateway() netip.Addr { return nthAddr(n.st.WorldCIDR, 1) }
 
@@ -94,6 +113,9 @@ func (n *Node) buildWorldLocked(hosts []WorldHost) error {
 	// The world answers only the pods: its sole route leads to PodCIDR.
 	l, err := n.plumb(plumbOptions{netnsPath: netns.Path(name), hostIf: WorldHostIfName, addrs: addrs, routes: []netip.Prefix{n.st.PodCIDR}})
 	if err != nil {
+		return fmt.Errorf("world: %w", err)
+	}
+	if err := n.linkUp(l); err != nil {
 		return fmt.Errorf("world: %w", err)
 	}
 	if err := n.nodeRoute(l, n.st.WorldCIDR, n.worldGateway()); err != nil {

@@ -9,16 +9,11 @@ package hubble
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,112 +22,16 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/bulwark-net/bulwark/internal/agent"
-	"github.com/bulwark-net/bulwark/internal/agentapi"
-	"github.com/bulwark-net/bulwark/internal/sandbox"
+	"github.com/bulwark-net/bulwark/test/sandboxtest"
 )
 
-var bulwarkBin string
+func TestMain(m *testing.M) { sandboxtest.Main(m) }
 
-func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		os.Exit(m.Run()) // every test skips
-	}
-	dir, err := os.MkdirTemp("", "bulwark-hubble-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bulwarkBin = filepath.Join(dir, "bulwark")
-	build := exec.Command("go", "build", "-o", bulwarkBin, "./cmd/bulwark")
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build bulwark: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-type instance struct {
-	t         *testing.T
-	name      string
-	stateRoot string
-}
-
-func newInstance(t *testing.T) *instance {
+func newInstance(t *testing.T) *sandboxtest.Instance {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and BPF programs")
-	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	in := &instance{t: t, name: "obs-" + hex.EncodeToString(b), stateRoot: t.TempDir()}
-	t.Cleanup(func() {
-		if out, code := in.run("down"); code != 0 {
-			t.Errorf("bulwark down: exit %d: %s", code, out)
-		}
+	return sandboxtest.New(t, sandboxtest.Options{
+		Prefix: "obs", MetricsListen: "127.0.0.1:0", CombinedOutput: true, Timeout: 3 * time.Minute,
 	})
-	return in
-}
-
-// run runs the CLI for the instance; it returns combined output and exit
-// status.
-func (in *instance) run(args ...string) (string, int) {
-	in.t.Helper()
-	args = append(args, "--instance", in.name, "--state-root", in.stateRoot)
-	if args[0] == "up" {
-		args = append(args, "--hubble-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--wait", "2m")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bulwarkBin, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), ee.ExitCode()
-	} else if err != nil {
-		in.t.Fatalf("run bulwark %v: %v", args, err)
-	}
-	return out.String(), 0
-}
-
-func (in *instance) mustRun(args ...string) string {
-	in.t.Helper()
-	out, code := in.run(args...)
-	if code != 0 {
-		in.t.Fatalf("bulwark %s: exit %d\n%s", strings.Join(args, " "), code, out)
-	}
-	return out
-}
-
-func (in *instance) status() agentapi.Status {
-	in.t.Helper()
-	p := agent.NewPaths(agent.PathsOptions{Instance: in.name, StateRoot: in.stateRoot})
-	st, err := agentapi.NewClient(p.Socket).Status(context.Background())
-	if err != nil {
-		in.t.Fatalf("status: %v", err)
-	}
-	return st
-}
-
-// connect opens a TCP connection from a demo pod; it reports success.
-func (in *instance) connect(from, host, port string) bool {
-	in.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var out bytes.Buffer
-	code, err := sandbox.Exec(ctx, sandbox.ExecOptions{
-		Instance: in.name, Namespace: "demo", Target: from, Command: []string{"nc", "-w", "2", "-z", host, port},
-		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out,
-	})
-	if err != nil {
-		in.t.Fatalf("exec %s: %v", from, err)
-	}
-	return code == 0
 }
 
 func jsonFlows(t *testing.T, out string) []*flowpb.Flow {
@@ -152,34 +51,21 @@ func jsonFlows(t *testing.T, out string) []*flowpb.Flow {
 	return flows
 }
 
-func deniedBy(f *flowpb.Flow, policy string) bool {
-	for _, p := range append(f.GetIngressDeniedBy(), f.GetEgressDeniedBy()...) {
-		if p.GetName() == policy {
-			return true
-		}
-	}
-	return false
-}
-
 func TestObservabilityOfRealTraffic(t *testing.T) {
 	t.Parallel()
 	in := newInstance(t)
-	in.mustRun("up", "-f", filepath.Join("..", "..", "testdata", "seed", "sample-app.yaml"))
-	backendIP := ""
-	if st, err := sandbox.ReadState("", in.name); err == nil {
-		if p, err := st.FindPod("demo", "deploy/backend"); err == nil && len(p.IPs) > 0 {
-			backendIP = p.IPs[0].String()
-		}
-	}
-	if backendIP == "" {
+	in.MustRun("up", "-f", sandboxtest.Seed(t, "sample-app.yaml"))
+	backend := in.Pod("deploy/backend")
+	if len(backend.IPs) == 0 {
 		t.Fatal("no backend pod address")
 	}
+	backendIP := backend.IPs[0].String()
 
 	// Allowed: no policy yet.
-	if !in.connect("deploy/frontend", backendIP, "8080") {
+	if !in.TCP("deploy/frontend", backendIP, "8080") {
 		t.Fatal("frontend -> backend:8080 refused before any policy")
 	}
-	allowed := jsonFlows(t, in.mustRun("observe", "--namespace", "demo", "--verdict", "FORWARDED", "--to-port", "8080", "-o", "json"))
+	allowed := jsonFlows(t, in.MustRun("observe", "--namespace", "demo", "--verdict", "FORWARDED", "--to-port", "8080", "-o", "json"))
 	found := false
 	for _, f := range allowed {
 		if strings.HasPrefix(f.GetSource().GetPodName(), "frontend-") && f.GetIP().GetDestination() == backendIP {
@@ -191,12 +77,12 @@ func TestObservabilityOfRealTraffic(t *testing.T) {
 	}
 
 	// Denied: default deny in both directions.
-	in.mustRun("apply", "-f", filepath.Join("..", "..", "testdata", "seed", "default-deny.yaml"))
+	in.MustRun("apply", "-f", sandboxtest.Seed(t, "default-deny.yaml"))
 
 	// A monitor started now sees the next drop live.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	mon := exec.CommandContext(ctx, bulwarkBin, "monitor", "--type", "drop", "--instance", in.name, "--state-root", in.stateRoot)
+	mon := exec.CommandContext(ctx, sandboxtest.Binary(), in.Args("monitor", "--type", "drop")...)
 	monOut, err := mon.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +104,7 @@ func TestObservabilityOfRealTraffic(t *testing.T) {
 	}()
 	var monitorLine string
 	for attempt := 0; attempt < 10 && monitorLine == ""; attempt++ {
-		if in.connect("deploy/frontend", backendIP, "8080") {
+		if in.TCP("deploy/frontend", backendIP, "8080") {
 			t.Fatal("frontend -> backend:8080 connects under default deny")
 		}
 	drain:
@@ -242,10 +128,10 @@ func TestObservabilityOfRealTraffic(t *testing.T) {
 	}
 
 	t.Logf("monitor: %s", monitorLine)
-	dropped := jsonFlows(t, in.mustRun("observe", "--namespace", "demo", "--verdict", "DROPPED", "-o", "json"))
+	dropped := jsonFlows(t, in.MustRun("observe", "--namespace", "demo", "--verdict", "DROPPED", "-o", "json"))
 	found = false
 	for _, f := range dropped {
-		if f.GetDropReasonDesc() == flowpb.DropReason_POLICY_DENIED && deniedBy(f, "default-deny-all") &&
+		if f.GetDropReasonDesc() == flowpb.DropReason_POLICY_DENIED && sandboxtest.DeniedBy(f, "default-deny-all") &&
 			strings.HasPrefix(f.GetSource().GetPodName(), "frontend-") {
 			found = true
 		}
@@ -253,7 +139,7 @@ func TestObservabilityOfRealTraffic(t *testing.T) {
 	if !found {
 		t.Errorf("bulwark observe --verdict DROPPED shows no POLICY_DENIED flow from frontend denied by default-deny-all among %d", len(dropped))
 	}
-	compact := in.mustRun("observe", "--namespace", "demo", "--verdict", "DROPPED", "--print-policy-names")
+	compact := in.MustRun("observe", "--namespace", "demo", "--verdict", "DROPPED", "--print-policy-names")
 	if !strings.Contains(compact, "[denied by demo/default-deny-all]") {
 		t.Errorf("observe --print-policy-names does not name the policy:\n%s", compact)
 	}
@@ -261,7 +147,7 @@ func TestObservabilityOfRealTraffic(t *testing.T) {
 	t.Logf("observe:\n%s", compact)
 	// Metrics: the drops are counted under Cilium's names as the seed
 	// dashboard queries them.
-	st := in.status()
+	st := in.Status()
 	if st.MetricsAddr == "" {
 		t.Fatal("no metrics address in status")
 	}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/policy/api"
 )
@@ -70,14 +71,15 @@ func newLinter(set *manifest.Set) *linter {
 }
 
 // PodSelectorLabels returns the labels a Cilium endpoint selector sees on a
-// pod (keys normalised as api.NormalizeKey does): the pod's labels, its
+// pod (keys normalised as api.NormalizeKey does): the pod's
+// identity-relevant labels (identity.IsIdentityRelevant), its
 // namespace (io.kubernetes.pod.namespace), its namespace's labels
 // (io.cilium.k8s.namespace.labels.*, from the Namespace object of the set
 // when there is one, plus kubernetes.io/metadata.name), its service account
 // and cluster.
 func PodSelectorLabels(set *manifest.Set, p *corev1.Pod) labels.Set {
 	ls := labels.Set{}
-	for k, v := range p.Labels {
+	for k, v := range identity.IdentityLabels(p.Labels) {
 		ls[k] = v
 	}
 	ls[api.LabelPodNamespace] = p.Namespace

@@ -16,6 +16,7 @@ import (
 func validateNetworkPolicy(r *reporter, np *networkingv1.NetworkPolicy) {
 	spec := field.NewPath("spec")
 	validateLabelSelector(r, spec.Child("podSelector"), &np.Spec.PodSelector)
+	warnNonIdentityKeys(r, spec.Child("podSelector"), &np.Spec.PodSelector)
 	for i, rule := range np.Spec.Ingress {
 		p := spec.Child("ingress").Index(i)
 		for j := range rule.Ports {
@@ -97,6 +98,7 @@ func validateNetworkPolicyPeer(r *reporter, p *field.Path, peer *networkingv1.Ne
 		r.errorf("peer", p.Child("ipBlock"), "may not specify more than 1 peer: ipBlock cannot be combined with podSelector or namespaceSelector")
 	}
 	validateLabelSelector(r, p.Child("podSelector"), peer.PodSelector)
+	warnNonIdentityKeys(r, p.Child("podSelector"), peer.PodSelector)
 	validateLabelSelector(r, p.Child("namespaceSelector"), peer.NamespaceSelector)
 	if peer.IPBlock == nil {
 		return

@@ -5,6 +5,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/api"
 )
 
@@ -18,6 +19,7 @@ func validateEndpointSelector(r *reporter, path *field.Path, s api.EndpointSelec
 			r.errorf("selector", p, "%v", err)
 			continue
 		}
+		warnNonIdentityKey(r, p, nk)
 		if msgs := labelKeyErrors(nk); len(msgs) > 0 {
 			r.errorf("selector", p, "invalid label key %q: %s", k, joinMsgs(msgs))
 		}
@@ -26,7 +28,36 @@ func validateEndpointSelector(r *reporter, path *field.Path, s api.EndpointSelec
 		}
 	}
 	for i, e := range s.MatchExpressions {
-		validateRequirement(r, path.Child("matchExpressions").Index(i), e, true)
+		p := path.Child("matchExpressions").Index(i)
+		validateRequirement(r, p, e, true)
+		if nk, err := api.NormalizeKey(e.Key); err == nil {
+			warnNonIdentityKey(r, p.Child("key"), nk)
+		}
+	}
+}
+
+// warnNonIdentityKey warns about a pod selector on a label that is never
+// part of a pod's identity (identity.IsSelectableKey: rollout hashes,
+// job uids, ...). As in Cilium, such a selector behaves as if no pod had
+// the label.
+func warnNonIdentityKey(r *reporter, p *field.Path, key string) {
+	if identity.IsSelectableKey(key) {
+		return
+	}
+	r.warnf("non-identity-label", p, "label %q is not part of pod identities (left out like in Cilium's default label filter): the selector behaves as if no pod had it", key)
+}
+
+// warnNonIdentityKeys applies warnNonIdentityKey to a NetworkPolicy pod
+// selector.
+func warnNonIdentityKeys(r *reporter, path *field.Path, s *metav1.LabelSelector) {
+	if s == nil {
+		return
+	}
+	for k := range s.MatchLabels {
+		warnNonIdentityKey(r, path.Child("matchLabels").Key(k), k)
+	}
+	for i, e := range s.MatchExpressions {
+		warnNonIdentityKey(r, path.Child("matchExpressions").Index(i).Child("key"), e.Key)
 	}
 }
 
