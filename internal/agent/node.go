@@ -194,8 +194,11 @@ func podObject(p sandbox.PodInfo) *corev1.Pod {
 		c.Ports = append(c.Ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: int32(cp.Port), Protocol: corev1.Protocol(cp.Protocol)})
 	}
 	pod.Spec.Containers = []corev1.Container{c}
-	if len(p.IPs) > 0 {
-		pod.Status.PodIP = p.IPs[0].String()
+	for i, ip := range p.IPs {
+		if i == 0 {
+			pod.Status.PodIP = ip.String()
+		}
+		pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: ip.String()})
 	}
 	return pod
 }

@@ -30,7 +30,8 @@ type NamedPort struct {
 // Endpoint).
 type Endpoint struct {
 	Key      EndpointKey
-	IP       netip.Addr // invalid when the pod has no IP yet
+	IP       netip.Addr   // the primary address (status.podIP); invalid when the pod has none yet
+	IPs      []netip.Addr // every address (status.podIPs), the primary first
 	Identity identity.NumericIdentity
 	Labels   identity.Labels
 	Ports    []NamedPort
@@ -46,7 +47,8 @@ type podInput struct {
 	key            EndpointKey
 	labels         map[string]string
 	serviceAccount string
-	ip             netip.Addr
+	ip             netip.Addr   // primary
+	ips            []netip.Addr // all, primary first, distinct
 	ports          []NamedPort
 }
 
@@ -59,12 +61,38 @@ func podFromObject(p *corev1.Pod) (podInput, error) {
 	if p.Namespace == "" {
 		in.key.Namespace = "default"
 	}
-	if ip := strings.TrimSpace(p.Status.PodIP); ip != "" {
+	// A dual-stack pod has one address per family: status.podIP is the
+	// primary and status.podIPs lists all of them. Every one of them must
+	// resolve to the pod's identity, or its other family's traffic would be
+	// taken for the world's.
+	addAddr := func(field, ip string) error {
+		ip = strings.TrimSpace(ip)
+		if ip == "" {
+			return nil
+		}
 		a, err := netip.ParseAddr(ip)
 		if err != nil {
-			return in, fmt.Errorf("%s: status.podIP: %q is not an IP address", where, ip)
+			return fmt.Errorf("%s: %s: %q is not an IP address", where, field, ip)
 		}
-		in.ip = a.Unmap()
+		a = a.Unmap()
+		for _, have := range in.ips {
+			if have == a {
+				return nil
+			}
+		}
+		in.ips = append(in.ips, a)
+		return nil
+	}
+	if err := addAddr("status.podIP", p.Status.PodIP); err != nil {
+		return in, err
+	}
+	for i, pip := range p.Status.PodIPs {
+		if err := addAddr(fmt.Sprintf("status.podIPs[%d].ip", i), pip.IP); err != nil {
+			return in, err
+		}
+	}
+	if len(in.ips) > 0 {
+		in.ip = in.ips[0]
 	}
 	seen := map[string]bool{}
 	for i, c := range p.Spec.Containers {

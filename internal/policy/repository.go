@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 
@@ -235,14 +236,14 @@ func (r *Repository) Upsert(objs ...any) (Change, error) {
 			if err != nil {
 				return Change{}, &ObjectError{Kind: "Pod", Namespace: o.Namespace, Name: o.Name, Err: err}
 			}
-			if in.ip.IsValid() {
-				if other, ok := newIPs[in.ip]; ok && other != in.key {
-					return Change{}, fmt.Errorf("Pod %s: status.podIP %s is also the address of pod %s", in.key, in.ip, other)
+			for _, ip := range in.ips {
+				if other, ok := newIPs[ip]; ok && other != in.key {
+					return Change{}, fmt.Errorf("Pod %s: status.podIP %s is also the address of pod %s", in.key, ip, other)
 				}
-				if other, ok := r.podIPs[in.ip]; ok && other != in.key {
-					return Change{}, fmt.Errorf("Pod %s: status.podIP %s is also the address of pod %s", in.key, in.ip, other)
+				if other, ok := r.podIPs[ip]; ok && other != in.key {
+					return Change{}, fmt.Errorf("Pod %s: status.podIP %s is also the address of pod %s", in.key, ip, other)
 				}
-				newIPs[in.ip] = in.key
+				newIPs[ip] = in.key
 			}
 			ops = append(ops, op{2, func() { r.setPod(in) }})
 		case *networkingv1.NetworkPolicy:
@@ -514,7 +515,7 @@ func (r *Repository) relabel(ep *Endpoint) {
 	r.moveIdentity(ep, &n)
 	r.endpoints[ep.Key] = &n
 	r.dirty[ep.Key] = struct{}{}
-	if n.IP.IsValid() {
+	if len(n.IPs) > 0 {
 		r.markIPCache()
 	}
 }
@@ -548,25 +549,26 @@ func (r *Repository) setPod(in podInput) {
 		Namespace: in.key.Namespace, NamespaceLabels: r.nsLabels(in.key.Namespace), ServiceAccount: in.serviceAccount,
 	})
 	id := r.allocate(ls)
-	n := &Endpoint{Key: in.key, IP: in.ip, Identity: id, Labels: ls, Ports: in.ports, podLabels: in.labels, serviceAccount: in.serviceAccount}
+	n := &Endpoint{Key: in.key, IP: in.ip, IPs: in.ips, Identity: id, Labels: ls, Ports: in.ports, podLabels: in.labels, serviceAccount: in.serviceAccount}
 	if old != nil {
 		n.Policy, n.rules = old.Policy, old.rules
-		if old.IP.IsValid() {
-			delete(r.podIPs, old.IP)
+		for _, ip := range old.IPs {
+			delete(r.podIPs, ip)
 		}
 		r.removeNamedPorts(old.Ports)
-		if old.Identity != id || old.IP != in.ip {
+		sameAddrs := slices.Equal(old.IPs, in.ips)
+		if old.Identity != id || !sameAddrs {
 			r.markIPCache()
 		}
-		if old.IP != in.ip {
+		if !sameAddrs {
 			r.moved[in.key] = true
 		}
 		r.moveIdentity(old, nil)
-	} else if in.ip.IsValid() {
+	} else if len(in.ips) > 0 {
 		r.markIPCache()
 	}
-	if in.ip.IsValid() {
-		r.podIPs[in.ip] = in.key
+	for _, ip := range in.ips {
+		r.podIPs[ip] = in.key
 	}
 	r.addNamedPorts(in.ports)
 	r.moveIdentity(nil, n)
@@ -579,8 +581,10 @@ func (r *Repository) deletePod(k EndpointKey) {
 	if !ok {
 		return
 	}
-	if old.IP.IsValid() {
-		delete(r.podIPs, old.IP)
+	for _, ip := range old.IPs {
+		delete(r.podIPs, ip)
+	}
+	if len(old.IPs) > 0 {
 		r.markIPCache()
 	}
 	r.removeNamedPorts(old.Ports)

@@ -233,3 +233,55 @@ func TestConcurrentSnapshots(t *testing.T) {
 		}
 	}
 }
+
+// A dual-stack pod's every address resolves to its identity: traffic of
+// its second family must not be taken for the world's. Re-addressing and
+// deleting the pod take all of its addresses out again.
+func TestDualStackPodAddresses(t *testing.T) {
+	repo := policy.NewRepository(policy.Options{})
+	p := pod("prod", "web", "10.0.0.2", map[string]string{"app": "web"})
+	p.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.2"}, {IP: "fd00::2"}}
+	if _, err := repo.Upsert(p); err != nil {
+		t.Fatal(err)
+	}
+	snap := repo.Snapshot()
+	web := snap.Endpoints[policy.EndpointKey{Namespace: "prod", Name: "web"}]
+	if len(web.IPs) != 2 || web.IP != netip.MustParseAddr("10.0.0.2") {
+		t.Fatalf("addresses: primary %v, all %v", web.IP, web.IPs)
+	}
+	for _, a := range []string{"10.0.0.2", "fd00::2"} {
+		if got := snap.IPCache.Lookup(netip.MustParseAddr(a)); got != web.Identity {
+			t.Errorf("ipcache %s: %v, want the pod's identity %v", a, got, web.Identity)
+		}
+	}
+
+	// Another pod may not claim the second address.
+	q := pod("prod", "other", "10.0.0.3", nil)
+	q.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.3"}, {IP: "fd00::2"}}
+	if _, err := repo.Upsert(q); err == nil {
+		t.Error("a second pod took fd00::2")
+	}
+
+	// Re-addressed: the old IPv6 address is world again.
+	p.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.2"}, {IP: "fd00::12"}}
+	if _, err := repo.Upsert(p); err != nil {
+		t.Fatal(err)
+	}
+	snap = repo.Snapshot()
+	if got := snap.IPCache.Lookup(netip.MustParseAddr("fd00::2")); got != identity.WorldIPv6 {
+		t.Errorf("fd00::2 after re-addressing: %v, want world", got)
+	}
+	if got := snap.IPCache.Lookup(netip.MustParseAddr("fd00::12")); got != web.Identity {
+		t.Errorf("fd00::12: %v, want %v", got, web.Identity)
+	}
+
+	if _, err := repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: "prod", Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	snap = repo.Snapshot()
+	for _, a := range []string{"10.0.0.2", "fd00::12"} {
+		if got := snap.IPCache.Lookup(netip.MustParseAddr(a)); got == web.Identity {
+			t.Errorf("%s still resolves to the deleted pod", a)
+		}
+	}
+}

@@ -38,8 +38,8 @@ func (s *State) describePeer(b *strings.Builder, role string, p Peer, dir resolv
 		fmt.Fprintf(b, "  Outside the cluster: no policy applies on this side.\n\n")
 		return
 	}
-	if p.Endpoint.IP.IsValid() {
-		fmt.Fprintf(b, "  IP: %s\n", p.Endpoint.IP)
+	for _, ip := range p.Endpoint.IPs {
+		fmt.Fprintf(b, "  IP: %s\n", ip)
 	}
 	rules := s.Snap.Rules(p.Endpoint.Key)
 	n := 0
