@@ -245,19 +245,54 @@ func indexByte(s string, c byte) int {
 }
 
 // lockRoot takes an exclusive lock over all instances' range choices.
+// The lock file may be unlinked by the last instance's teardown (see
+// removeRootIfUnused): a lock taken on a file that is no longer the one at
+// the path is retried, so two holders never coexist.
 func lockRoot(stateRoot string) (func(), error) {
-	if err := os.MkdirAll(stateRoot, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", stateRoot, err)
+	path := filepath.Join(stateRoot, ".lock")
+	for {
+		if err := os.MkdirAll(stateRoot, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", stateRoot, err)
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open lock: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		var held, now unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &now) == nil &&
+			held.Dev == now.Dev && held.Ino == now.Ino {
+			return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
+		f.Close() // unlinked under us: take the new one
 	}
-	f, err := os.OpenFile(filepath.Join(stateRoot, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+}
+
+// removeRootIfUnused removes the state root (and its lock file) once no
+// instance is left in it, so the last teardown leaves the host as found.
+func removeRootIfUnused(stateRoot string) {
+	if _, err := os.Stat(stateRoot); err != nil {
+		return
+	}
+	unlock, err := lockRoot(stateRoot)
 	if err != nil {
-		return nil, fmt.Errorf("open lock: %w", err)
+		return
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	defer unlock()
+	ents, err := os.ReadDir(stateRoot)
+	if err != nil {
+		return
 	}
-	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+	for _, e := range ents {
+		if e.Name() != ".lock" {
+			return
+		}
+	}
+	_ = os.Remove(filepath.Join(stateRoot, ".lock"))
+	_ = os.Remove(stateRoot)
 }
 
 // otherStates reads every other instance's state (unreadable ones skipped).

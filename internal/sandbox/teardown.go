@@ -116,6 +116,6 @@ func TeardownWith(o TeardownOptions) error {
 	// The shared roots go too once the last instance has left them
 	// (os.Remove refuses a non-empty directory).
 	_ = os.Remove(o.BPFFSRoot)
-	_ = os.Remove(o.StateRoot)
+	removeRootIfUnused(o.StateRoot)
 	return errors.Join(errs...)
 }
