@@ -3,6 +3,7 @@
 # what is committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
 go generate ./...
 if ! git diff --exit-code --stat -- '*.go' '*.o'; then
 	echo "generated files differ from the committed ones: run 'go generate ./...' and commit" >&2

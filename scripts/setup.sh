@@ -3,6 +3,7 @@
 # ./bin/bulwark. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
 
 need=()
 for pair in clang:clang llvm-strip:llvm bpftool:bpftool ip:iproute2 iptables:iptables \

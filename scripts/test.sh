@@ -3,6 +3,7 @@
 # kernel (BPF_PROG_TEST_RUN) and privileged end-to-end tests (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
 bash scripts/setup.sh
 
 echo "== go vet"
