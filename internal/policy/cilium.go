@@ -35,12 +35,12 @@ func compileCilium(p api.Policy) (*compiledPolicy, error) {
 	ref := resolved.PolicyRef{Kind: p.PolicyKind(), Namespace: meta.Namespace, Name: meta.Name}
 	where := p.PolicyKind() + " " + ref.String()
 	if meta.Name == "" {
-		return nil, fmt.Errorf("%s: metadata.name is empty", p.PolicyKind())
+		return nil, fmt.Errorf("%s: %w", p.PolicyKind(), fieldErrorf("metadata.name", "empty"))
 	}
 	ns := ""
 	if p.PolicyKind() == KindCNP {
 		if meta.Namespace == "" {
-			return nil, fmt.Errorf("%s: metadata.namespace is empty", where)
+			return nil, fmt.Errorf("%s: %w", where, fieldErrorf("metadata.namespace", "empty"))
 		}
 		ns = meta.Namespace
 	} else {
@@ -49,7 +49,12 @@ func compileCilium(p api.Policy) (*compiledPolicy, error) {
 	cp := &compiledPolicy{ref: ref}
 	rules := p.Rules()
 	if len(rules) == 0 {
-		return nil, fmt.Errorf("%s: neither spec nor specs is set", where)
+		return nil, fmt.Errorf("%s: %w", where, fieldErrorf("spec", "neither spec nor specs is set"))
+	}
+	// The rule compiler below assumes no unsupported feature is used:
+	// Unsupported is the one list of them.
+	if unsupported := Unsupported(p); len(unsupported) > 0 {
+		return nil, fmt.Errorf("%s: %w", where, unsupported[0])
 	}
 	for i := range rules {
 		r := &rules[i]
@@ -70,11 +75,8 @@ type ciliumCompiler struct {
 }
 
 func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
-	if r.NodeSelector != nil {
-		return nil, fmt.Errorf("%s.nodeSelector: host policies are not supported", c.path)
-	}
 	if r.EndpointSelector == nil {
-		return nil, fmt.Errorf("%s.endpointSelector: required", c.path)
+		return nil, fieldErrorf(c.path+".endpointSelector", "required")
 	}
 	subjectSel := r.EndpointSelector.LabelSelector
 	if c.ns != "" {
@@ -88,7 +90,7 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 	}
 	subject, err := selector.FromLabelSelector(&subjectSel)
 	if err != nil {
-		return nil, fmt.Errorf("%s.endpointSelector: %w", c.path, err)
+		return nil, fieldErrorf(c.path+".endpointSelector", "%v", err)
 	}
 	if c.ns != "" {
 		subject = subject.And(nsIs(c.ns))
@@ -101,9 +103,6 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 	for i := range r.Ingress {
 		e := &r.Ingress[i]
 		path := fmt.Sprintf("%s.ingress[%d]", c.path, i)
-		if e.Authentication != nil && e.Authentication.Mode != "" && e.Authentication.Mode != "disabled" {
-			return nil, fmt.Errorf("%s.authentication: mutual authentication is not supported", path)
-		}
 		it, err := c.item(path, resolved.Allow, &e.IngressCommonRule, nil, nil, e.ToPorts, e.ICMPs, resolved.Ingress)
 		if err != nil {
 			return nil, err
@@ -126,9 +125,6 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 	for i := range r.Egress {
 		e := &r.Egress[i]
 		path := fmt.Sprintf("%s.egress[%d]", c.path, i)
-		if e.Authentication != nil && e.Authentication.Mode != "" && e.Authentication.Mode != "disabled" {
-			return nil, fmt.Errorf("%s.authentication: mutual authentication is not supported", path)
-		}
 		it, err := c.item(path, resolved.Allow, nil, &e.EgressCommonRule, e.ToFQDNs, e.ToPorts, e.ICMPs, resolved.Egress)
 		if err != nil {
 			return nil, err
@@ -151,35 +147,28 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.IngressCommonRule, eg *api.EgressCommonRule,
 	fqdns []api.FQDNSelector, toPorts []api.PortRule, icmps []api.ICMPRule, dir resolved.Direction) (ruleItem, error) {
 	it := ruleItem{verdict: verdict, path: path}
+	// Peer fields of unsupported features (requires, nodes, groups, CIDR
+	// group references) are absent: compileCilium refused them first.
 	var (
-		endpoints, requires, nodes []api.EndpointSelector
-		cidrs                      []api.CIDR
-		cidrSets                   []api.CIDRRule
-		entities                   []api.Entity
-		groups                     []api.Groups
-		services                   []api.Service
-		prefix                     string
+		endpoints []api.EndpointSelector
+		cidrs     []api.CIDR
+		cidrSets  []api.CIDRRule
+		entities  []api.Entity
+		services  []api.Service
+		prefix    string
 	)
 	if in != nil {
-		endpoints, requires, nodes, cidrs, cidrSets, entities, groups = in.FromEndpoints, in.FromRequires, in.FromNodes, in.FromCIDR, in.FromCIDRSet, in.FromEntities, in.FromGroups
+		endpoints, cidrs, cidrSets, entities = in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities
 		prefix = "from"
 	} else {
-		endpoints, requires, nodes, cidrs, cidrSets, entities, groups, services = eg.ToEndpoints, eg.ToRequires, eg.ToNodes, eg.ToCIDR, eg.ToCIDRSet, eg.ToEntities, eg.ToGroups, eg.ToServices
+		endpoints, cidrs, cidrSets, entities, services = eg.ToEndpoints, eg.ToCIDR, eg.ToCIDRSet, eg.ToEntities, eg.ToServices
 		prefix = "to"
-	}
-	switch {
-	case len(requires) > 0:
-		return it, fmt.Errorf("%s.%sRequires: not supported", path, prefix)
-	case len(nodes) > 0:
-		return it, fmt.Errorf("%s.%sNodes: not supported", path, prefix)
-	case len(groups) > 0:
-		return it, fmt.Errorf("%s.%sGroups: cloud provider groups are not supported", path, prefix)
 	}
 	hasL3 := len(endpoints) > 0 || len(cidrs) > 0 || len(cidrSets) > 0 || len(entities) > 0 || len(fqdns) > 0 || len(services) > 0
 	for j, svc := range services {
-		ref, err := c.serviceRef(svc)
+		ref, err := c.serviceRef(fmt.Sprintf("%s.toServices[%d]", path, j), svc)
 		if err != nil {
-			return it, fmt.Errorf("%s.toServices[%d]: %w", path, j, err)
+			return it, err
 		}
 		it.services = append(it.services, ref)
 		c.cp.usesServices = true
@@ -188,31 +177,28 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 	for j := range endpoints {
 		s, err := c.peerSelector(&endpoints[j])
 		if err != nil {
-			return it, fmt.Errorf("%s.%sEndpoints[%d]: %w", path, prefix, j, err)
+			return it, fieldErrorf(fmt.Sprintf("%s.%sEndpoints[%d]", path, prefix, j), "%v", err)
 		}
 		it.peers = append(it.peers, labelPeer(s))
 	}
 	for j, cidr := range cidrs {
 		p, err := parseCIDR(string(cidr))
 		if err != nil {
-			return it, fmt.Errorf("%s.%sCIDR[%d]: %w", path, prefix, j, err)
+			return it, fieldErrorf(fmt.Sprintf("%s.%sCIDR[%d]", path, prefix, j), "%v", err)
 		}
 		c.cp.cidrs = append(c.cp.cidrs, p)
 		it.peers = append(it.peers, cidrPeer(p, nil))
 	}
 	for j, cs := range cidrSets {
-		if cs.CIDRGroupRef != "" || cs.CIDRGroupSelector != nil {
-			return it, fmt.Errorf("%s.%sCIDRSet[%d]: CiliumCIDRGroup references are not supported", path, prefix, j)
-		}
 		p, err := parseCIDR(string(cs.Cidr))
 		if err != nil {
-			return it, fmt.Errorf("%s.%sCIDRSet[%d].cidr: %w", path, prefix, j, err)
+			return it, fieldErrorf(fmt.Sprintf("%s.%sCIDRSet[%d].cidr", path, prefix, j), "%v", err)
 		}
 		var excepts []netip.Prefix
 		for k, e := range cs.ExceptCIDRs {
 			ep, err := parseCIDR(string(e))
 			if err != nil {
-				return it, fmt.Errorf("%s.%sCIDRSet[%d].except[%d]: %w", path, prefix, j, k, err)
+				return it, fieldErrorf(fmt.Sprintf("%s.%sCIDRSet[%d].except[%d]", path, prefix, j, k), "%v", err)
 			}
 			excepts = append(excepts, ep)
 		}
@@ -223,7 +209,7 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 	for j, e := range entities {
 		sels, err := entitySelectors(string(e))
 		if err != nil {
-			return it, fmt.Errorf("%s.%sEntities[%d]: %w", path, prefix, j, err)
+			return it, fieldErrorf(fmt.Sprintf("%s.%sEntities[%d]", path, prefix, j), "%v", err)
 		}
 		for _, s := range sels {
 			it.peers = append(it.peers, labelPeer(s))
@@ -238,7 +224,7 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			case f.MatchPattern != "" && f.MatchName == "":
 				patterns = append(patterns, f.MatchPattern)
 			default:
-				return it, fmt.Errorf("%s.toFQDNs[%d]: exactly one of matchName and matchPattern must be set", path, j)
+				return it, fieldErrorf(fmt.Sprintf("%s.toFQDNs[%d]", path, j), "exactly one of matchName and matchPattern must be set")
 			}
 		}
 		it.peers = append(it.peers, fqdnPeer(newFQDNMatcher(names, patterns)))
@@ -262,7 +248,7 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 		ports := pr.Ports
 		if len(ports) == 0 {
 			if l7 != nil {
-				return it, fmt.Errorf("%s.rules: L7 rules need ports", pp)
+				return it, fieldErrorf(pp+".rules", "L7 rules need ports")
 			}
 			ports = []api.PortProtocol{{}}
 		}
@@ -270,15 +256,15 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			kp := fmt.Sprintf("%s.ports[%d]", pp, k)
 			proto, err := port.Proto()
 			if err != nil {
-				return it, fmt.Errorf("%s.protocol: %w", kp, err)
+				return it, fieldErrorf(kp+".protocol", "%v", err)
 			}
 			spec := api.PortSpec{}
 			if port.Port != "" {
 				if spec, err = port.Parse(); err != nil {
-					return it, fmt.Errorf("%s.port: %w", kp, err)
+					return it, fieldErrorf(kp+".port", "%v", err)
 				}
 			} else if port.EndPort != 0 {
-				return it, fmt.Errorf("%s.endPort: set without port", kp)
+				return it, fieldErrorf(kp+".endPort", "set without port")
 			}
 			protos := []resolved.Protocol{proto}
 			if proto == resolved.ProtoAny {
@@ -304,7 +290,7 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 	}
 	for j, ic := range icmps {
 		if len(ic.Fields) == 0 {
-			return it, fmt.Errorf("%s.icmps[%d].fields: empty", path, j)
+			return it, fieldErrorf(fmt.Sprintf("%s.icmps[%d].fields", path, j), "empty")
 		}
 		for k, f := range ic.Fields {
 			proto := resolved.ProtoICMP
@@ -313,7 +299,7 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			case "ipv6":
 				proto = resolved.ProtoICMPv6
 			default:
-				return it, fmt.Errorf("%s.icmps[%d].fields[%d].family: %q is not IPv4 or IPv6", path, j, k, f.Family)
+				return it, fieldErrorf(fmt.Sprintf("%s.icmps[%d].fields[%d].family", path, j, k), "%q is not IPv4 or IPv6", f.Family)
 			}
 			// ICMP entries cover every ICMP type of the family: the
 			// resolved table has no ICMP type field (see package doc).
@@ -326,7 +312,7 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 // serviceRef compiles a toServices element. The namespace defaults to the
 // policy's (for a clusterwide policy: a named Service needs one; a label
 // selector without one selects Services of every namespace).
-func (c *ciliumCompiler) serviceRef(svc api.Service) (serviceRef, error) {
+func (c *ciliumCompiler) serviceRef(path string, svc api.Service) (serviceRef, error) {
 	switch {
 	case svc.K8sService != nil && svc.K8sServiceSelector == nil:
 		ns := svc.K8sService.Namespace
@@ -334,16 +320,16 @@ func (c *ciliumCompiler) serviceRef(svc api.Service) (serviceRef, error) {
 			ns = c.ns
 		}
 		if svc.K8sService.ServiceName == "" {
-			return serviceRef{}, fmt.Errorf("k8sService.serviceName: required")
+			return serviceRef{}, fieldErrorf(path+".k8sService.serviceName", "required")
 		}
 		if ns == "" {
-			return serviceRef{}, fmt.Errorf("k8sService.namespace: required in a clusterwide policy")
+			return serviceRef{}, fieldErrorf(path+".k8sService.namespace", "required in a clusterwide policy")
 		}
 		return serviceRef{namespace: ns, name: svc.K8sService.ServiceName}, nil
 	case svc.K8sServiceSelector != nil && svc.K8sService == nil:
 		sel, err := k8sSelector(&svc.K8sServiceSelector.Selector.LabelSelector, "")
 		if err != nil {
-			return serviceRef{}, fmt.Errorf("k8sServiceSelector.selector: %w", err)
+			return serviceRef{}, fieldErrorf(path+".k8sServiceSelector.selector", "%v", err)
 		}
 		ns := svc.K8sServiceSelector.Namespace
 		if ns == "" {
@@ -351,7 +337,7 @@ func (c *ciliumCompiler) serviceRef(svc api.Service) (serviceRef, error) {
 		}
 		return serviceRef{namespace: ns, labels: &sel}, nil
 	}
-	return serviceRef{}, fmt.Errorf("exactly one of k8sService and k8sServiceSelector must be set")
+	return serviceRef{}, fieldErrorf(path, "exactly one of k8sService and k8sServiceSelector must be set")
 }
 
 func parseCIDR(s string) (netip.Prefix, error) {
@@ -406,40 +392,23 @@ func entitySelectors(e string) ([]selector.Selector, error) {
 }
 
 func l7Rules(pr *api.PortRule, path string, verdict resolved.Verdict, dir resolved.Direction) (*resolved.L7Rules, error) {
-	switch {
-	case pr.TerminatingTLS != nil || pr.OriginatingTLS != nil:
-		return nil, fmt.Errorf("%s: TLS interception is not supported", path)
-	case pr.Listener != nil:
-		return nil, fmt.Errorf("%s.listener: Envoy listeners are not supported", path)
-	case len(pr.ServerNames) > 0:
-		return nil, fmt.Errorf("%s.serverNames: not supported", path)
-	}
 	if !pr.HasL7() {
 		return nil, nil
 	}
 	if verdict == resolved.Deny {
-		return nil, fmt.Errorf("%s.rules: deny rules cannot carry L7 rules", path)
+		return nil, fieldErrorf(path+".rules", "deny rules cannot carry L7 rules")
 	}
 	r := pr.Rules
-	switch {
-	case len(r.Kafka) > 0:
-		return nil, fmt.Errorf("%s.rules.kafka: Kafka rules are not supported", path)
-	case r.L7Proto != "" || len(r.L7) > 0:
-		return nil, fmt.Errorf("%s.rules.l7proto: generic L7 parsers are not supported", path)
-	}
 	out := &resolved.L7Rules{}
-	for i, h := range r.HTTP {
-		if len(h.HeaderMatches) > 0 {
-			return nil, fmt.Errorf("%s.rules.http[%d].headerMatches: not supported", path, i)
-		}
+	for _, h := range r.HTTP {
 		out.HTTP = append(out.HTTP, resolved.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: append([]string(nil), h.Headers...)})
 	}
 	for i, d := range r.DNS {
 		if dir != resolved.Egress {
-			return nil, fmt.Errorf("%s.rules.dns[%d]: DNS rules apply to egress only", path, i)
+			return nil, fieldErrorf(fmt.Sprintf("%s.rules.dns[%d]", path, i), "DNS rules apply to egress only")
 		}
 		if (d.MatchName == "") == (d.MatchPattern == "") {
-			return nil, fmt.Errorf("%s.rules.dns[%d]: exactly one of matchName and matchPattern must be set", path, i)
+			return nil, fieldErrorf(fmt.Sprintf("%s.rules.dns[%d]", path, i), "exactly one of matchName and matchPattern must be set")
 		}
 		out.DNS = append(out.DNS, resolved.DNSRule{MatchName: d.MatchName, MatchPattern: d.MatchPattern})
 	}

@@ -46,8 +46,11 @@
 //
 // Differences from Cilium, on purpose or for now: ICMP rules (icmps) allow
 // every ICMP type of the family (the resolved table has no ICMP type);
-// fromRequires/toRequires, toGroups, fromNodes/toNodes, host
+// fromRequires/toRequires, from/toGroups, fromNodes/toNodes, host
 // policies (nodeSelector), CIDR groups, Kafka and generic L7 rules, TLS
-// interception, listeners and mutual authentication are rejected with an
-// error naming the field rather than silently ignored.
+// interception, listeners, serverNames, headerMatches and mutual
+// authentication are rejected with an error naming the field rather than
+// silently ignored. Unsupported (refusals.go) is the only list of these
+// features; CompilePolicy is the refusal check that validate (the
+// `bulwark policy validate` command) reports, so the two cannot disagree.
 package policy

@@ -89,14 +89,14 @@ func compileNetworkPolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, erro
 	ref := resolved.PolicyRef{Kind: KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}
 	where := "NetworkPolicy " + ref.String()
 	if np.Name == "" {
-		return nil, fmt.Errorf("NetworkPolicy: metadata.name is empty")
+		return nil, fmt.Errorf("NetworkPolicy: %w", fieldErrorf("metadata.name", "empty"))
 	}
 	if np.Namespace == "" {
-		return nil, fmt.Errorf("%s: metadata.namespace is empty", where)
+		return nil, fmt.Errorf("%s: %w", where, fieldErrorf("metadata.namespace", "empty"))
 	}
 	subject, err := k8sSelector(&np.Spec.PodSelector, "")
 	if err != nil {
-		return nil, fmt.Errorf("%s: spec.podSelector: %w", where, err)
+		return nil, fmt.Errorf("%s: %w", where, fieldErrorf("spec.podSelector", "%v", err))
 	}
 	rule := &compiledRule{policy: ref, path: "spec", subject: subject.And(nsIs(np.Namespace))}
 	cp := &compiledPolicy{ref: ref, rules: []*compiledRule{rule}}
@@ -112,7 +112,7 @@ func compileNetworkPolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, erro
 		case networkingv1.PolicyTypeEgress:
 			egress = true
 		default:
-			return nil, fmt.Errorf("%s: spec.policyTypes[%d]: unknown type %q (Ingress or Egress)", where, i, t)
+			return nil, fmt.Errorf("%s: %w", where, fieldErrorf(fmt.Sprintf("spec.policyTypes[%d]", i), "unknown type %q (Ingress or Egress)", t))
 		}
 	}
 	if ingress {
@@ -156,17 +156,17 @@ func netpolItem(cp *compiledPolicy, ns string, peers []networkingv1.NetworkPolic
 		pp := fmt.Sprintf("%s.%s[%d]", path, field, j)
 		if p.IPBlock != nil {
 			if p.PodSelector != nil || p.NamespaceSelector != nil {
-				return it, fmt.Errorf("%s: ipBlock cannot be combined with podSelector or namespaceSelector", pp)
+				return it, fieldErrorf(pp, "ipBlock cannot be combined with podSelector or namespaceSelector")
 			}
 			cidr, err := identity.ParsePrefix(p.IPBlock.CIDR)
 			if err != nil || !strings.Contains(p.IPBlock.CIDR, "/") {
-				return it, fmt.Errorf("%s.ipBlock.cidr: %q is not a CIDR prefix", pp, p.IPBlock.CIDR)
+				return it, fieldErrorf(pp+".ipBlock.cidr", "%q is not a CIDR prefix", p.IPBlock.CIDR)
 			}
 			var excepts []netip.Prefix
 			for k, e := range p.IPBlock.Except {
 				ep, err := identity.ParsePrefix(e)
 				if err != nil {
-					return it, fmt.Errorf("%s.ipBlock.except[%d]: %q is not a CIDR prefix", pp, k, e)
+					return it, fieldErrorf(fmt.Sprintf("%s.ipBlock.except[%d]", pp, k), "%q is not a CIDR prefix", e)
 				}
 				excepts = append(excepts, ep)
 				cp.cidrs = append(cp.cidrs, ep)
@@ -176,20 +176,20 @@ func netpolItem(cp *compiledPolicy, ns string, peers []networkingv1.NetworkPolic
 			continue
 		}
 		if p.PodSelector == nil && p.NamespaceSelector == nil {
-			return it, fmt.Errorf("%s: a peer needs podSelector, namespaceSelector or ipBlock", pp)
+			return it, fieldErrorf(pp, "a peer needs podSelector, namespaceSelector or ipBlock")
 		}
 		var reqs []selector.Requirement
 		if p.PodSelector != nil {
 			s, err := k8sSelector(p.PodSelector, "")
 			if err != nil {
-				return it, fmt.Errorf("%s.podSelector: %w", pp, err)
+				return it, fieldErrorf(pp+".podSelector", "%v", err)
 			}
 			reqs = append(reqs, s.Requirements()...)
 		}
 		if p.NamespaceSelector != nil {
 			s, err := k8sSelector(p.NamespaceSelector, identity.LabelNamespacePrefix)
 			if err != nil {
-				return it, fmt.Errorf("%s.namespaceSelector: %w", pp, err)
+				return it, fieldErrorf(pp+".namespaceSelector", "%v", err)
 			}
 			reqs = append(reqs, s.Requirements()...)
 			reqs = append(reqs, isPod)
@@ -213,32 +213,32 @@ func netpolItem(cp *compiledPolicy, ns string, peers []networkingv1.NetworkPolic
 			case corev1.ProtocolSCTP:
 				proto = resolved.ProtoSCTP
 			default:
-				return it, fmt.Errorf("%s.protocol: %q is not TCP, UDP or SCTP", pp, *p.Protocol)
+				return it, fieldErrorf(pp+".protocol", "%q is not TCP, UDP or SCTP", *p.Protocol)
 			}
 		}
 		ps := portSpec{proto: proto}
 		switch {
 		case p.Port == nil:
 			if p.EndPort != nil {
-				return it, fmt.Errorf("%s.endPort: set without port", pp)
+				return it, fieldErrorf(pp+".endPort", "set without port")
 			}
 		case p.Port.Type == intstr.String:
 			if p.EndPort != nil {
-				return it, fmt.Errorf("%s.endPort: not allowed with named port %q", pp, p.Port.StrVal)
+				return it, fieldErrorf(pp+".endPort", "not allowed with named port %q", p.Port.StrVal)
 			}
 			if p.Port.StrVal == "" {
-				return it, fmt.Errorf("%s.port: empty name", pp)
+				return it, fieldErrorf(pp+".port", "empty name")
 			}
 			ps.name = strings.ToLower(p.Port.StrVal)
 		default:
 			n := p.Port.IntVal
 			if n < 1 || n > 65535 {
-				return it, fmt.Errorf("%s.port: %d is out of range 1-65535", pp, n)
+				return it, fieldErrorf(pp+".port", "%d is out of range 1-65535", n)
 			}
 			ps.lo, ps.hi = uint16(n), uint16(n)
 			if p.EndPort != nil {
 				if *p.EndPort < n || *p.EndPort > 65535 {
-					return it, fmt.Errorf("%s.endPort: %d must be in %d-65535", pp, *p.EndPort, n)
+					return it, fieldErrorf(pp+".endPort", "%d must be in %d-65535", *p.EndPort, n)
 				}
 				ps.hi = uint16(*p.EndPort)
 			}

@@ -40,8 +40,8 @@ func Object(o *manifest.Object) []Finding {
 		validateWorkload(r, v.Spec.Selector, &v.Spec.Template)
 	case api.Policy:
 		validateCiliumPolicy(r, v)
-		bulwarkUnsupported(r, v)
 	}
+	engineRefusals(r, o.Obj)
 	return r.out
 }
 

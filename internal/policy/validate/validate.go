@@ -150,16 +150,21 @@ type reporter struct {
 }
 
 func (r *reporter) add(sev Severity, rule string, path *field.Path, format string, args ...any) {
-	f := Finding{
-		Severity: sev, Source: r.obj.Source, Kind: r.obj.Kind,
-		Namespace: r.obj.Namespace, Name: r.obj.Name,
-		Message: fmt.Sprintf(format, args...), Rule: rule,
-	}
+	fieldPath := ""
 	if path != nil {
-		f.Field = path.String()
+		fieldPath = path.String()
 	}
-	f.Line = r.obj.FieldLine(f.Field)
-	r.out = append(r.out, f)
+	r.addAt(sev, rule, fieldPath, format, args...)
+}
+
+// addAt adds a finding at a field given as a JSON path string ("" for the
+// whole object).
+func (r *reporter) addAt(sev Severity, rule, fieldPath, format string, args ...any) {
+	r.out = append(r.out, Finding{
+		Severity: sev, Source: r.obj.Source, Kind: r.obj.Kind,
+		Namespace: r.obj.Namespace, Name: r.obj.Name, Field: fieldPath,
+		Line: r.obj.FieldLine(fieldPath), Message: fmt.Sprintf(format, args...), Rule: rule,
+	})
 }
 
 func (r *reporter) errorf(rule string, path *field.Path, format string, args ...any) {
