@@ -181,7 +181,7 @@ func TestObserveCommandAgainstServer(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 2 ||
-		!strings.Contains(lines[0], "demo/client:40000 (ID:500) -> demo/server:80 (ID:501) policy-verdict:INGRESS ALLOWED FORWARDED (TCP Flags: SYN) [allowed by demo/allow-client]") ||
+		!strings.Contains(lines[0], "demo/client:40000 (ID:500) -> demo/server:80 (ID:501) policy-verdict:none INGRESS ALLOWED FORWARDED (TCP Flags: SYN) [allowed by demo/allow-client]") ||
 		!strings.Contains(lines[1], "demo/server:81 (ID:501) Policy denied DROPPED (TCP Flags: SYN) [denied by demo/default-deny]") {
 		t.Errorf("compact output:\n%s", out)
 	}

@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"sort"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
@@ -54,23 +55,33 @@ type Compiled struct {
 	// Overflowed identities belong to more than MaxSelectorsPerIdentity
 	// referenced selectors.
 	Overflowed map[identity.NumericIdentity]int
-	// Rules maps a rule id to the policies behind it.
-	Rules map[uint32][]resolved.PolicyRef
+	// Rules maps a rule id to what is behind it.
+	Rules map[uint32]RuleInfo
 }
 
-// ruleInterner gives a stable id to each distinct set of policies: the
-// FNV-1a hash of its sorted names, probed linearly on collision, so ids
-// survive an agent restart without persisted state.
+// RuleInfo is what a rule id stands for: the policies whose entries
+// decided and the shape of the entry (what of the packet it matched).
+// Invariant: entries with the same rule id have the same policies and
+// match type, so an event's rule id alone gives both.
+type RuleInfo struct {
+	Policies  []resolved.PolicyRef // sorted, distinct
+	MatchType event.MatchType      // never MatchNone for an interned rule
+}
+
+// ruleInterner gives a stable id to each distinct (policies, match type):
+// the FNV-1a hash of the sorted policy names and the match type, probed
+// linearly on collision, so ids survive an agent restart without persisted
+// state.
 type ruleInterner struct {
 	byKey map[string]uint32
-	rules map[uint32][]resolved.PolicyRef
+	rules map[uint32]RuleInfo
 }
 
 func newRuleInterner() *ruleInterner {
-	return &ruleInterner{byKey: map[string]uint32{}, rules: map[uint32][]resolved.PolicyRef{}}
+	return &ruleInterner{byKey: map[string]uint32{}, rules: map[uint32]RuleInfo{}}
 }
 
-func (ri *ruleInterner) intern(refs []resolved.PolicyRef) uint32 {
+func (ri *ruleInterner) intern(refs []resolved.PolicyRef, mt event.MatchType) uint32 {
 	refs = dedupRefs(refs)
 	if len(refs) == 0 {
 		return 0
@@ -79,17 +90,21 @@ func (ri *ruleInterner) intern(refs []resolved.PolicyRef) uint32 {
 	for _, r := range refs {
 		key += r.Kind + "\x00" + r.Namespace + "\x00" + r.Name + "\x01"
 	}
+	key += "\x02" + mt.String()
 	if id, ok := ri.byKey[key]; ok {
 		return id
 	}
 	h := fnv.New32a()
 	h.Write([]byte(key))
 	id := h.Sum32()
-	for id == 0 || ri.rules[id] != nil {
+	for {
+		if _, taken := ri.rules[id]; id != 0 && !taken {
+			break
+		}
 		id++
 	}
 	ri.byKey[key] = id
-	ri.rules[id] = refs
+	ri.rules[id] = RuleInfo{Policies: refs, MatchType: mt}
 	return id
 }
 
@@ -125,6 +140,26 @@ func Compile(st State) (*Compiled, error) {
 	}
 	ri := newRuleInterner()
 	referenced := map[resolved.SelectorID]bool{}
+	for _, pol := range st.Endpoints {
+		if pol == nil {
+			continue // reported below
+		}
+		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+			for _, e := range pol.Dir(dir).Entries {
+				if e.PortHi >= e.PortLo {
+					referenced[e.Peer] = true
+				}
+			}
+		}
+	}
+	if len(referenced) > 0 && st.Selectors == nil {
+		return nil, fmt.Errorf("compile: state has policy entries but no selector set")
+	}
+	members := make(map[resolved.SelectorID][]identity.NumericIdentity, len(referenced))
+	for s := range referenced {
+		members[s] = st.Selectors.Identities(s)
+	}
+	wildcards := wildcardSelectors(st.Selectors, members)
 	for epID, pol := range st.Endpoints {
 		if pol == nil {
 			return nil, fmt.Errorf("compile endpoint %d: nil policy", epID)
@@ -149,16 +184,13 @@ func Compile(st State) (*Compiled, error) {
 					continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
 				}
 				bySel[e.Peer] = append(bySel[e.Peer], e)
-				referenced[e.Peer] = true
 			}
 			for sel, entries := range bySel {
-				compileSelector(ce.Entries, epID, dir, sel, entries, st.ProxyPort, ri)
+				compileSelector(ce.Entries, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
+					entries, st.ProxyPort, ri)
 			}
 		}
 		c.Endpoints[epID] = ce
-	}
-	if len(referenced) > 0 && st.Selectors == nil {
-		return nil, fmt.Errorf("compile: state has policy entries but no selector set")
 	}
 	sels := make([]resolved.SelectorID, 0, len(referenced))
 	for s := range referenced {
@@ -166,7 +198,7 @@ func Compile(st State) (*Compiled, error) {
 	}
 	sort.Slice(sels, func(i, j int) bool { return sels[i] < sels[j] })
 	for _, s := range sels {
-		for _, id := range st.Selectors.Identities(s) {
+		for _, id := range members[s] {
 			c.SelectorLists[id] = append(c.SelectorLists[id], s)
 		}
 	}
@@ -201,13 +233,24 @@ func hasOwnEntries(p resolved.Protocol) bool {
 	return false
 }
 
+// selectorCompilation names the (endpoint, direction, peer selector) whose
+// entries compileSelector combines; wildcard: the selector matches every
+// identity.
+type selectorCompilation struct {
+	epID     uint32
+	dir      resolved.Direction
+	sel      resolved.SelectorID
+	wildcard bool
+}
+
 // compileSelector writes the entries of one (dir, selector): for each
 // protocol named by an entry (and for TCP, UDP, SCTP when ProtoAny entries
 // exist), the combined verdict of its own and ProtoAny entries over the
 // port space; for ICMP/ICMPv6 the port-less verdict; for proto 0 the
 // ProtoAny entries alone (used for the other protocols).
-func compileSelector(out map[TableKey]TableValue, epID uint32, dir resolved.Direction, sel resolved.SelectorID,
+func compileSelector(out map[TableKey]TableValue, sc selectorCompilation,
 	entries []*resolved.Entry, proxy ProxyPortFunc, ri *ruleInterner) {
+	epID, dir, sel := sc.epID, sc.dir, sc.sel
 	protos := map[resolved.Protocol]bool{}
 	var anyL3, anyPorts bool
 	for _, e := range entries {
@@ -266,7 +309,7 @@ func compileSelector(out map[TableKey]TableValue, epID uint32, dir resolved.Dire
 		for _, e := range win {
 			refs = append(refs, e.Origin...)
 		}
-		v.RuleID = ri.intern(refs)
+		v.RuleID = ri.intern(refs, decidingMatchType(win, sc.wildcard))
 		return v, true
 	}
 	for proto := range protos {

@@ -72,7 +72,7 @@ func TestCompiledTablesAgreeWithResolvedLookup(t *testing.T) {
 						for _, r := range want.Policies(pol.Dir(dir)) {
 							refs[r] = true
 						}
-						for _, r := range c.Rules[got.RuleID] {
+						for _, r := range c.Rules[got.RuleID].Policies {
 							if !refs[r] {
 								t.Fatalf("round %d: rule %d names %s outside %v", round, got.RuleID, r, want.Policies(pol.Dir(dir)))
 							}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
-	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
 
 // Endpoint flags (bpf/include/bulwark_maps.h).
@@ -40,7 +39,7 @@ type Datapath struct {
 	endpoints map[uint32]*endpointState // by endpoint ID
 	desired   *State                    // last State given to Sync
 	compiled  *Compiled                 // tables of the last Sync
-	rules     map[uint32][]resolved.PolicyRef
+	rules     map[uint32]RuleInfo
 	revision  uint64
 	counts    map[string]int // entries per map after the last sync/GC
 	mirror    *mirror        // syncer's view of the maps it owns; nil = re-read
@@ -106,7 +105,7 @@ func Open(opts Options) (*Datapath, error) {
 		opts:      opts,
 		sizes:     sizes,
 		endpoints: map[uint32]*endpointState{},
-		rules:     map[uint32][]resolved.PolicyRef{},
+		rules:     map[uint32]RuleInfo{},
 		counts:    map[string]int{},
 		synthetic: make(chan event.Event, 256),
 	}

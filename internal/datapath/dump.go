@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
@@ -24,6 +25,7 @@ type DumpEntry struct {
 	ProxyPort      uint16
 	RuleID         uint32
 	Policies       []resolved.PolicyRef
+	MatchType      event.MatchType // what of the packet the entry names
 }
 
 // EndpointDump is what `bulwark bpf policy get` shows for an endpoint.
@@ -83,7 +85,8 @@ func (dp *Datapath) DumpEndpoint(id uint32) (*EndpointDump, error) {
 		d.Entries = append(d.Entries, DumpEntry{
 			Direction: tk.Dir, Selector: tk.Selector, Identities: members[tk.Selector],
 			Proto: tk.Proto, PortLo: lo, PortHi: hi, Verdict: resolved.Verdict(v.Verdict),
-			ProxyPort: v.ProxyPort, RuleID: v.RuleId, Policies: dp.rules[v.RuleId],
+			ProxyPort: v.ProxyPort, RuleID: v.RuleId,
+			Policies: dp.rules[v.RuleId].Policies, MatchType: dp.rules[v.RuleId].MatchType,
 		})
 	}
 	sort.Slice(d.Entries, func(i, j int) bool {

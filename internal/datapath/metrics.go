@@ -92,9 +92,29 @@ func (dp *Datapath) MapPressure() map[string]float64 {
 // RulePolicies names the policies behind a rule id of an event or a CT
 // entry; nil for 0 (a default verdict) or an unknown id.
 func (dp *Datapath) RulePolicies(ruleID uint32) []resolved.PolicyRef {
+	return dp.RuleInfo(ruleID).Policies
+}
+
+// RuleInfo is what a rule id of an event or a CT entry stands for: its
+// policies and match type; the zero RuleInfo (MatchNone) for 0 (a default
+// verdict) or an unknown id. The caller owns the returned slice.
+func (dp *Datapath) RuleInfo(ruleID uint32) RuleInfo {
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
-	return append([]resolved.PolicyRef(nil), dp.rules[ruleID]...)
+	info, ok := dp.rules[ruleID]
+	if !ok {
+		return RuleInfo{}
+	}
+	info.Policies = append([]resolved.PolicyRef(nil), info.Policies...)
+	return info
+}
+
+// RuleMatchType is the match type of a rule id (event.MatchNone for 0 or
+// an unknown id), numbered as Hubble's flow.policy_match_type.
+func (dp *Datapath) RuleMatchType(ruleID uint32) event.MatchType {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	return dp.rules[ruleID].MatchType
 }
 
 // Compiled returns the tables of the last Sync (for reference evaluation).

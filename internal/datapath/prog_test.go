@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -229,6 +230,15 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			}
 			if !goRef.Default && len(dp.RulePolicies(ev.RuleID)) == 0 {
 				t.Fatalf("an entry decided but rule %d names no policy", ev.RuleID)
+			}
+			// The rule's match type is the shape of an entry that decided
+			// (no fixture selector is a wildcard); none for a default.
+			mt := dp.RuleMatchType(ev.RuleID)
+			if goRef.Default != (mt == event.MatchNone) {
+				t.Fatalf("rule %d match type %s, default decision %v", ev.RuleID, mt, goRef.Default)
+			}
+			if !goRef.Default && !slices.ContainsFunc(goRef.Matched, func(e *resolved.Entry) bool { return entryMatchType(e, false) == mt }) {
+				t.Fatalf("rule %d match type %s is the shape of no deciding entry %+v", ev.RuleID, mt, goRef.Matched)
 			}
 			wantPeer := peer
 			gotPeer := ev.SrcIdentity

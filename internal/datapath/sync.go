@@ -284,8 +284,8 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	stCopy := st
 	dp.desired = &stCopy
 	dp.compiled = c
-	for id, refs := range c.Rules {
-		dp.rules[id] = refs
+	for id, info := range c.Rules {
+		dp.rules[id] = info
 	}
 	dp.counts["policy"] = total
 	dp.counts["ipcache"] = len(wantIP)

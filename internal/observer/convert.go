@@ -96,8 +96,10 @@ func verdictOf(v event.Verdict) flowpb.Verdict {
 // converter turns events into flows. It is safe for concurrent use.
 type converter struct {
 	resolver Resolver
-	nodeName string
-	ids      *flowIDs
+	// matchTyper is resolver when it implements MatchTyper, else nil.
+	matchTyper MatchTyper
+	nodeName   string
+	ids        *flowIDs
 	// policies caches the immutable flow.Policy of each PolicyRef, so the
 	// event path does not rebuild labels for every flow.
 	policies sync.Map // resolved.PolicyRef → *flowpb.Policy
@@ -135,6 +137,11 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 		f.ProxyPort = uint32(ev.ProxyPort)
 	}
 	f.EventType = c.eventType(ev, f.DropReasonDesc)
+	// As in Cilium, only policy verdicts carry a match type, and a default
+	// verdict (rule id 0) matched nothing: none.
+	if ev.Type == event.TypePolicyVerdict && ev.RuleID != 0 && c.matchTyper != nil {
+		f.PolicyMatchType = uint32(c.matchTyper.RuleMatchType(ev.RuleID))
+	}
 	if ev.Type == event.TypeTrace {
 		if ev.Direction == resolved.Egress {
 			f.TraceObservationPoint = flowpb.TraceObservationPoint_FROM_ENDPOINT

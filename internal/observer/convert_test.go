@@ -45,6 +45,7 @@ func TestFlowOfAllowedConnection(t *testing.T) {
 		TrafficDirection: flowpb.TrafficDirection_INGRESS,
 		IsReply:          wrapperspb.Bool(false),
 		Summary:          "TCP Flags: SYN",
+		PolicyMatchType:  uint32(event.MatchL3L4),
 		IngressAllowedBy: []*flowpb.Policy{{
 			Name: "frontend-to-backend", Namespace: "demo", Kind: "CiliumNetworkPolicy",
 			Labels: []string{
@@ -276,5 +277,44 @@ func TestPolicyAttributionOfAuditAndRevocation(t *testing.T) {
 	ev = dnsQuery(0)
 	if f = o.Handle(&ev); len(f.GetEgressAllowedBy())+len(f.GetEgressDeniedBy()) != 0 {
 		t.Errorf("default allow names policies: %v", f)
+	}
+}
+
+// withoutMatchTypes hides the MatchTyper of a resolver: the observer must
+// work with resolvers that only implement Resolver.
+type withoutMatchTypes struct{ Resolver }
+
+func TestPolicyMatchType(t *testing.T) {
+	o := newTestObserver(t, 0)
+	cases := []struct {
+		name string
+		ev   event.Event
+		want event.MatchType
+	}{
+		{"allow rule, peer and port", allowedSYN(0), event.MatchL3L4},
+		{"default allow (no rule)", dnsQuery(0), event.MatchNone},
+		{"default deny", deniedSYN(0), event.MatchNone},
+		// Only policy verdicts carry a match type (as in Cilium).
+		{"drop by a deny rule", deniedWorld(0), event.MatchNone},
+	}
+	for _, c := range cases {
+		if got := o.Handle(&c.ev).GetPolicyMatchType(); got != uint32(c.want) {
+			t.Errorf("%s: policy_match_type %d, want %d (%s)", c.name, got, c.want, c.want)
+		}
+	}
+	verdict := allowedSYN(0)
+	verdict.Verdict, verdict.Reason, verdict.RuleID = event.Dropped, event.ReasonPolicyDenyRule, ruleDenyWorld
+	if got := o.Handle(&verdict).GetPolicyMatchType(); got != uint32(event.MatchL3Only) {
+		t.Errorf("policy verdict of a deny rule: policy_match_type %d, want L3-Only (1)", got)
+	}
+
+	plain, err := New(Options{NodeName: "node-1", Resolver: withoutMatchTypes{demoResolver()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := allowedSYN(0)
+	f := plain.Handle(&ev)
+	if f.GetPolicyMatchType() != 0 || len(f.GetIngressAllowedBy()) != 1 {
+		t.Errorf("resolver without MatchTyper: match type %d, allowed by %v; want 0 and the rule's policy", f.GetPolicyMatchType(), f.GetIngressAllowedBy())
 	}
 }

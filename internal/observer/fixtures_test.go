@@ -16,6 +16,7 @@ type staticResolver struct {
 	byIP      map[netip.Addr]EndpointInfo
 	idLabels  map[identity.NumericIdentity][]string
 	rules     map[uint32][]resolved.PolicyRef
+	matches   map[uint32]event.MatchType
 	selecting map[uint32][2][]resolved.PolicyRef // endpoint → [ingress, egress]
 }
 
@@ -32,6 +33,8 @@ func (r *staticResolver) EndpointByIP(ip netip.Addr) (EndpointInfo, bool) {
 func (r *staticResolver) IdentityLabels(id identity.NumericIdentity) []string { return r.idLabels[id] }
 
 func (r *staticResolver) RulePolicies(ruleID uint32) []resolved.PolicyRef { return r.rules[ruleID] }
+
+func (r *staticResolver) RuleMatchType(ruleID uint32) event.MatchType { return r.matches[ruleID] }
 
 func (r *staticResolver) SelectingPolicies(ep uint32, dir resolved.Direction) []resolved.PolicyRef {
 	return r.selecting[ep][dir]
@@ -76,6 +79,10 @@ func demoResolver() *staticResolver {
 		rules: map[uint32][]resolved.PolicyRef{
 			ruleAllowFrontend: {frontendBackend},
 			ruleDenyWorld:     {denyWorld},
+		},
+		matches: map[uint32]event.MatchType{
+			ruleAllowFrontend: event.MatchL3L4,
+			ruleDenyWorld:     event.MatchL3Only,
 		},
 		selecting: map[uint32][2][]resolved.PolicyRef{
 			backendEP:  {{defaultDeny, frontendBackend}, {defaultDeny}},

@@ -129,7 +129,7 @@ func TestStockHubbleCLI(t *testing.T) {
 	}
 
 	verdicts := runHubble(t, bin, "observe", "--server", server, "--type", "policy-verdict", "--print-policy-names")
-	if !strings.Contains(verdicts, "INGRESS ALLOWED BY frontend-to-backend (CiliumNetworkPolicy)") || strings.Contains(verdicts, "DROPPED") {
+	if !strings.Contains(verdicts, "policy-verdict:L3-L4 INGRESS ALLOWED BY frontend-to-backend (CiliumNetworkPolicy)") || strings.Contains(verdicts, "DROPPED") {
 		t.Errorf("hubble observe --type policy-verdict --print-policy-names:\n%s", verdicts)
 	}
 

@@ -60,8 +60,9 @@ func New(opts Options) (*Observer, error) {
 	if capacity == 0 {
 		capacity = DefaultCapacity
 	}
+	matchTyper, _ := opts.Resolver.(MatchTyper)
 	return &Observer{
-		conv:     converter{resolver: opts.Resolver, nodeName: opts.NodeName, ids: newFlowIDs()},
+		conv:     converter{resolver: opts.Resolver, matchTyper: matchTyper, nodeName: opts.NodeName, ids: newFlowIDs()},
 		ring:     NewRing(capacity),
 		sinks:    opts.Sinks,
 		nodeName: opts.NodeName,

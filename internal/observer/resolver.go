@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sort"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
@@ -37,6 +38,16 @@ type Resolver interface {
 	// SelectingPolicies returns the policies that select the endpoint in a
 	// direction: the ones responsible for a default deny there.
 	SelectingPolicies(endpointID uint32, dir resolved.Direction) []resolved.PolicyRef
+}
+
+// MatchTyper is an optional extension of Resolver: a resolver that also
+// implements it gives the match type of a datapath rule id (what of the
+// packet the deciding entry named), which policy-verdict flows carry as
+// policy_match_type ("policy-verdict:L3-L4" in hubble). Without it, every
+// flow has match type none. Same rules as Resolver: concurrent-safe, cheap,
+// event.MatchNone when unknown.
+type MatchTyper interface {
+	RuleMatchType(ruleID uint32) event.MatchType
 }
 
 // NamespaceLabel is the label Kubernetes-derived identities carry for the

@@ -16,6 +16,7 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/observer"
 )
 
@@ -261,7 +262,7 @@ func identityText(ep *flowpb.Endpoint) string {
 }
 
 // EventDescription names what happened: the drop reason of a drop,
-// "policy-verdict:INGRESS ALLOWED" for a verdict, the observation point of a
+// "policy-verdict:L3-L4 INGRESS ALLOWED" for a verdict, the observation point of a
 // trace.
 func EventDescription(f *flowpb.Flow) string {
 	switch f.GetEventType().GetType() {
@@ -277,7 +278,7 @@ func EventDescription(f *flowpb.Flow) string {
 		case flowpb.Verdict_REDIRECTED:
 			action = "REDIRECTED"
 		}
-		return "policy-verdict:" + f.GetTrafficDirection().String() + " " + action
+		return "policy-verdict:" + MatchTypeText(f.GetPolicyMatchType()) + " " + f.GetTrafficDirection().String() + " " + action
 	case observer.MonitorTypeTrace:
 		if f.GetTraceObservationPoint() == flowpb.TraceObservationPoint_FROM_ENDPOINT {
 			return "from-endpoint"
@@ -285,6 +286,15 @@ func EventDescription(f *flowpb.Flow) string {
 		return "to-endpoint"
 	}
 	return "unknown"
+}
+
+// MatchTypeText names a flow's policy_match_type as hubble does ("L3-L4",
+// "L3-Only", "L4-Only", "all", "none", ...).
+func MatchTypeText(v uint32) string {
+	if v > 0xff {
+		return "unknown"
+	}
+	return event.MatchType(v).String()
 }
 
 // PolicyNames renders the policies behind a verdict: "[allowed by ns/a,

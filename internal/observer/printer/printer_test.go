@@ -74,3 +74,40 @@ func TestTableAndDict(t *testing.T) {
 		t.Error("yaml accepted")
 	}
 }
+
+func TestPolicyVerdictShowsMatchType(t *testing.T) {
+	f := &flowpb.Flow{
+		Time:             timestamppb.New(time.Date(2026, 11, 26, 4, 0, 2, 0, time.UTC)),
+		Verdict:          flowpb.Verdict_FORWARDED,
+		EventType:        &flowpb.CiliumEventType{Type: 5},
+		TrafficDirection: flowpb.TrafficDirection_INGRESS,
+		PolicyMatchType:  2,
+		IP:               &flowpb.IP{Source: "10.0.0.1", Destination: "10.0.0.2"},
+		L4:               &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: 40000, DestinationPort: 80}}},
+		Source:           &flowpb.Endpoint{Identity: 300, Namespace: "demo", PodName: "client"},
+		Destination:      &flowpb.Endpoint{Identity: 301, Namespace: "demo", PodName: "server"},
+	}
+	for _, c := range []struct {
+		match   uint32
+		verdict flowpb.Verdict
+		want    string
+	}{
+		{2, flowpb.Verdict_FORWARDED, "policy-verdict:L3-L4 INGRESS ALLOWED FORWARDED"},
+		{1, flowpb.Verdict_FORWARDED, "policy-verdict:L3-Only INGRESS ALLOWED FORWARDED"},
+		{3, flowpb.Verdict_FORWARDED, "policy-verdict:L4-Only INGRESS ALLOWED FORWARDED"},
+		{4, flowpb.Verdict_FORWARDED, "policy-verdict:all INGRESS ALLOWED FORWARDED"},
+		{0, flowpb.Verdict_DROPPED, "policy-verdict:none INGRESS DENIED DROPPED"},
+		{1 << 20, flowpb.Verdict_FORWARDED, "policy-verdict:unknown INGRESS ALLOWED FORWARDED"},
+	} {
+		f.PolicyMatchType, f.Verdict = c.match, c.verdict
+		var out bytes.Buffer
+		p := New(&out, &out, Options{Format: Compact, Location: time.UTC})
+		if err := p.Write(&observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: f}}); err != nil {
+			t.Fatal(err)
+		}
+		want := "Nov 26 04:00:02.000: demo/client:40000 (ID:300) -> demo/server:80 (ID:301) " + c.want + "\n"
+		if out.String() != want {
+			t.Errorf("match type %d:\n got %q\nwant %q", c.match, out.String(), want)
+		}
+	}
+}
