@@ -5,10 +5,10 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/metrics"
 	"github.com/bulwark-net/bulwark/internal/observer"
-	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
 
@@ -32,6 +32,9 @@ type eventPump struct {
 func startEventPump(ctx context.Context, n *node, o Options) *eventPump {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &eventPump{cancel: cancel, done: make(chan struct{})}
+	// The view of what is already attached (adopted endpoints) and
+	// synced; every later change publishes a new one.
+	n.publishEventView()
 	m, err := metrics.New(metrics.Options{CiliumCompat: true, Datapath: datapathMetrics{n.dp}, State: agentMetricsState{n}})
 	if err != nil {
 		p.errors = append(p.errors, err.Error())
@@ -97,89 +100,51 @@ func (p *eventPump) stop() {
 }
 
 // resolver gives the observer the agent's view of endpoints, identities
-// and policies. It reads the last synced snapshot: what the datapath
-// enforces.
+// and policies: what the datapath enforces (the last synced snapshot and
+// the attached endpoints). It reads the node's published eventView: one
+// atomic load and map lookups, no lock and no allocation per event.
 type resolver struct{ n *node }
 
-func (r resolver) snapshot() *policy.Snapshot {
-	r.n.mu.Lock()
-	defer r.n.mu.Unlock()
-	return r.n.snap
-}
-
-func endpointInfo(id uint32, ep *policy.Endpoint) observer.EndpointInfo {
-	labels := make([]string, 0, len(ep.Labels))
-	for _, l := range ep.Labels {
-		labels = append(labels, l.String())
-	}
-	return observer.EndpointInfo{ID: id, Identity: ep.Identity, Namespace: ep.Key.Namespace, PodName: ep.Key.Name, Labels: labels}
-}
-
 func (r resolver) EndpointByID(id uint32) (observer.EndpointInfo, bool) {
-	r.n.mu.Lock()
-	key, ok := r.n.attached[id]
-	snap := r.n.snap
-	r.n.mu.Unlock()
-	if !ok || snap == nil {
-		return observer.EndpointInfo{}, false
+	if v := r.n.views.load(); v != nil {
+		return v.endpointByID(id)
 	}
-	ns, name := splitKey(key)
-	ep := snap.Endpoints[policy.EndpointKey{Namespace: ns, Name: name}]
-	if ep == nil {
-		return observer.EndpointInfo{}, false
-	}
-	return endpointInfo(id, ep), true
+	return observer.EndpointInfo{}, false
 }
 
 func (r resolver) EndpointByIP(ip netip.Addr) (observer.EndpointInfo, bool) {
-	snap := r.snapshot()
-	if snap == nil {
-		return observer.EndpointInfo{}, false
+	if v := r.n.views.load(); v != nil {
+		return v.endpointByIP(ip)
 	}
-	key, ok := snap.IPCache.Endpoint(ip)
-	if !ok {
-		return observer.EndpointInfo{}, false
-	}
-	ep := snap.Endpoints[key]
-	if ep == nil {
-		return observer.EndpointInfo{}, false
-	}
-	id, _ := r.n.ids.lookup(key.String())
-	return endpointInfo(id, ep), true
+	return observer.EndpointInfo{}, false
 }
 
 func (r resolver) IdentityLabels(id identity.NumericIdentity) []string {
-	snap := r.snapshot()
-	if snap == nil {
-		return nil
+	if v := r.n.views.load(); v != nil {
+		return v.identityLabels(id)
 	}
-	ls, ok := snap.Labels(id)
-	if !ok {
-		return nil
-	}
-	out := make([]string, len(ls))
-	for i, l := range ls {
-		out[i] = l.String()
-	}
-	return out
+	return nil
 }
 
 func (r resolver) RulePolicies(ruleID uint32) []resolved.PolicyRef {
-	return r.n.dp.RulePolicies(ruleID)
+	if v := r.n.views.load(); v != nil {
+		return v.rulePolicies(ruleID)
+	}
+	return nil
+}
+
+// RuleMatchType makes resolver an observer.MatchTyper: what the
+// datapath answers for the rule id (event.MatchNone when unknown).
+func (r resolver) RuleMatchType(ruleID uint32) event.MatchType {
+	if v := r.n.views.load(); v != nil {
+		return v.rules[ruleID].MatchType
+	}
+	return event.MatchNone
 }
 
 func (r resolver) SelectingPolicies(endpointID uint32, dir resolved.Direction) []resolved.PolicyRef {
-	r.n.mu.Lock()
-	key, ok := r.n.attached[endpointID]
-	snap := r.n.snap
-	r.n.mu.Unlock()
-	if !ok || snap == nil {
-		return nil
+	if v := r.n.views.load(); v != nil {
+		return v.selectingPolicies(endpointID, dir)
 	}
-	ns, name := splitKey(key)
-	ep := snap.Endpoints[policy.EndpointKey{Namespace: ns, Name: name}]
-	if ep == nil || ep.Policy == nil {
-		return nil
-	}
-	return ep.Policy.Dir(dir).Selecting
+	return nil
 }

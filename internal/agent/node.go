@@ -42,6 +42,7 @@ type node struct {
 	nodeNetns string // where the host-side veths live
 	nodeIP    netip.Addr
 	events    *eventPump
+	views     eventViews // what the observer resolves events with; see publishEventView
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -374,6 +375,7 @@ func (n *node) beforeUp(p sandbox.PodInfo) (err error) {
 			delete(n.attached, id)
 			n.mu.Unlock()
 			n.ids.release(key)
+			n.publishEventView()
 		}
 	}()
 	snap := n.repo.Snapshot()
@@ -404,8 +406,10 @@ func (n *node) beforeUp(p sandbox.PodInfo) (err error) {
 }
 
 // syncDatapath pushes the repository's current state into the datapath for
-// every attached endpoint.
+// every attached endpoint. Whatever the outcome, the observer's view is
+// then republished: callers change attachments just before syncing.
 func (n *node) syncDatapath() error {
+	defer n.publishEventView()
 	snap := n.repo.Snapshot()
 	n.mu.Lock()
 	eps := map[uint32]*resolved.EndpointPolicy{}
@@ -428,6 +432,7 @@ func (n *node) syncDatapath() error {
 	if err := n.dp.Sync(st); err != nil {
 		return fmt.Errorf("load datapath: %w", err)
 	}
+	n.addRules(n.dp.Compiled())
 	n.mu.Lock()
 	n.snap = snap
 	n.syncedRev = snap.Revision
@@ -466,6 +471,7 @@ func splitKey(k string) (string, string) {
 // the pod itself.
 func (n *node) removePod(p sandbox.PodInfo) error {
 	key := p.Key()
+	defer n.publishEventView() // the attachment and endpoint ID go
 	if _, err := n.repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}); err != nil {
 		n.log.Debug("pod not in repository", "pod", key, "err", err)
 	}
