@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -458,10 +459,8 @@ func (n *node) persistNumbering() {
 }
 
 func splitKey(k string) (string, string) {
-	for i := 0; i < len(k); i++ {
-		if k[i] == '/' {
-			return k[:i], k[i+1:]
-		}
+	if ns, name, ok := strings.Cut(k, "/"); ok {
+		return ns, name
 	}
 	return "", k
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -205,7 +206,7 @@ func (s *State) FindPod(namespace, target string) (PodInfo, error) {
 		namespace = "default"
 	}
 	kind, name := "", target
-	if i := indexByte(target, '/'); i >= 0 {
+	if i := strings.IndexByte(target, '/'); i >= 0 {
 		kind, name = target[:i], target[i+1:]
 	}
 	switch kind {
@@ -233,15 +234,6 @@ func (s *State) FindPod(namespace, target string) (PodInfo, error) {
 	default:
 		return PodInfo{}, fmt.Errorf("%q: target must be POD, pod/NAME or deploy/NAME", target)
 	}
-}
-
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // lockRoot takes an exclusive lock over all instances' range choices.
