@@ -8,9 +8,11 @@
  * Invariants:
  *  - Fail closed: an interface without an endpoint record, an endpoint not
  *    READY, or with OVERFLOW set, drops every IP packet.
- *  - Established flows (conntrack hit, either direction) skip the policy
- *    lookup unless the global policy revision moved; then the original
- *    direction is re-evaluated and a flow that lost its allow is deleted.
+ *  - Established flows (conntrack hit, either direction) skip the endpoint
+ *    record and the policy lookup unless the global policy revision moved;
+ *    then the endpoint's state is checked again, the original direction is
+ *    re-evaluated and a flow that lost its allow is deleted. The agent moves
+ *    the revision after every change of an endpoint record.
  *  - Policy: deny wins over redirect over allow; no match = the direction's
  *    default (drop when enforced).
  *  - Non-IP (ARP) and IPv6 neighbour discovery pass.
@@ -32,11 +34,15 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* Emit struct bw_event into BTF so bpf2go generates its Go twin. */
 const struct bw_event *bw_event_type_anchor __attribute__((unused));
 
-#define CT_LIFETIME_TCP_NS (21600ULL * 1000000000ULL)
-#define CT_LIFETIME_TCP_SYN_NS (60ULL * 1000000000ULL)
-#define CT_LIFETIME_NONTCP_NS (60ULL * 1000000000ULL)
-#define CT_LIFETIME_CLOSING_NS (10ULL * 1000000000ULL)
-#define CT_REFRESH_GRANULARITY_NS (1000000000ULL)
+/* Conntrack time is jiffies (bpf_jiffies64 reads a variable; the ktime
+ * helpers cost more than the rest of the established path), lifetimes are
+ * seconds times the configured HZ. */
+#define CT_LIFETIME_TCP_S 21600
+#define CT_LIFETIME_TCP_SYN_S 60
+#define CT_LIFETIME_NONTCP_S 60
+#define CT_LIFETIME_CLOSING_S 10
+#define CT_REFRESH_GRANULARITY_S 1
+#define HZ_FALLBACK 1000 /* no configured HZ: the longest common tick */
 #define DROP_NOTIFY_INTERVAL_NS (1000000000ULL)
 
 #define TCP_FIN 0x01
@@ -339,22 +345,46 @@ static __always_inline void decide(const struct bw_endpoint *ep, __u8 dir, __u32
 	d->rule_id = r >> 32;
 }
 
-static __always_inline void fill_tuple_key(struct bw_ct_key *k, const struct pkt *p, __u32 ifindex,
-					   int reverse)
+/* addr_cmp compares two 16-byte addresses as big-endian numbers. */
+static __always_inline int addr_cmp(const __u8 a[16], const __u8 b[16])
 {
-	if (reverse) {
-		__builtin_memcpy(k->saddr, p->daddr, 16);
-		__builtin_memcpy(k->daddr, p->saddr, 16);
-		k->sport = p->dport;
-		k->dport = p->sport;
+	__u64 a0, a1, b0, b1;
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	a0 = bpf_be64_to_cpu(a0);
+	b0 = bpf_be64_to_cpu(b0);
+	if (a0 != b0)
+		return a0 < b0 ? -1 : 1;
+	a1 = bpf_be64_to_cpu(a1);
+	b1 = bpf_be64_to_cpu(b1);
+	if (a1 != b1)
+		return a1 < b1 ? -1 : 1;
+	return 0;
+}
+
+/* ct_key fills k with the canonical conntrack key of a tuple and returns 1
+ * when the tuple's source is the key's lo end. */
+static __always_inline __u8 ct_key(struct bw_ct_key *k, const __u8 saddr[16], const __u8 daddr[16],
+				   __be16 sport, __be16 dport, __u8 proto, __u32 ifindex)
+{
+	int c = addr_cmp(saddr, daddr);
+	__u8 src_lo = c < 0 || (c == 0 && bpf_ntohs(sport) <= bpf_ntohs(dport));
+	if (src_lo) {
+		__builtin_memcpy(k->addr_lo, saddr, 16);
+		__builtin_memcpy(k->addr_hi, daddr, 16);
+		k->port_lo = sport;
+		k->port_hi = dport;
 	} else {
-		__builtin_memcpy(k->saddr, p->saddr, 16);
-		__builtin_memcpy(k->daddr, p->daddr, 16);
-		k->sport = p->sport;
-		k->dport = p->dport;
+		__builtin_memcpy(k->addr_lo, daddr, 16);
+		__builtin_memcpy(k->addr_hi, saddr, 16);
+		k->port_lo = dport;
+		k->port_hi = sport;
 	}
-	k->proto = p->proto;
+	k->proto = proto;
 	k->ifindex = ifindex;
+	return src_lo;
 }
 
 static __always_inline void emit(struct __sk_buff *skb, __u8 dir, __u8 type, __u8 verdict, __u8 reason,
@@ -407,8 +437,8 @@ static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, co
 {
 	count(dir, reason, skb->len);
 	struct bw_ct_key k = {};
-	fill_tuple_key(&k, p, skb->ifindex, 0);
-	__u64 now = bpf_ktime_get_ns();
+	ct_key(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, skb->ifindex);
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u64 *last = bpf_map_lookup_elem(&bw_drop_notify, &k);
 	if (last && now - *last < DROP_NOTIFY_INTERVAL_NS)
 		return TC_ACT_SHOT;
@@ -417,15 +447,22 @@ static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, co
 	return TC_ACT_SHOT;
 }
 
-static __always_inline __u64 ct_lifetime(const struct pkt *p, const struct bw_ct_entry *ct)
+/* ct_lifetime is the entry's lifetime in seconds. */
+static __always_inline __u64 ct_lifetime(__u8 proto, const struct bw_ct_entry *ct)
 {
-	if (p->proto != IPPROTO_TCP)
-		return CT_LIFETIME_NONTCP_NS;
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP_S;
 	if (ct->closing)
-		return CT_LIFETIME_CLOSING_NS;
+		return CT_LIFETIME_CLOSING_S;
 	if ((ct->tcp_flags_seen & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
-		return CT_LIFETIME_TCP_NS;
-	return CT_LIFETIME_TCP_SYN_NS;
+		return CT_LIFETIME_TCP_S;
+	return CT_LIFETIME_TCP_SYN_S;
+}
+
+/* config_hz is the configured jiffies per second. */
+static __always_inline __u64 config_hz(const struct bw_config *cfg)
+{
+	return cfg && cfg->hz ? cfg->hz : HZ_FALLBACK;
 }
 
 static __always_inline void redirect_to_proxy(struct __sk_buff *skb, __u16 proxy_port)
@@ -435,47 +472,154 @@ static __always_inline void redirect_to_proxy(struct __sk_buff *skb, __u16 proxy
 
 /* icmp_error_related reports whether an ICMP error quotes a packet of a
  * flow tracked on this interface in the other direction: the quoted packet
- * is the flow's original direction as this endpoint sent it, so its tuple
- * is the conntrack key as is. Such errors (e.g. fragmentation needed) pass. */
+ * is the flow's original direction as this endpoint sent it. Such errors
+ * (e.g. fragmentation needed) pass. */
 static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex,
 					      __u8 dir)
 {
-	struct bw_ct_key k = { .ifindex = ifindex };
+	__u8 saddr[16] = {}, daddr[16] = {};
+	__u8 proto;
 	__u32 l4off;
 	if (!p->is_ipv6) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, p->inner_off, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
 			return 0;
-		k.saddr[10] = k.saddr[11] = 0xff;
-		k.daddr[10] = k.daddr[11] = 0xff;
-		__builtin_memcpy(&k.saddr[12], &ip.saddr, 4);
-		__builtin_memcpy(&k.daddr[12], &ip.daddr, 4);
-		k.proto = ip.protocol;
+		saddr[10] = saddr[11] = 0xff;
+		daddr[10] = daddr[11] = 0xff;
+		__builtin_memcpy(&saddr[12], &ip.saddr, 4);
+		__builtin_memcpy(&daddr[12], &ip.daddr, 4);
+		proto = ip.protocol;
 		l4off = p->inner_off + ip.ihl * 4;
 	} else {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, p->inner_off, &ip6, sizeof(ip6)) < 0)
 			return 0;
-		__builtin_memcpy(k.saddr, &ip6.saddr, 16);
-		__builtin_memcpy(k.daddr, &ip6.daddr, 16);
-		k.proto = ip6.nexthdr; /* quoted extension headers: not related */
+		__builtin_memcpy(saddr, &ip6.saddr, 16);
+		__builtin_memcpy(daddr, &ip6.daddr, 16);
+		proto = ip6.nexthdr; /* quoted extension headers: not related */
 		l4off = p->inner_off + sizeof(ip6);
 	}
 	__u8 l4[8];
 	if (bpf_skb_load_bytes(skb, l4off, l4, sizeof(l4)) < 0)
 		return 0;
-	if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6) {
-		__builtin_memcpy(&k.sport, &l4[4], 2); /* quoted echo: id */
-		k.dport = k.sport;
+	__be16 sport, dport;
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		__builtin_memcpy(&sport, &l4[4], 2); /* quoted echo: id */
+		dport = sport;
 	} else {
-		__builtin_memcpy(&k.sport, &l4[0], 2);
-		__builtin_memcpy(&k.dport, &l4[2], 2);
+		__builtin_memcpy(&sport, &l4[0], 2);
+		__builtin_memcpy(&dport, &l4[2], 2);
 	}
+	struct bw_ct_key k = {};
+	__u8 src_lo = ct_key(&k, saddr, daddr, sport, dport, proto, ifindex);
 	struct bw_ct_entry *ct = bpf_map_lookup_elem(&bw_conntrack, &k);
-	return ct && ct->dir != dir;
+	/* the quoted packet is the flow's original one, sent the other way */
+	return ct && ct->dir != dir && ct->orig_lo == src_lo;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+/* established passes a packet of a tracked flow whose verdict is current:
+ * it records TCP progress and refreshes the expiry, writing the shared
+ * entry only when something changes (both directions of a flow hit the
+ * same entry, often from different CPUs). */
+static __always_inline int established(struct __sk_buff *skb, const __u8 dir, const struct pkt *p,
+				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz)
+{
+	if (p->proto == IPPROTO_TCP) {
+		if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !is_reply) {
+			/* the tuple is reused by a new connection */
+			ct->tcp_flags_seen = 0;
+			ct->closing = 0;
+		}
+		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen)
+			ct->tcp_flags_seen |= p->tcp_flags;
+		if ((p->tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
+			ct->closing = 1;
+	}
+	__u64 expires = now + ct_lifetime(p->proto, ct) * hz;
+	if (expires - ct->expires > CT_REFRESH_GRANULARITY_S * hz || ct->closing)
+		ct->expires = expires;
+	if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
+		redirect_to_proxy(skb, ct->proxy_port);
+		count(dir, BW_CODE_REDIRECTED, skb->len);
+	} else {
+		count(dir, BW_CODE_FORWARDED, skb->len);
+	}
+	return TC_ACT_OK;
+}
+
+#define FAST_MISS -1
+
+/* fast_established takes the common packet of an established flow: IPv4
+ * without options or fragmentation, TCP without SYN, FIN or RST, or UDP,
+ * headers in the linear area, and a conntrack entry of the current revision
+ * that the packet changes nothing in but the expiry. It reads the headers in
+ * place and decides exactly as handle_full would; any other packet is
+ * FAST_MISS, for handle_full. */
+static __always_inline int fast_established(struct __sk_buff *skb, const __u8 dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + ETH_HLEN;
+	__u8 *l4 = data + ETH_HLEN + sizeof(struct iphdr);
+	if ((void *)(l4 + 14) > data_end)
+		return FAST_MISS;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return FAST_MISS;
+	__u8 proto = ip->protocol;
+	__u8 flags = 0;
+	if (proto == IPPROTO_TCP) {
+		flags = l4[13];
+		if (flags & (TCP_SYN | TCP_FIN | TCP_RST))
+			return FAST_MISS;
+	} else if (proto != IPPROTO_UDP) {
+		return FAST_MISS;
+	}
+
+	/* One lookup under the canonical key (ct_key, for IPv4 addresses). */
+	__u32 sa = bpf_ntohl(ip->saddr), da = bpf_ntohl(ip->daddr);
+	__be16 sport, dport;
+	__builtin_memcpy(&sport, &l4[0], 2);
+	__builtin_memcpy(&dport, &l4[2], 2);
+	__u8 src_lo = sa < da || (sa == da && bpf_ntohs(sport) <= bpf_ntohs(dport));
+	struct bw_ct_key k = { .proto = proto, .ifindex = skb->ifindex };
+	k.addr_lo[10] = k.addr_lo[11] = 0xff;
+	k.addr_hi[10] = k.addr_hi[11] = 0xff;
+	if (src_lo) {
+		__builtin_memcpy(&k.addr_lo[12], &ip->saddr, 4);
+		__builtin_memcpy(&k.addr_hi[12], &ip->daddr, 4);
+		k.port_lo = sport;
+		k.port_hi = dport;
+	} else {
+		__builtin_memcpy(&k.addr_lo[12], &ip->daddr, 4);
+		__builtin_memcpy(&k.addr_hi[12], &ip->saddr, 4);
+		k.port_lo = dport;
+		k.port_hi = sport;
+	}
+	struct bw_ct_entry *ct = bpf_map_lookup_elem(&bw_conntrack, &k);
+	if (!ct)
+		return FAST_MISS;
+	/* established: the original's way and hook; reply: the other's */
+	__u8 is_reply = src_lo != ct->orig_lo;
+	if ((ct->dir == dir) == is_reply)
+		return FAST_MISS;
+	__u32 zero = 0;
+	struct bw_config *cfg = bpf_map_lookup_elem(&bw_config_map, &zero);
+	if (!cfg || ct->revision != cfg->revision || ct->closing ||
+	    (ct->tcp_flags_seen | flags) != ct->tcp_flags_seen ||
+	    (ct->verdict == BW_VERDICT_REDIRECT && !is_reply))
+		return FAST_MISS;
+	__u64 hz = config_hz(cfg);
+	__u64 expires = bpf_jiffies64() + ct_lifetime(proto, ct) * hz;
+	if (expires - ct->expires > CT_REFRESH_GRANULARITY_S * hz)
+		ct->expires = expires;
+	count(dir, BW_CODE_FORWARDED_FAST, skb->len);
+	return TC_ACT_OK;
+}
+
+/* handle_full decides any packet. It is a function of its own so that the
+ * fast path's code stays short and contiguous. */
+static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir)
 {
 	struct pkt p = {};
 	int pr = parse(skb, &p);
@@ -483,6 +627,43 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		return TC_ACT_OK;
 
 	__u32 ifindex = skb->ifindex;
+	/* The revision is read before the endpoint record: the agent writes a
+	 * record first and moves the revision after, so a verdict stored under
+	 * a revision never outlives the record it was taken with. */
+	__u32 zero = 0;
+	struct bw_config *cfg = bpf_map_lookup_elem(&bw_config_map, &zero);
+	__u64 revision = cfg ? cfg->revision : 0;
+	__u64 hz = config_hz(cfg);
+	__u64 now = bpf_jiffies64();
+
+	/* Conntrack: the original packet's way through the original's hook =
+	 * established, the other way through the other hook = reply; an entry
+	 * that fits neither (a tuple seen the wrong way) is left alone and the
+	 * packet decided as new, untracked. ICMP errors are not tracked; echo
+	 * is: requests only establish, replies only reply. */
+	struct bw_ct_key key = {};
+	struct bw_ct_entry *ct = 0;
+	__u8 is_reply = 0, src_lo = 0, untracked = 0;
+	if (pr == PARSE_OK && p.icmp_kind != ICMP_OTHER) {
+		src_lo = ct_key(&key, p.saddr, p.daddr, p.sport, p.dport, p.proto, ifindex);
+		ct = bpf_map_lookup_elem(&bw_conntrack, &key);
+		if (ct) {
+			is_reply = src_lo != ct->orig_lo;
+			if ((ct->dir == dir) == is_reply || (is_reply && p.icmp_kind == ICMP_ECHO_REQUEST) ||
+			    (!is_reply && p.icmp_kind == ICMP_ECHO_REPLY)) {
+				ct = 0;
+				is_reply = 0;
+				untracked = 1;
+			}
+		}
+	}
+	/* Fast path: a flow validated under the current revision passes
+	 * without the endpoint record. Every endpoint record change (removal,
+	 * not ready, overflow, new tables, new identity) moves the revision,
+	 * and a removed endpoint's flows are purged. */
+	if (ct && ct->revision == revision)
+		return established(skb, dir, &p, ct, is_reply, now, hz);
+
 	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
 	__u8 *peer_addr = dir == BW_EGRESS ? p.daddr : p.saddr;
 
@@ -497,76 +678,25 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	if (!(ep->flags & BW_EP_READY))
 		return drop(skb, dir, BW_REASON_NOT_READY, &p, ep_id, local_id, 0, 0, 0);
 
-	__u32 zero = 0;
-	struct bw_config *cfg = bpf_map_lookup_elem(&bw_config_map, &zero);
-	__u64 revision = cfg ? cfg->revision : 0;
-	__u64 now = bpf_ktime_get_ns();
-
-	/* Conntrack: same direction as the original packet = established,
-	 * opposite = reply. ICMP errors are not tracked; echo is. */
-	struct bw_ct_key key = {};
-	struct bw_ct_entry *ct = 0;
-	__u8 is_reply = 0;
-	if (p.icmp_kind != ICMP_OTHER) {
-		if (p.icmp_kind != ICMP_ECHO_REPLY) {
-			fill_tuple_key(&key, &p, ifindex, 0);
-			ct = bpf_map_lookup_elem(&bw_conntrack, &key);
-			if (ct && ct->dir != dir)
-				ct = 0;
-		}
-		if (!ct && p.icmp_kind != ICMP_ECHO_REQUEST) {
-			fill_tuple_key(&key, &p, ifindex, 1);
-			ct = bpf_map_lookup_elem(&bw_conntrack, &key);
-			if (ct && ct->dir == dir)
-				ct = 0;
-			is_reply = ct != 0;
-		}
-	}
-
 	struct decision d = {};
 	if (ct) {
-		__u32 peer_id = ct->peer_identity;
-		if (ct->revision != revision) {
-			/* Revalidate the original direction under the new policy:
-			 * the key holds the original tuple. */
-			__u8 odir = ct->dir;
-			peer_id = ipcache_identity(odir == BW_EGRESS ? key.daddr : key.saddr);
-			decide(ep, odir, peer_id, key.proto, key.dport, &d);
-			if (d.verdict == BW_VERDICT_DENY) {
-				bpf_map_delete_elem(&bw_conntrack, &key);
-				return drop(skb, dir, BW_REASON_REVOKED, &p, ep_id, local_id,
-					    peer_id, &d, is_reply);
-			}
-			ct->revision = revision;
-			ct->rule_id = d.rule_id;
-			ct->verdict = d.verdict;
-			ct->proxy_port = d.proxy_port;
-			ct->peer_identity = peer_id;
+		/* Revalidate the original direction under the new policy. */
+		__u8 odir = ct->dir;
+		__u8 *osrc = ct->orig_lo ? key.addr_lo : key.addr_hi;
+		__u8 *odst = ct->orig_lo ? key.addr_hi : key.addr_lo;
+		__be16 odport = ct->orig_lo ? key.port_hi : key.port_lo;
+		__u32 peer_id = ipcache_identity(odir == BW_EGRESS ? odst : osrc);
+		decide(ep, odir, peer_id, key.proto, odport, &d);
+		if (d.verdict == BW_VERDICT_DENY) {
+			bpf_map_delete_elem(&bw_conntrack, &key);
+			return drop(skb, dir, BW_REASON_REVOKED, &p, ep_id, local_id, peer_id, &d, is_reply);
 		}
-		/* Established packets write the shared entry only when something
-		 * changes: both directions of a flow hit the same entry, often
-		 * from different CPUs. */
-		if (p.proto == IPPROTO_TCP) {
-			if ((p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !is_reply) {
-				/* the tuple is reused by a new connection */
-				ct->tcp_flags_seen = 0;
-				ct->closing = 0;
-			}
-			if ((ct->tcp_flags_seen | p.tcp_flags) != ct->tcp_flags_seen)
-				ct->tcp_flags_seen |= p.tcp_flags;
-			if ((p.tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
-				ct->closing = 1;
-		}
-		__u64 expires = now + ct_lifetime(&p, ct);
-		if (expires - ct->expires > CT_REFRESH_GRANULARITY_NS || ct->closing)
-			ct->expires = expires;
-		if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
-			redirect_to_proxy(skb, ct->proxy_port);
-			count(dir, BW_CODE_REDIRECTED, skb->len);
-		} else {
-			count(dir, BW_CODE_FORWARDED, skb->len);
-		}
-		return TC_ACT_OK;
+		ct->revision = revision;
+		ct->rule_id = d.rule_id;
+		ct->verdict = d.verdict;
+		ct->proxy_port = d.proxy_port;
+		ct->peer_identity = peer_id;
+		return established(skb, dir, &p, ct, is_reply, now, hz);
 	}
 
 	if (p.inner_off && icmp_error_related(skb, &p, ifindex, dir)) {
@@ -580,7 +710,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	if (d.verdict == BW_VERDICT_DENY)
 		return drop(skb, dir, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
 
-	if (p.icmp_kind != ICMP_OTHER) {
+	if (p.icmp_kind != ICMP_OTHER && !untracked) {
 		struct bw_ct_entry nct = {
 			.revision = revision,
 			.rule_id = d.rule_id,
@@ -590,9 +720,9 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			.verdict = d.verdict,
 			.tcp_flags_seen = p.tcp_flags,
 			.closing = (p.tcp_flags & (TCP_FIN | TCP_RST)) ? 1 : 0,
+			.orig_lo = src_lo,
 		};
-		nct.expires = now + ct_lifetime(&p, &nct);
-		fill_tuple_key(&key, &p, ifindex, 0);
+		nct.expires = now + ct_lifetime(p.proto, &nct) * hz;
 		bpf_map_update_elem(&bw_conntrack, &key, &nct, BPF_ANY);
 	}
 	if (d.verdict == BW_VERDICT_REDIRECT) {
@@ -606,6 +736,14 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	return TC_ACT_OK;
 }
 
+static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+{
+	int r = fast_established(skb, dir);
+	if (r != FAST_MISS)
+		return r;
+	return handle_full(skb, dir);
+}
+
 SEC("tc")
 int bulwark_from_pod(struct __sk_buff *skb)
 {
@@ -616,4 +754,14 @@ SEC("tc")
 int bulwark_to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, BW_INGRESS);
+}
+
+/* bulwark_clock writes bpf_jiffies64() into the first 8 bytes of its packet:
+ * userspace runs it (BPF_PROG_TEST_RUN) to read the conntrack clock. */
+SEC("tc")
+int bulwark_clock(struct __sk_buff *skb)
+{
+	__u64 now = bpf_jiffies64();
+	bpf_skb_store_bytes(skb, 0, &now, sizeof(now), 0);
+	return TC_ACT_OK;
 }

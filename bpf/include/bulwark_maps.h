@@ -80,21 +80,24 @@ struct bw_policy_value {
 	__u32 rule_id;    /* names the policies behind the verdict */
 };
 
-/* Conntrack: keyed by the tuple in the flow's original direction and the
- * interface that saw it, so both endpoints of a node-local flow keep their
- * own entry. ICMP echo uses the echo id as both ports. */
+/* Conntrack: one entry per flow and interface, so both endpoints of a
+ * node-local flow keep their own. The key is canonical: the flow's two ends
+ * sorted (address, then port, as big-endian numbers), so that a packet of
+ * either direction finds the entry in one lookup; orig_lo in the entry says
+ * which end sent the original packet. ICMP echo uses the echo id as both
+ * ports. */
 struct bw_ct_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be16 sport;
-	__be16 dport;
+	__u8 addr_lo[16];
+	__u8 addr_hi[16];
+	__be16 port_lo;
+	__be16 port_hi;
 	__u8 proto;
 	__u8 pad[3];
 	__u32 ifindex;
 };
 
 struct bw_ct_entry {
-	__u64 expires;  /* bpf_ktime_get_ns() deadline; userspace GC deletes after it */
+	__u64 expires;  /* bpf_jiffies64() deadline; userspace GC deletes after it */
 	__u64 revision; /* policy revision the verdict was taken under */
 	__u32 rule_id;
 	__u32 peer_identity;
@@ -103,7 +106,8 @@ struct bw_ct_entry {
 	__u8 verdict; /* BW_VERDICT_ALLOW or BW_VERDICT_REDIRECT */
 	__u8 tcp_flags_seen;
 	__u8 closing;
-	__u16 pad;
+	__u8 orig_lo; /* the original packet came from the key's lo end */
+	__u8 pad;
 };
 
 /* Fragments: the first fragment of a datagram records its ports under
@@ -126,12 +130,15 @@ struct bw_frag_ports {
 
 struct bw_config {
 	__u64 revision; /* global policy revision; stale CT entries revalidate */
+	__u32 hz;       /* jiffies per second, measured and written by the loader */
+	__u32 pad;
 };
 
-/* Metrics slots: dir * BW_METRIC_CODES + code. Codes 1..31 below 29 are drop
- * reasons (internal/datapath/event.DropReason). */
+/* Metrics slots: dir * BW_METRIC_CODES + code. Codes 1..27 are drop
+ * reasons (internal/datapath/event.DropReason); 0 and 28..30 are not. */
 #define BW_METRIC_CODES 32
 #define BW_CODE_FORWARDED 0
+#define BW_CODE_FORWARDED_FAST 28 /* forwarded by the established fast path */
 #define BW_CODE_REDIRECTED 29
 #define BW_CODE_EVENTS_LOST 30
 

@@ -100,7 +100,7 @@ func (dp *Datapath) AttachEndpoint(ep Endpoint) error {
 		es = &endpointState{ep: ep}
 		dp.endpoints[ep.ID] = es
 		// Fail closed first: the record exists, not ready.
-		if err := dp.writeEndpoint(es); err != nil {
+		if err := dp.writeEndpointNow(es); err != nil {
 			delete(dp.endpoints, ep.ID)
 			return fmt.Errorf("attach endpoint %d: %w", ep.ID, err)
 		}
@@ -108,7 +108,7 @@ func (dp *Datapath) AttachEndpoint(ep Endpoint) error {
 		es.ep.NetNSPath = ep.NetNSPath
 		if es.ep.Identity != ep.Identity {
 			es.ep.Identity = ep.Identity
-			if err := dp.writeEndpoint(es); err != nil {
+			if err := dp.writeEndpointNow(es); err != nil {
 				return fmt.Errorf("attach endpoint %d: %w", ep.ID, err)
 			}
 		}
@@ -277,6 +277,16 @@ func (dp *Datapath) writeEndpoint(es *endpointState) error {
 		return fmt.Errorf("write endpoint record: %w", err)
 	}
 	return nil
+}
+
+// writeEndpointNow writes the record outside a Sync and moves the revision
+// at once, so that established flows on the interface (a reused ifindex)
+// see the new record.
+func (dp *Datapath) writeEndpointNow(es *endpointState) error {
+	if err := dp.writeEndpoint(es); err != nil {
+		return err
+	}
+	return dp.bumpRevision(0)
 }
 
 // Endpoints lists the attached endpoints, including those adopted from a

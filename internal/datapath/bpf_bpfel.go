@@ -16,6 +16,8 @@ import (
 type bpfBwConfig struct {
 	_        structs.HostLayout
 	Revision uint64
+	Hz       uint32
+	Pad      uint32
 }
 
 type bpfBwCtEntry struct {
@@ -29,15 +31,16 @@ type bpfBwCtEntry struct {
 	Verdict      uint8
 	TcpFlagsSeen uint8
 	Closing      uint8
-	Pad          uint16
+	OrigLo       uint8
+	Pad          uint8
 }
 
 type bpfBwCtKey struct {
 	_       structs.HostLayout
-	Saddr   [16]uint8
-	Daddr   [16]uint8
-	Sport   uint16
-	Dport   uint16
+	AddrLo  [16]uint8
+	AddrHi  [16]uint8
+	PortLo  uint16
+	PortHi  uint16
 	Proto   uint8
 	Pad     [3]uint8
 	Ifindex uint32
@@ -151,6 +154,7 @@ const (
 	bpfMapBwIpcache         = "bw_ipcache"
 	bpfMapBwMetrics         = "bw_metrics"
 	bpfMapBwPolicy          = "bw_policy"
+	bpfProgBulwarkClock     = "bulwark_clock"
 	bpfProgBulwarkFromPod   = "bulwark_from_pod"
 	bpfProgBulwarkToPod     = "bulwark_to_pod"
 	bpfVarBwEventTypeAnchor = "bw_event_type_anchor"
@@ -198,6 +202,7 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	BulwarkClock   *ebpf.ProgramSpec `ebpf:"bulwark_clock"`
 	BulwarkFromPod *ebpf.ProgramSpec `ebpf:"bulwark_from_pod"`
 	BulwarkToPod   *ebpf.ProgramSpec `ebpf:"bulwark_to_pod"`
 }
@@ -283,12 +288,14 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	BulwarkClock   *ebpf.Program `ebpf:"bulwark_clock"`
 	BulwarkFromPod *ebpf.Program `ebpf:"bulwark_from_pod"`
 	BulwarkToPod   *ebpf.Program `ebpf:"bulwark_to_pod"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.BulwarkClock,
 		p.BulwarkFromPod,
 		p.BulwarkToPod,
 	)

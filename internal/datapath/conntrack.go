@@ -35,7 +35,10 @@ func (dp *Datapath) GCConntrack() (int, error) {
 		ifaces[uint32(es.ep.IfIndex)] = true
 	}
 	dp.mu.Unlock()
-	now := monotonicNow()
+	now, err := dp.jiffies()
+	if err != nil {
+		return 0, fmt.Errorf("conntrack gc: %w", err)
+	}
 	var k bpfBwCtKey
 	var v bpfBwCtEntry
 	var expired []bpfBwCtKey
@@ -82,21 +85,30 @@ type Flow struct {
 
 // Conntrack lists the tracked flows.
 func (dp *Datapath) Conntrack() ([]Flow, error) {
-	now := monotonicNow()
+	now, err := dp.jiffies()
+	if err != nil {
+		return nil, err
+	}
 	var out []Flow
 	var k bpfBwCtKey
 	var v bpfBwCtEntry
 	it := dp.objs.BwConntrack.Iterate()
 	for it.Next(&k, &v) {
-		src, dst := netip.AddrFrom16(k.Saddr), netip.AddrFrom16(k.Daddr)
+		// The key is canonical (ends sorted): OrigLo says which end sent
+		// the original packet.
+		src, dst := netip.AddrFrom16(k.AddrLo), netip.AddrFrom16(k.AddrHi)
+		sport, dport := k.PortLo, k.PortHi
+		if v.OrigLo == 0 {
+			src, dst, sport, dport = dst, src, dport, sport
+		}
 		if src.Is4In6() {
 			src, dst = src.Unmap(), dst.Unmap()
 		}
 		out = append(out, Flow{
-			IfIndex: k.Ifindex, Src: src, Dst: dst, SrcPort: htons(k.Sport), DstPort: htons(k.Dport),
+			IfIndex: k.Ifindex, Src: src, Dst: dst, SrcPort: htons(sport), DstPort: htons(dport),
 			Proto: resolved.Protocol(k.Proto), Direction: resolved.Direction(v.Dir), Verdict: resolved.Verdict(v.Verdict),
 			PeerIdentity: identity.NumericIdentity(v.PeerIdentity), RuleID: v.RuleId, Revision: v.Revision,
-			ExpiresIn: time.Duration(int64(v.Expires) - int64(now)), Closing: v.Closing != 0,
+			ExpiresIn: dp.jiffiesToDuration(int64(v.Expires) - int64(now)), Closing: v.Closing != 0,
 		})
 	}
 	if err := it.Err(); err != nil {

@@ -41,6 +41,7 @@ type Datapath struct {
 	compiled  *Compiled                 // tables of the last Sync
 	rules     map[uint32]RuleInfo
 	revision  uint64
+	hz        uint32         // jiffies per second (conntrack clock)
 	counts    map[string]int // entries per map after the last sync/GC
 	mirror    *mirror        // syncer's view of the maps it owns; nil = re-read
 
@@ -122,6 +123,16 @@ func Open(opts Options) (*Datapath, error) {
 		dp.objs.Close()
 		return nil, err
 	}
+	if dp.hz == 0 {
+		if dp.hz, err = measureHZ(dp.objs.BulwarkClock); err != nil {
+			dp.objs.Close()
+			return nil, err
+		}
+	}
+	if err := dp.writeConfig(dp.revision); err != nil {
+		dp.objs.Close()
+		return nil, err
+	}
 	interval := opts.ConntrackGCInterval
 	if interval == 0 {
 		interval = 30 * time.Second
@@ -172,6 +183,7 @@ func (dp *Datapath) adopt() error {
 		return fmt.Errorf("read config map: %w", err)
 	}
 	dp.revision = cfg.Revision
+	dp.hz = cfg.Hz // pins do not outlive a boot: a measured HZ stays right
 
 	entries, err := os.ReadDir(filepath.Join(dp.opts.PinDir, linksDir))
 	if err != nil {

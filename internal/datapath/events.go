@@ -95,12 +95,6 @@ func bootTime() time.Time {
 	return time.Now().Add(-time.Duration(ts.Nano()))
 }
 
-func monotonicNow() uint64 {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return uint64(ts.Nano())
-}
-
 // decodeEvent turns a raw ring record into an event.Event.
 func decodeEvent(raw []byte, boot time.Time) (event.Event, error) {
 	var r bpfBwEvent

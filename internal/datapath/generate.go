@@ -19,6 +19,15 @@
 // membership costs one list per identity. Only new flows pay: conntrack
 // decides the rest, and revalidates a flow when the policy revision moved.
 //
+// Established path: an IPv4 TCP/UDP packet of a flow validated under the
+// current revision, which changes nothing in its conntrack entry but the
+// expiry, is read in place and passed after one or two conntrack lookups,
+// the config read and a per-CPU count: no endpoint record, no ipcache, no
+// policy. That is why every change of an endpoint record moves the
+// revision. Conntrack time is jiffies (bpf_jiffies64 is a load; the ktime
+// helpers cost more than the rest of this path), with HZ measured by the
+// loader and written into the config map.
+//
 // Redirect verdicts set skb->mark to ProxyMark(port) and pass the packet;
 // the L7 proxy's TPROXY rule matches that mark.
 //

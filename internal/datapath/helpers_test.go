@@ -57,7 +57,7 @@ func registerEndpoint(t testing.TB, dp *Datapath, ep Endpoint) {
 	defer dp.mu.Unlock()
 	es := &endpointState{ep: ep}
 	dp.endpoints[ep.ID] = es
-	if err := dp.writeEndpoint(es); err != nil {
+	if err := dp.writeEndpointNow(es); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -96,6 +96,7 @@ type packet struct {
 	fragOffset uint16
 	moreFrags  bool
 	fragID     uint32
+	ipOptions  []byte // IPv4 options, a multiple of 4 bytes
 }
 
 func (p packet) isFragment() bool { return p.fragOffset != 0 || p.moreFrags }
@@ -144,9 +145,10 @@ func (p packet) frame() []byte {
 	}
 	if p.src.Is4() {
 		binary.BigEndian.PutUint16(eth[12:], 0x0800)
-		ip := make([]byte, 20)
-		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+		ip := make([]byte, 20+len(p.ipOptions))
+		ip[0] = 0x40 | byte(len(ip)/4)
+		copy(ip[20:], p.ipOptions)
+		binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)+len(l4)))
 		ip[8] = 64
 		ip[9] = uint8(p.proto)
 		binary.BigEndian.PutUint16(ip[4:], uint16(p.fragID))

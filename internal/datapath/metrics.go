@@ -9,10 +9,11 @@ import (
 
 // Metric slot codes beyond the drop reasons (bpf/include/bulwark_maps.h).
 const (
-	metricCodes    = 32
-	codeForwarded  = 0
-	codeRedirected = 29
-	codeEventsLost = 30
+	metricCodes       = 32
+	codeForwarded     = 0
+	codeForwardedFast = 28 // forwarded by the established fast path
+	codeRedirected    = 29
+	codeEventsLost    = 30
 )
 
 // Counter is a packet and byte count.
@@ -22,7 +23,10 @@ type Counter struct {
 
 // DirMetrics are the counters of one direction.
 type DirMetrics struct {
-	Forwarded  Counter
+	Forwarded Counter // all forwarded packets, Fast included
+	// Fast counts the packets of established flows the fast path passed
+	// (fast_established in bpf/datapath.c).
+	Fast       Counter
 	Redirected Counter
 	Dropped    map[event.DropReason]Counter // only reasons seen
 	EventsLost uint64                       // ring buffer full
@@ -61,7 +65,12 @@ func (dp *Datapath) Metrics() (Metrics, error) {
 			}
 			switch {
 			case code == codeForwarded:
-				dm.Forwarded = c
+				dm.Forwarded.Packets += c.Packets
+				dm.Forwarded.Bytes += c.Bytes
+			case code == codeForwardedFast:
+				dm.Fast = c
+				dm.Forwarded.Packets += c.Packets
+				dm.Forwarded.Bytes += c.Bytes
 			case code == codeRedirected:
 				dm.Redirected = c
 			case code == codeEventsLost:

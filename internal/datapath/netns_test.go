@@ -24,6 +24,7 @@ type topology struct {
 	sfx  string
 	node string // netns name
 	pods []*testPod
+	cpu  int // benchmarks: the CPU of the rr peers, -1 = any
 }
 
 type testPod struct {

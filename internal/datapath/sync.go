@@ -84,12 +84,19 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
+	changed := false
 	defer func() {
 		if err != nil {
 			dp.mirror = nil // re-read the kernel's truth next time
+			if changed {
+				// Half-applied: established flows must still revalidate
+				// against what the maps hold now.
+				if berr := dp.bumpRevision(0); berr != nil {
+					err = errors.Join(err, fmt.Errorf("sync: %w", berr))
+				}
+			}
 		}
 	}()
-	changed := false
 
 	// 1. ipcache additions.
 	curIP := mir.ip
@@ -272,14 +279,9 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 
 	// 7. revision.
 	if changed {
-		rev := dp.revision + 1
-		if st.Revision > rev {
-			rev = st.Revision
+		if err := dp.bumpRevision(st.Revision); err != nil {
+			return fmt.Errorf("sync: %w", err)
 		}
-		if err := dp.objs.BwConfigMap.Put(uint32(0), &bpfBwConfig{Revision: rev}); err != nil {
-			return fmt.Errorf("sync: write revision: %w", err)
-		}
-		dp.revision = rev
 	}
 	stCopy := st
 	dp.desired = &stCopy
@@ -291,6 +293,29 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	dp.counts["ipcache"] = len(wantIP)
 	dp.counts["id_selectors"] = len(c.SelectorLists)
 	dp.counts["endpoints"] = len(dp.endpoints)
+	return nil
+}
+
+// bumpRevision moves the policy revision (to at least min): established
+// flows revalidate on their next packet, and read their endpoint record
+// again. It must follow every change of an endpoint record, because the
+// datapath's established path does not read the record while the revision
+// stays.
+func (dp *Datapath) bumpRevision(min uint64) error {
+	rev := max(dp.revision+1, min)
+	if err := dp.writeConfig(rev); err != nil {
+		return err
+	}
+	dp.revision = rev
+	return nil
+}
+
+// writeConfig writes the datapath's global configuration: the policy
+// revision and the conntrack clock's HZ.
+func (dp *Datapath) writeConfig(revision uint64) error {
+	if err := dp.objs.BwConfigMap.Put(uint32(0), &bpfBwConfig{Revision: revision, Hz: dp.hz}); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
 	return nil
 }
 
