@@ -46,6 +46,7 @@ const (
 // the scheduler place them): the filter's cost is then all on the critical
 // path, and cross-CPU wakeups do not add their noise. The "no filter (A/A)"
 // row pairs unfiltered with unfiltered: its spread is the harness's own.
+// The datapath runs as the agent runs it, conntrack GC included.
 //
 //	sudo go test -run XXX -bench BenchmarkThroughput -benchtime 1x ./internal/datapath/
 func BenchmarkThroughput(b *testing.B) {
@@ -122,7 +123,7 @@ func BenchmarkThroughput(b *testing.B) {
 	pin := "/sys/fs/bpf/bulwark-bench-" + tp.sfx
 	b.Cleanup(func() { os.RemoveAll(pin) })
 	b.Cleanup(func() { exec.Command("ip", "netns", "exec", tp.node, "iptables", "-F", "FORWARD").Run() })
-	dp, err := Open(Options{PinDir: pin, ConntrackGCInterval: -1})
+	dp, err := Open(Options{PinDir: pin}) // the agent's conntrack GC, every 30 s
 	if err != nil {
 		b.Fatal(err)
 	}
