@@ -459,6 +459,16 @@ static __always_inline __u64 ct_lifetime(__u8 proto, const struct bw_ct_entry *c
 	return CT_LIFETIME_TCP_SYN_S;
 }
 
+/* ct_refresh moves the entry's deadline to now + its lifetime, writing the
+ * shared entry only when the deadline moves by more than the granularity
+ * (or the flow is closing, whose short lifetime always restarts). */
+static __always_inline void ct_refresh(struct bw_ct_entry *ct, __u8 proto, __u64 now, __u64 hz)
+{
+	__u64 expires = now + ct_lifetime(proto, ct) * hz;
+	if (expires - ct->expires > CT_REFRESH_GRANULARITY_S * hz || ct->closing)
+		ct->expires = expires;
+}
+
 /* config_hz is the configured jiffies per second. */
 static __always_inline __u64 config_hz(const struct bw_config *cfg)
 {
@@ -535,9 +545,7 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, co
 		if ((p->tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
 			ct->closing = 1;
 	}
-	__u64 expires = now + ct_lifetime(p->proto, ct) * hz;
-	if (expires - ct->expires > CT_REFRESH_GRANULARITY_S * hz || ct->closing)
-		ct->expires = expires;
+	ct_refresh(ct, p->proto, now, hz);
 	if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
 		redirect_to_proxy(skb, ct->proxy_port);
 		count(dir, BW_CODE_REDIRECTED, skb->len);
@@ -610,9 +618,7 @@ static __always_inline int fast_established(struct __sk_buff *skb, const __u8 di
 	    (ct->verdict == BW_VERDICT_REDIRECT && !is_reply))
 		return FAST_MISS;
 	__u64 hz = config_hz(cfg);
-	__u64 expires = bpf_jiffies64() + ct_lifetime(proto, ct) * hz;
-	if (expires - ct->expires > CT_REFRESH_GRANULARITY_S * hz)
-		ct->expires = expires;
+	ct_refresh(ct, proto, bpf_jiffies64(), hz);
 	count(dir, BW_CODE_FORWARDED_FAST, skb->len);
 	return TC_ACT_OK;
 }
