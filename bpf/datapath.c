@@ -16,6 +16,14 @@
  *  - Policy: deny wins over redirect over allow; no match = the direction's
  *    default (drop when enforced).
  *  - Non-IP (ARP) and IPv6 neighbour discovery pass.
+ *  - Local delivery (BW_CFG_LOCAL_DELIVERY): a packet the source pod may
+ *    send to a pod on this node is decided there for the destination's
+ *    ingress as well, with the destination's record, tables and conntrack
+ *    entries, exactly as its own hook would, and handed to the destination
+ *    with bpf_redirect_peer: the node's IP stack and the destination's hook
+ *    are skipped. Whatever would make that differ from the stack's path (no
+ *    route or neighbour, TTL, MTU, an L7 redirect) leaves the packet to the
+ *    stack, before anything is recorded for the destination.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -51,6 +59,10 @@ const struct bw_event *bw_event_type_anchor __attribute__((unused));
 #define TCP_ACK 0x10
 
 #define PROXY_MARK_MAGIC 0x0200
+
+/* DEFER: the destination's ingress, decided from the source's hook, needs
+ * the stack's path (an L7 redirect); nothing was recorded for it. */
+#define DEFER -2
 
 struct pkt {
 	__u8 saddr[16];
@@ -431,13 +443,13 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 dir, __u8 type, __u
 
 /* drop counts the drop and emits an event, at most one per flow per
  * DROP_NOTIFY_INTERVAL_NS. */
-static __always_inline int drop(struct __sk_buff *skb, __u8 dir, __u8 reason, const struct pkt *p,
-				__u32 ep_id, __u32 local_id, __u32 peer_id, const struct decision *d,
-				__u8 is_reply)
+static __always_inline int drop(struct __sk_buff *skb, __u32 ifindex, __u8 dir, __u8 reason,
+				const struct pkt *p, __u32 ep_id, __u32 local_id, __u32 peer_id,
+				const struct decision *d, __u8 is_reply)
 {
 	count(dir, reason, skb->len);
 	struct bw_ct_key k = {};
-	ct_key(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, skb->ifindex);
+	ct_key(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u64 *last = bpf_map_lookup_elem(&bw_drop_notify, &k);
 	if (last && now - *last < DROP_NOTIFY_INTERVAL_NS)
@@ -484,7 +496,7 @@ static __always_inline void redirect_to_proxy(struct __sk_buff *skb, __u16 proxy
  * flow tracked on this interface in the other direction: the quoted packet
  * is the flow's original direction as this endpoint sent it. Such errors
  * (e.g. fragmentation needed) pass. */
-static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex,
+static __noinline int icmp_error_related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex,
 					      __u8 dir)
 {
 	__u8 saddr[16] = {}, daddr[16] = {};
@@ -530,10 +542,14 @@ static __always_inline int icmp_error_related(struct __sk_buff *skb, const struc
 /* established passes a packet of a tracked flow whose verdict is current:
  * it records TCP progress and refreshes the expiry, writing the shared
  * entry only when something changes (both directions of a flow hit the
- * same entry, often from different CPUs). */
+ * same entry, often from different CPUs). A packet for local delivery that
+ * the flow redirects to a proxy is DEFERred, untouched. */
 static __always_inline int established(struct __sk_buff *skb, const __u8 dir, const struct pkt *p,
-				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz)
+				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz,
+				       const __u8 deliver)
 {
+	if (deliver && ct->verdict == BW_VERDICT_REDIRECT && !is_reply)
+		return DEFER;
 	if (p->proto == IPPROTO_TCP) {
 		if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !is_reply) {
 			/* the tuple is reused by a new connection */
@@ -563,7 +579,8 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, co
  * that the packet changes nothing in but the expiry. It reads the headers in
  * place and decides exactly as handle_full would; any other packet is
  * FAST_MISS, for handle_full. */
-static __always_inline int fast_established(struct __sk_buff *skb, const __u8 dir)
+static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex,
+					    struct bw_ct_entry **out)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -590,7 +607,7 @@ static __always_inline int fast_established(struct __sk_buff *skb, const __u8 di
 	__builtin_memcpy(&sport, &l4[0], 2);
 	__builtin_memcpy(&dport, &l4[2], 2);
 	__u8 src_lo = sa < da || (sa == da && bpf_ntohs(sport) <= bpf_ntohs(dport));
-	struct bw_ct_key k = { .proto = proto, .ifindex = skb->ifindex };
+	struct bw_ct_key k = { .proto = proto, .ifindex = ifindex };
 	k.addr_lo[10] = k.addr_lo[11] = 0xff;
 	k.addr_hi[10] = k.addr_hi[11] = 0xff;
 	if (src_lo) {
@@ -620,19 +637,48 @@ static __always_inline int fast_established(struct __sk_buff *skb, const __u8 di
 	__u64 hz = config_hz(cfg);
 	ct_refresh(ct, proto, bpf_jiffies64(), hz);
 	count(dir, BW_CODE_FORWARDED_FAST, skb->len);
+	*out = ct;
 	return TC_ACT_OK;
 }
 
-/* handle_full decides any packet. It is a function of its own so that the
- * fast path's code stays short and contiguous. */
-static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir)
+/* ct_create tracks a new flow decided under revision; flow packs the
+ * original packet's dir | tcp_flags << 8 | src_lo << 16. It is a function
+ * of its own so that the entry is built off handle_full's stack. */
+static __noinline void ct_create(const struct bw_ct_key *key, const struct decision *d, __u32 peer_id,
+				 __u64 revision, __u32 flow)
+{
+	__u8 dir = flow & 0xff, tcp_flags = (flow >> 8) & 0xff, src_lo = (flow >> 16) & 0xff;
+	__u32 zero = 0;
+	__u64 hz = config_hz(bpf_map_lookup_elem(&bw_config_map, &zero));
+	struct bw_ct_entry nct = {
+		.revision = revision,
+		.rule_id = d->rule_id,
+		.peer_identity = peer_id,
+		.proxy_port = d->proxy_port,
+		.dir = dir,
+		.verdict = d->verdict,
+		.tcp_flags_seen = tcp_flags,
+		.closing = (tcp_flags & (TCP_FIN | TCP_RST)) ? 1 : 0,
+		.orig_lo = src_lo,
+	};
+	nct.expires = bpf_jiffies64() + ct_lifetime(key->proto, &nct) * hz;
+	bpf_map_update_elem(&bw_conntrack, key, &nct, BPF_ANY);
+}
+
+/* handle_full decides any packet for the endpoint on ifindex, in dir. It
+ * is a function of its own so that the fast path's code stays short and
+ * contiguous. deliver: the packet is on its way to this endpoint by local
+ * delivery (decided from the source's hook); a verdict that needs the
+ * stack's path is DEFERred before anything is recorded. *out is set to the
+ * conntrack entry of an established flow. */
+static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const __u8 deliver,
+				  struct bw_ct_entry **out)
 {
 	struct pkt p = {};
 	int pr = parse(skb, &p);
 	if (pr == PARSE_PASS)
-		return TC_ACT_OK;
+		return deliver ? DEFER : TC_ACT_OK;
 
-	__u32 ifindex = skb->ifindex;
 	/* The revision is read before the endpoint record: the agent writes a
 	 * record first and moves the revision after, so a verdict stored under
 	 * a revision never outlives the record it was taken with. */
@@ -667,26 +713,30 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir)
 	 * without the endpoint record. Every endpoint record change (removal,
 	 * not ready, overflow, new tables, new identity) moves the revision,
 	 * and a removed endpoint's flows are purged. */
-	if (ct && ct->revision == revision)
-		return established(skb, dir, &p, ct, is_reply, now, hz);
+	if (ct && ct->revision == revision) {
+		*out = ct;
+		return established(skb, dir, &p, ct, is_reply, now, hz, deliver);
+	}
 
 	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
 	__u8 *peer_addr = dir == BW_EGRESS ? p.daddr : p.saddr;
 
 	if (!ep)
-		return drop(skb, dir, BW_REASON_UNKNOWN_ENDPOINT, &p, 0, 0, 0, 0, 0);
+		return drop(skb, ifindex, dir, BW_REASON_UNKNOWN_ENDPOINT, &p, 0, 0, 0, 0, 0);
 	__u32 ep_id = ep->endpoint_id;
 	__u32 local_id = ep->identity;
 	if (pr == PARSE_INVALID)
-		return drop(skb, dir, BW_REASON_INVALID, &p, ep_id, local_id, 0, 0, 0);
+		return drop(skb, ifindex, dir, BW_REASON_INVALID, &p, ep_id, local_id, 0, 0, 0);
 	if (ep->flags & BW_EP_OVERFLOW)
-		return drop(skb, dir, BW_REASON_TABLE_OVERFLOW, &p, ep_id, local_id, 0, 0, 0);
+		return drop(skb, ifindex, dir, BW_REASON_TABLE_OVERFLOW, &p, ep_id, local_id, 0, 0, 0);
 	if (!(ep->flags & BW_EP_READY))
-		return drop(skb, dir, BW_REASON_NOT_READY, &p, ep_id, local_id, 0, 0, 0);
+		return drop(skb, ifindex, dir, BW_REASON_NOT_READY, &p, ep_id, local_id, 0, 0, 0);
 
 	struct decision d = {};
 	if (ct) {
 		/* Revalidate the original direction under the new policy. */
+		if (deliver && ct->verdict == BW_VERDICT_REDIRECT && !is_reply)
+			return DEFER; /* stays stale: the hook revalidates it */
 		__u8 odir = ct->dir;
 		__u8 *osrc = ct->orig_lo ? key.addr_lo : key.addr_hi;
 		__u8 *odst = ct->orig_lo ? key.addr_hi : key.addr_lo;
@@ -695,14 +745,18 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir)
 		decide(ep, odir, peer_id, key.proto, odport, &d);
 		if (d.verdict == BW_VERDICT_DENY) {
 			bpf_map_delete_elem(&bw_conntrack, &key);
-			return drop(skb, dir, BW_REASON_REVOKED, &p, ep_id, local_id, peer_id, &d, is_reply);
+			return drop(skb, ifindex, dir, BW_REASON_REVOKED, &p, ep_id, local_id, peer_id, &d, is_reply);
 		}
+		if (deliver && d.verdict == BW_VERDICT_REDIRECT && !is_reply)
+			return DEFER;
 		ct->revision = revision;
+		ct->route = BW_ROUTE_UNKNOWN; /* the endpoints may have moved */
 		ct->rule_id = d.rule_id;
 		ct->verdict = d.verdict;
 		ct->proxy_port = d.proxy_port;
 		ct->peer_identity = peer_id;
-		return established(skb, dir, &p, ct, is_reply, now, hz);
+		*out = ct;
+		return established(skb, dir, &p, ct, is_reply, now, hz, deliver);
 	}
 
 	if (p.inner_off && icmp_error_related(skb, &p, ifindex, dir)) {
@@ -714,23 +768,12 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir)
 	__u32 peer_id = ipcache_identity(peer_addr);
 	decide(ep, dir, peer_id, p.proto, p.dport, &d);
 	if (d.verdict == BW_VERDICT_DENY)
-		return drop(skb, dir, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
+		return drop(skb, ifindex, dir, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
+	if (deliver && d.verdict == BW_VERDICT_REDIRECT)
+		return DEFER;
 
-	if (p.icmp_kind != ICMP_OTHER && !untracked) {
-		struct bw_ct_entry nct = {
-			.revision = revision,
-			.rule_id = d.rule_id,
-			.peer_identity = peer_id,
-			.proxy_port = d.proxy_port,
-			.dir = dir,
-			.verdict = d.verdict,
-			.tcp_flags_seen = p.tcp_flags,
-			.closing = (p.tcp_flags & (TCP_FIN | TCP_RST)) ? 1 : 0,
-			.orig_lo = src_lo,
-		};
-		nct.expires = now + ct_lifetime(p.proto, &nct) * hz;
-		bpf_map_update_elem(&bw_conntrack, &key, &nct, BPF_ANY);
-	}
+	if (p.icmp_kind != ICMP_OTHER && !untracked)
+		ct_create(&key, &d, peer_id, revision, (__u32)dir | (__u32)p.tcp_flags << 8 | (__u32)src_lo << 16);
 	if (d.verdict == BW_VERDICT_REDIRECT) {
 		redirect_to_proxy(skb, d.proxy_port);
 		count(dir, BW_CODE_REDIRECTED, skb->len);
@@ -742,24 +785,186 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir)
 	return TC_ACT_OK;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+static __always_inline int handle(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const __u8 deliver,
+				  struct bw_ct_entry **ct)
 {
-	int r = fast_established(skb, dir);
+	int r = fast_established(skb, dir, ifindex, ct);
 	if (r != FAST_MISS)
 		return r;
-	return handle_full(skb, dir);
+	return handle_full(skb, dir, ifindex, deliver, ct);
+}
+
+/* A route to a local endpoint. */
+struct local_route {
+	__u32 ifindex; /* the destination endpoint's host veth */
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+	__u16 mtu;
+	__u16 pad;
+};
+
+/* route_local reports whether the node's routing sends the packet to
+ * another local endpoint's veth through a resolved neighbour (no hairpin),
+ * and fills rt. It is a function of its own so that the lookup's buffer is
+ * off the stack while the destination's ingress is decided. */
+static __noinline int route_local(struct __sk_buff *skb, struct local_route *rt)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bpf_fib_lookup fib = { .ifindex = skb->ifindex };
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		fib.family = 2; /* AF_INET */
+		fib.tos = ip->tos;
+		fib.l4_protocol = ip->protocol;
+		fib.ipv4_src = ip->saddr;
+		fib.ipv4_dst = ip->daddr;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		fib.family = 10; /* AF_INET6 */
+		fib.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
+		fib.l4_protocol = ip6->nexthdr;
+		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
+	} else {
+		return 0;
+	}
+	/* tot_len 0: the size is checked per packet against the device MTU */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	__u32 ifindex = fib.ifindex;
+	if (ifindex == skb->ifindex || !bpf_map_lookup_elem(&bw_endpoints, &ifindex))
+		return 0;
+	__u32 mtu = 0;
+	bpf_check_mtu(skb, ifindex, &mtu, 0, 0); /* fills in the device's MTU */
+	if (!mtu)
+		return 0;
+	rt->ifindex = ifindex;
+	rt->mtu = mtu > 0xffff ? 0xffff : mtu;
+	__builtin_memcpy(rt->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(rt->smac, fib.smac, ETH_ALEN);
+	return 1;
+}
+
+/* local_deliver takes a packet the source pod's egress allowed, with its
+ * established conntrack entry when the fast path passed it (the entry
+ * caches the route for a second, under its revision). When the node's
+ * routing sends the packet to another local endpoint, it decides the
+ * destination's ingress here and, allowed, routes the packet as the node
+ * would (TTL, MAC addresses from the neighbour table) straight into the
+ * destination pod with bpf_redirect_peer. Everything else, and every packet
+ * whose way through the stack could differ (TTL expiring, beyond the MTU,
+ * an L7 redirect at the destination), returns TC_ACT_OK to the stack with
+ * nothing recorded for the destination: its own hook decides there. */
+static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_entry *ct)
+{
+	__u32 zero = 0;
+	struct bw_config *cfg = bpf_map_lookup_elem(&bw_config_map, &zero);
+	if (!cfg || !(cfg->flags & BW_CFG_LOCAL_DELIVERY))
+		return TC_ACT_OK;
+	struct local_route rt = {};
+	__u32 now = bpf_jiffies64();
+	if (ct && ct->route != BW_ROUTE_UNKNOWN && now - ct->route_at < config_hz(cfg)) {
+		if (ct->route != BW_ROUTE_LOCAL)
+			return TC_ACT_OK;
+		rt.ifindex = ct->route_ifindex;
+		rt.mtu = ct->route_mtu;
+		__builtin_memcpy(rt.dmac, ct->route_dmac, ETH_ALEN);
+		__builtin_memcpy(rt.smac, ct->route_smac, ETH_ALEN);
+	} else {
+		int local = route_local(skb, &rt);
+		if (ct) {
+			ct->route = local ? BW_ROUTE_LOCAL : BW_ROUTE_STACK;
+			ct->route_at = now;
+			ct->route_ifindex = rt.ifindex;
+			ct->route_mtu = rt.mtu;
+			__builtin_memcpy(ct->route_dmac, rt.dmac, ETH_ALEN);
+			__builtin_memcpy(ct->route_smac, rt.smac, ETH_ALEN);
+		}
+		if (!local)
+			return TC_ACT_OK;
+	}
+
+	/* This packet: a TTL left to spend, a size within the MTU. */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 l3len;
+	if (((struct ethhdr *)data) + 1 > (struct ethhdr *)data_end)
+		return TC_ACT_OK;
+	if (((struct ethhdr *)data)->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+			return TC_ACT_OK;
+		l3len = bpf_ntohs(ip->tot_len);
+	} else {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+			return TC_ACT_OK;
+		l3len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	}
+	if (skb->gso_segs > 1) { /* per segment */
+		__u32 mtu = 0;
+		if (bpf_check_mtu(skb, rt.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+			return TC_ACT_OK;
+	} else if (l3len > rt.mtu) {
+		return TC_ACT_OK;
+	}
+
+	struct bw_ct_entry *dct = 0;
+	int r = handle(skb, BW_INGRESS, rt.ifindex, 1, &dct);
+	if (r == DEFER)
+		return TC_ACT_OK;
+	if (r != TC_ACT_OK)
+		return r;
+
+	/* Route it: deciding read the packet, it did not move it. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_SHOT;
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > data_end)
+			return TC_ACT_SHOT;
+		ip6->hop_limit--;
+	}
+	__builtin_memcpy(eth->h_dest, rt.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, rt.smac, ETH_ALEN);
+	count(BW_EGRESS, BW_CODE_LOCAL_DELIVERY, skb->len);
+	return bpf_redirect_peer(rt.ifindex, 0);
 }
 
 SEC("tc")
 int bulwark_from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, BW_EGRESS);
+	struct bw_ct_entry *ct = 0;
+	int r = handle(skb, BW_EGRESS, skb->ifindex, 0, &ct);
+	if (r != TC_ACT_OK || skb->mark)
+		return r; /* dropped, or marked for the L7 proxy */
+	return local_deliver(skb, ct);
 }
 
 SEC("tc")
 int bulwark_to_pod(struct __sk_buff *skb)
 {
-	return handle(skb, BW_INGRESS);
+	struct bw_ct_entry *ct = 0;
+	return handle(skb, BW_INGRESS, skb->ifindex, 0, &ct);
 }
 
 /* bulwark_clock writes bpf_jiffies64() into the first 8 bytes of its packet:

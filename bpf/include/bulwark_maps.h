@@ -107,8 +107,21 @@ struct bw_ct_entry {
 	__u8 tcp_flags_seen;
 	__u8 closing;
 	__u8 orig_lo; /* the original packet came from the key's lo end */
-	__u8 pad;
+	__u8 route;   /* BW_ROUTE_*: the local delivery cache below */
+	/* Local delivery cache: where the node routes the packets this entry's
+	 * endpoint sends in the flow, looked up at route_at (low 32 bits of
+	 * jiffies) under the entry's revision. */
+	__u32 route_ifindex; /* the destination endpoint's host veth */
+	__u32 route_at;
+	__u8 route_dmac[6];
+	__u8 route_smac[6];
+	__u16 route_mtu;
+	__u16 pad;
 };
+
+#define BW_ROUTE_UNKNOWN 0
+#define BW_ROUTE_LOCAL 1 /* to a local endpoint: deliver with redirect_peer */
+#define BW_ROUTE_STACK 2 /* anywhere else: the node's stack */
 
 /* Fragments: the first fragment of a datagram records its ports under
  * (addresses, protocol, IP id) so the later fragments, which carry no L4
@@ -128,19 +141,23 @@ struct bw_frag_ports {
 	__u8 pad[3];
 };
 
+/* Config flags. */
+#define BW_CFG_LOCAL_DELIVERY (1U << 0) /* pod-to-pod: decide both ends, redirect_peer */
+
 struct bw_config {
 	__u64 revision; /* global policy revision; stale CT entries revalidate */
 	__u32 hz;       /* jiffies per second, measured and written by the loader */
-	__u32 pad;
+	__u32 flags;    /* BW_CFG_* */
 };
 
 /* Metrics slots: dir * BW_METRIC_CODES + code. Codes 1..27 are drop
- * reasons (internal/datapath/event.DropReason); 0 and 28..30 are not. */
+ * reasons (internal/datapath/event.DropReason); 0 and 28..31 are not. */
 #define BW_METRIC_CODES 32
 #define BW_CODE_FORWARDED 0
 #define BW_CODE_FORWARDED_FAST 28 /* forwarded by the established fast path */
 #define BW_CODE_REDIRECTED 29
 #define BW_CODE_EVENTS_LOST 30
+#define BW_CODE_LOCAL_DELIVERY 31 /* egress slot: delivered to a local pod by redirect_peer */
 
 struct bw_metric {
 	__u64 packets;

@@ -48,6 +48,10 @@ type Options struct {
 	// Both persist in the state directory (see sandboxConfig).
 	IPv6  bool
 	World []string
+	// DisableLocalDelivery sends pod-to-pod traffic through the node's IP
+	// stack and both pods' hooks instead of the source hook's
+	// redirect_peer (datapath.Options.DisableLocalDelivery).
+	DisableLocalDelivery bool
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

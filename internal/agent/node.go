@@ -91,7 +91,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	if n.ids, err = openEndpointIDs(filepath.Join(p.StateDir, "endpoints.json")); err != nil {
 		return nil, err
 	}
-	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p)}); err != nil {
+	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p), DisableLocalDelivery: a.opts.DisableLocalDelivery}); err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}
 	fail := func(err error) (*node, error) {

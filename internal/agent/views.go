@@ -76,6 +76,7 @@ func (a *Agent) Status(context.Context) (agentapi.Status, error) {
 		Errors: a.recentErrors(),
 	}
 	st.DatapathMode = string(n.dp.Mode())
+	st.LocalDelivery = n.dp.LocalDelivery()
 	st.Revision = n.dp.Revision()
 	views := n.podViews()
 	n.mu.Lock()

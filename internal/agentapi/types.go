@@ -60,7 +60,10 @@ type Status struct {
 	StateDir     string    `json:"stateDir"`
 	Socket       string    `json:"socket"`
 	DatapathMode string    `json:"datapathMode"` // datapath.AttachMode: "tcx", "legacy" (tc clsact), "mixed" or "none"
-	Revision     uint64    `json:"revision"`     // policy revision in force
+	// LocalDelivery: pod-to-pod packets are decided at the source's hook
+	// and handed to the destination pod directly.
+	LocalDelivery bool   `json:"localDelivery"`
+	Revision      uint64 `json:"revision"` // policy revision in force
 	// Ready: every desired pod runs and every endpoint enforces the
 	// current revision.
 	Ready       bool     `json:"ready"`

@@ -53,6 +53,7 @@ func newAgentCmd() *cobra.Command {
 	var inst instanceFlags
 	var opts agent.Options
 	var stateDir string
+	var localDelivery bool
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -69,6 +70,7 @@ func newAgentCmd() *cobra.Command {
 				p = p.WithStateDir(stateDir)
 			}
 			opts.Paths = p
+			opts.DisableLocalDelivery = !localDelivery
 			if !cmd.Flags().Changed("world") {
 				opts.World = nil // keep the instance's world
 			}
@@ -83,7 +85,14 @@ func newAgentCmd() *cobra.Command {
 	cmd.Flags().StringVar(&opts.HubbleAddr, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
 	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
+	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
+}
+
+// registerLocalDeliveryFlag adds --local-delivery (default on).
+func registerLocalDeliveryFlag(cmd *cobra.Command, on *bool) {
+	cmd.Flags().BoolVar(on, "local-delivery", true,
+		"decide pod-to-pod packets at the source pod's hook for both pods and hand them to the destination pod directly (false: through the node's IP stack and netfilter)")
 }
 
 // outputFlag holds -o and checks its value.

@@ -56,7 +56,7 @@ func printStatus(out io.Writer, st agentapi.Status) error {
 	w := newTable(out)
 	fmt.Fprintf(w, "Instance:\t%s\n", st.Instance)
 	fmt.Fprintf(w, "Agent:\t%s (pid %d, up %s)\n", health, st.PID, age(st.StartedAt))
-	fmt.Fprintf(w, "Datapath:\t%s\n", st.DatapathMode)
+	fmt.Fprintf(w, "Datapath:\t%s, local delivery %s\n", st.DatapathMode, map[bool]string{true: "on", false: "off"}[st.LocalDelivery])
 	fmt.Fprintf(w, "Policy revision:\t%d\n", st.Revision)
 	fmt.Fprintf(w, "Pods:\t%d/%d ready\n", st.PodsReady, st.Pods)
 	fmt.Fprintf(w, "Services:\t%d\n", st.Services)

@@ -27,7 +27,7 @@ func newUpCmd() *cobra.Command {
 	var foreground bool
 	var wait time.Duration
 	var hubble, metrics string
-	var ipv6 bool
+	var ipv6, localDelivery bool
 	var world []string
 	cmd := &cobra.Command{
 		Use:   "up -f FILE|DIR...",
@@ -66,7 +66,8 @@ func newUpCmd() *cobra.Command {
 			}
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
-			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6}
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6,
+				DisableLocalDelivery: !localDelivery}
 			if cmd.Flags().Changed("world") {
 				agentOpts.World = world // otherwise the agent keeps the instance's world
 			}
@@ -118,6 +119,7 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().StringVar(&hubble, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
 	cmd.Flags().StringVar(&metrics, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
 	registerSandboxFlags(cmd, &ipv6, &world)
+	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
 }
 
@@ -149,6 +151,9 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 		"--run-dir", parentDir(p.RunDir), "--hubble-listen", o.HubbleAddr, "--metrics-listen", o.MetricsAddr}
 	if o.IPv6 {
 		args = append(args, "--ipv6")
+	}
+	if o.DisableLocalDelivery {
+		args = append(args, "--local-delivery=false")
 	}
 	for _, w := range o.World {
 		args = append(args, "--world", w)

@@ -254,6 +254,10 @@ func (dp *Datapath) DetachEndpoint(id uint32) error {
 	if err := dp.purgeConntrack(uint32(es.ep.IfIndex)); err != nil {
 		errs = append(errs, err)
 	}
+	// Other endpoints' flows may have cached a local route to it.
+	if err := dp.bumpRevision(0); err != nil {
+		errs = append(errs, err)
+	}
 	if err := dp.deleteTables(func(tableID uint32) bool { return tableID>>1 == id }); err != nil {
 		errs = append(errs, err)
 	}

@@ -120,10 +120,22 @@ func BenchmarkThroughput(b *testing.B) {
 	rows := []*benchRow{pairedRows("no filter (A/A)", func() {}, func() {})}
 
 	sizes := []int{1, 1000, 10000}
+	if v := os.Getenv("BULWARK_BENCH_SIZES"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				b.Fatalf("BULWARK_BENCH_SIZES: %q is not a rule count", f)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	withIPTables := os.Getenv("BULWARK_BENCH_IPTABLES") != "0"
 	pin := "/sys/fs/bpf/bulwark-bench-" + tp.sfx
 	b.Cleanup(func() { os.RemoveAll(pin) })
 	b.Cleanup(func() { exec.Command("ip", "netns", "exec", tp.node, "iptables", "-F", "FORWARD").Run() })
-	dp, err := Open(Options{PinDir: pin}) // the agent's conntrack GC, every 30 s
+	// The agent's conntrack GC, every 30 s.
+	dp, err := Open(Options{PinDir: pin, DisableLocalDelivery: os.Getenv("BULWARK_BENCH_LOCAL_DELIVERY") == "0"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -144,13 +156,15 @@ func BenchmarkThroughput(b *testing.B) {
 			b.Fatal(err)
 		}
 		benchResume(b, dp)
-		ns := tp.progRunCost(b, dp, time.Second)
+		perRun, perTx := tp.progRunCost(b, dp, time.Second)
 		benchSuspend(dp)
-		fmt.Fprintf(&progCost, "N=%-6d %.0f ns per program run (kernel BPF stats, rr traffic)\n", n, ns)
+		fmt.Fprintf(&progCost, "N=%-6d %.0f ns per program run, %.0f ns per rr transaction (kernel BPF stats)\n", n, perRun, perTx)
 	}
 	for _, n := range sizes {
-		rows = append(rows, pairedRows(fmt.Sprintf("iptables N=%d", n),
-			func() { tp.loadIPTables(b, n) }, func() { tp.flushIPTables() }))
+		if withIPTables {
+			rows = append(rows, pairedRows(fmt.Sprintf("iptables N=%d", n),
+				func() { tp.loadIPTables(b, n) }, func() { tp.flushIPTables() }))
+		}
 	}
 
 	var out strings.Builder
@@ -164,6 +178,9 @@ func BenchmarkThroughput(b *testing.B) {
 			median(r.rr), median(r.rrRatio), fmt.Sprintf("(%.2f-%.2f)", lo, hi), median(r.crr), median(r.crrRatio))
 	}
 	for i, n := range sizes {
+		if !withIPTables {
+			break
+		}
 		bw, ipt := rows[1+i], rows[1+len(sizes)+i]
 		// Each against its own paired baseline: the machine's spells cancel.
 		fmt.Fprintf(&out, "N=%-6d bulwark/iptables (ratio of ratios): rr %.1fx, tcp %.1fx, crr %.1fx\n", n,
@@ -176,8 +193,9 @@ func BenchmarkThroughput(b *testing.B) {
 }
 
 // progRunCost runs one rr window with the kernel's BPF statistics on and
-// returns the mean run time of the two programs.
-func (tp *topology) progRunCost(b *testing.B, dp *Datapath, window time.Duration) float64 {
+// returns the mean run time of the two programs and their time per
+// request/response transaction.
+func (tp *topology) progRunCost(b *testing.B, dp *Datapath, window time.Duration) (perRun, perTx float64) {
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		b.Skipf("bpf stats: %v", err)
@@ -198,9 +216,9 @@ func (tp *topology) progRunCost(b *testing.B, dp *Datapath, window time.Duration
 		return t, n
 	}
 	t0, n0 := read()
-	tp.rrRate(b, window)
+	rate := tp.rrRate(b, window)
 	t1, n1 := read()
-	return float64(t1-t0) / float64(max(1, n1-n0))
+	return float64(t1-t0) / float64(max(1, n1-n0)), float64(t1-t0) / max(1, rate*window.Seconds())
 }
 
 type sample struct{ gbps, rr, crr float64 } // 0: not measured in this pair

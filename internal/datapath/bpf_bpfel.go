@@ -17,7 +17,7 @@ type bpfBwConfig struct {
 	_        structs.HostLayout
 	Revision uint64
 	Hz       uint32
-	Pad      uint32
+	Flags    uint32
 }
 
 type bpfBwCtEntry struct {
@@ -32,7 +32,13 @@ type bpfBwCtEntry struct {
 	TcpFlagsSeen uint8
 	Closing      uint8
 	OrigLo       uint8
-	Pad          uint8
+	Route        uint8
+	RouteIfindex uint32
+	RouteAt      uint32
+	RouteDmac    [6]uint8
+	RouteSmac    [6]uint8
+	RouteMtu     uint16
+	Pad          uint16
 }
 
 type bpfBwCtKey struct {

@@ -26,6 +26,8 @@ const (
 	epFlagOverflow       = 1 << 3
 
 	selFlagOverflow = 1 << 0
+
+	cfgLocalDelivery = 1 << 0 // BW_CFG_LOCAL_DELIVERY
 )
 
 // Datapath is a loaded instance of Bulwark's BPF programs and its pinned

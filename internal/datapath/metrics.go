@@ -14,6 +14,7 @@ const (
 	codeForwardedFast = 28 // forwarded by the established fast path
 	codeRedirected    = 29
 	codeEventsLost    = 30
+	codeLocalDelivery = 31 // egress: handed to a local pod by redirect_peer
 )
 
 // Counter is a packet and byte count.
@@ -28,8 +29,13 @@ type DirMetrics struct {
 	// (fast_established in bpf/datapath.c).
 	Fast       Counter
 	Redirected Counter
-	Dropped    map[event.DropReason]Counter // only reasons seen
-	EventsLost uint64                       // ring buffer full
+	// LocalDelivered counts the packets the source pod's program handed
+	// straight to a pod on this node after deciding the destination's
+	// ingress too (egress only; they are also in the destination's
+	// Ingress.Forwarded).
+	LocalDelivered Counter
+	Dropped        map[event.DropReason]Counter // only reasons seen
+	EventsLost     uint64                       // ring buffer full
 }
 
 // Metrics is a snapshot of the datapath's counters, summed over CPUs.
@@ -75,6 +81,8 @@ func (dp *Datapath) Metrics() (Metrics, error) {
 				dm.Redirected = c
 			case code == codeEventsLost:
 				dm.EventsLost = c.Packets
+			case code == codeLocalDelivery:
+				dm.LocalDelivered = c
 			case c.Packets > 0:
 				dm.Dropped[event.DropReason(code)] = c
 			}

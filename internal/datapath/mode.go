@@ -51,6 +51,11 @@ func (dp *Datapath) Mode() AttachMode {
 	return mode
 }
 
+// LocalDelivery reports whether pod-to-pod packets are decided at the
+// source's hook for both pods and handed to the destination directly
+// (Options.DisableLocalDelivery unset).
+func (dp *Datapath) LocalDelivery() bool { return !dp.opts.DisableLocalDelivery }
+
 // EndpointMode reports how the programs of endpoint id are attached; false
 // when the datapath does not know the endpoint.
 func (dp *Datapath) EndpointMode(id uint32) (AttachMode, bool) {

@@ -65,6 +65,12 @@ type Options struct {
 	ConntrackGCInterval time.Duration
 	// ForceLegacyTC attaches with clsact + cls_bpf even when TCX works.
 	ForceLegacyTC bool
+	// DisableLocalDelivery sends pod-to-pod packets through the node's IP
+	// stack and the destination's own hook. By default the source pod's
+	// program decides the destination's ingress too and hands the packet
+	// to the destination pod directly (bpf_redirect_peer), which skips the
+	// node's routing and netfilter for that traffic.
+	DisableLocalDelivery bool
 }
 
 // Endpoint is a local pod interface to enforce on.

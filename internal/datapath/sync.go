@@ -311,9 +311,13 @@ func (dp *Datapath) bumpRevision(min uint64) error {
 }
 
 // writeConfig writes the datapath's global configuration: the policy
-// revision and the conntrack clock's HZ.
+// revision, the conntrack clock's HZ and the flags of the options.
 func (dp *Datapath) writeConfig(revision uint64) error {
-	if err := dp.objs.BwConfigMap.Put(uint32(0), &bpfBwConfig{Revision: revision, Hz: dp.hz}); err != nil {
+	var flags uint32
+	if !dp.opts.DisableLocalDelivery {
+		flags |= cfgLocalDelivery
+	}
+	if err := dp.objs.BwConfigMap.Put(uint32(0), &bpfBwConfig{Revision: revision, Hz: dp.hz, Flags: flags}); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	return nil
