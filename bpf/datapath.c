@@ -909,7 +909,7 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_ent
 			return TC_ACT_OK;
 		l3len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
 	}
-	if (skb->gso_segs > 1) { /* per segment */
+	if (skb->gso_size) { /* GSO: per segment */
 		__u32 mtu = 0;
 		if (bpf_check_mtu(skb, rt.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 			return TC_ACT_OK;

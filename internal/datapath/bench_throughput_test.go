@@ -148,18 +148,36 @@ func BenchmarkThroughput(b *testing.B) {
 		rows = append(rows, pairedRows(fmt.Sprintf("bulwark N=%d", n),
 			func() { benchResume(b, dp) }, func() { benchSuspend(dp) }))
 	}
+	// The largest N once more the other way: with local delivery off
+	// (on), each packet crosses the node's stack and both pods' hooks.
+	nMax := sizes[len(sizes)-1]
+	otherWay := "local delivery off"
+	if dp.opts.DisableLocalDelivery {
+		otherWay = "local delivery on"
+	}
+	flip := func() { setLocalDelivery(b, dp, dp.opts.DisableLocalDelivery) } // on <-> off
+	flip()
+	rows = append(rows, pairedRows(fmt.Sprintf("bulwark N=%d, %s", nMax, otherWay),
+		func() { benchResume(b, dp) }, func() { benchSuspend(dp) }))
+	flip()
 	// The programs' own cost on this traffic, from the kernel's BPF run
 	// statistics (enabled only here: they add two clock reads per run).
 	var progCost strings.Builder
+	costOf := func(name string) {
+		benchResume(b, dp)
+		perRun, perTx := tp.progRunCost(b, dp, time.Second)
+		benchSuspend(dp)
+		fmt.Fprintf(&progCost, "%-32s %4.0f ns per program run, %5.0f ns per rr transaction (kernel BPF stats)\n", name, perRun, perTx)
+	}
 	for _, n := range sizes {
 		if err := dp.Sync(throughputState(tp, n)); err != nil {
 			b.Fatal(err)
 		}
-		benchResume(b, dp)
-		perRun, perTx := tp.progRunCost(b, dp, time.Second)
-		benchSuspend(dp)
-		fmt.Fprintf(&progCost, "N=%-6d %.0f ns per program run, %.0f ns per rr transaction (kernel BPF stats)\n", n, perRun, perTx)
+		costOf(fmt.Sprintf("N=%d", n))
 	}
+	flip()
+	costOf(fmt.Sprintf("N=%d, %s", nMax, otherWay))
+	flip()
 	for _, n := range sizes {
 		if withIPTables {
 			rows = append(rows, pairedRows(fmt.Sprintf("iptables N=%d", n),
@@ -169,19 +187,19 @@ func BenchmarkThroughput(b *testing.B) {
 
 	var out strings.Builder
 	fmt.Fprintf(&out, "\n%d tcp pairs of 1s, %d rr and crr pairs of %s windows, rr peers on CPU %d; a ratio is the median of the pairs' filtered/no-filter ratios\n", tcpPairs, pairs, window, tp.cpu)
-	fmt.Fprintf(&out, "%-18s %10s %6s %9s %6s %13s %9s %6s\n", "config", "tcp Gbit/s", "ratio", "rr/s", "ratio", "(rr min-max)", "crr/s", "ratio")
+	fmt.Fprintf(&out, "%-34s %10s %6s %9s %6s %13s %9s %6s\n", "config", "tcp Gbit/s", "ratio", "rr/s", "ratio", "(rr min-max)", "crr/s", "ratio")
 	g, rr, crr := column(base, func(s sample) float64 { return s.gbps }), column(base, func(s sample) float64 { return s.rr }), column(base, func(s sample) float64 { return s.crr })
-	fmt.Fprintf(&out, "%-18s %10.2f %6.2f %9.0f %6.2f %13s %9.0f %6.2f\n", "no filter", median(g), 1.0, median(rr), 1.0, "", median(crr), 1.0)
+	fmt.Fprintf(&out, "%-34s %10.2f %6.2f %9.0f %6.2f %13s %9.0f %6.2f\n", "no filter", median(g), 1.0, median(rr), 1.0, "", median(crr), 1.0)
 	for _, r := range rows {
 		lo, hi := minMax(r.rrRatio)
-		fmt.Fprintf(&out, "%-18s %10.2f %6.2f %9.0f %6.2f %13s %9.0f %6.2f\n", r.name, median(r.gbps), median(r.gbpsRatio),
+		fmt.Fprintf(&out, "%-34s %10.2f %6.2f %9.0f %6.2f %13s %9.0f %6.2f\n", r.name, median(r.gbps), median(r.gbpsRatio),
 			median(r.rr), median(r.rrRatio), fmt.Sprintf("(%.2f-%.2f)", lo, hi), median(r.crr), median(r.crrRatio))
 	}
 	for i, n := range sizes {
 		if !withIPTables {
 			break
 		}
-		bw, ipt := rows[1+i], rows[1+len(sizes)+i]
+		bw, ipt := rows[1+i], rows[2+len(sizes)+i]
 		// Each against its own paired baseline: the machine's spells cancel.
 		fmt.Fprintf(&out, "N=%-6d bulwark/iptables (ratio of ratios): rr %.1fx, tcp %.1fx, crr %.1fx\n", n,
 			median(bw.rrRatio)/median(ipt.rrRatio), median(bw.gbpsRatio)/median(ipt.gbpsRatio), median(bw.crrRatio)/median(ipt.crrRatio))
@@ -190,6 +208,17 @@ func BenchmarkThroughput(b *testing.B) {
 	fmt.Print(out.String())
 	for range b.N {
 	} // the measurement above is the benchmark; b.N does not apply
+}
+
+// setLocalDelivery turns local delivery on or off in the running
+// datapath (the config flag the programs read per packet).
+func setLocalDelivery(b *testing.B, dp *Datapath, on bool) {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	dp.opts.DisableLocalDelivery = !on
+	if err := dp.writeConfig(dp.revision); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // progRunCost runs one rr window with the kernel's BPF statistics on and
