@@ -331,3 +331,51 @@ func TestLocalDeliveryOff(t *testing.T) {
 		t.Errorf("%d packets delivered locally with local delivery off", n)
 	}
 }
+
+// TestLocalDeliveryForgetsADetachedEndpoint: detaching the destination
+// moves the revision, so the source's flows drop their cached route to it
+// at once: the next packets take the node's stack (the pod, no longer an
+// endpoint, is not enforced) and none is judged against the missing record.
+func TestLocalDeliveryForgetsADetachedEndpoint(t *testing.T) {
+	t.Parallel()
+	tp := newTopology(t, 2)
+	dp := openE2E(t, "/sys/fs/bpf/bulwark-lddet-"+tp.sfx, false)
+	t.Cleanup(func() { dp.Destroy() })
+	attachAll(t, dp, tp)
+	if err := dp.Sync(e2eState(tp, []uint16{8080}, false)); err != nil {
+		t.Fatal(err)
+	}
+	tp.listenTCP(1, 8080)
+	c, err := tp.dialTCP(0, 1, 8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 3 {
+		if err := roundTrip(c, fmt.Sprint("before ", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if metricsOf(t, dp).Egress.LocalDelivered.Packets == 0 {
+		t.Fatal("nothing was delivered locally before the detach")
+	}
+	if err := dp.DetachEndpoint(2); err != nil {
+		t.Fatal(err)
+	}
+	tx0, m0 := tp.hostTx(1), metricsOf(t, dp)
+	for i := range 5 {
+		if err := roundTrip(c, fmt.Sprint("after ", i)); err != nil {
+			t.Fatalf("round %d after the detach: %v", i, err)
+		}
+	}
+	m1 := metricsOf(t, dp)
+	if n := m1.Ingress.Dropped[event.ReasonUnknownEndpoint].Packets; n != 0 {
+		t.Errorf("%d packets judged against the detached endpoint's missing record", n)
+	}
+	if n := m1.Egress.LocalDelivered.Packets - m0.Egress.LocalDelivered.Packets; n != 0 {
+		t.Errorf("%d packets delivered locally to the detached endpoint", n)
+	}
+	if n := tp.hostTx(1) - tx0; n < 5 {
+		t.Errorf("the node's stack carried %d packets to the detached pod over 5 rounds", n)
+	}
+}
