@@ -22,7 +22,12 @@ func (d datapathMetrics) Traffic() ([]metrics.TrafficSample, error) {
 		fwd := dm.Forwarded
 		fwd.Packets += dm.Redirected.Packets
 		fwd.Bytes += dm.Redirected.Bytes
-		out = append(out, metrics.TrafficSample{Direction: dir, Verdict: event.Forwarded, Packets: fwd.Packets, Bytes: fwd.Bytes})
+		out = append(out, metrics.TrafficSample{Direction: dir, Verdict: event.Forwarded, Packets: fwd.Packets, Bytes: fwd.Bytes},
+			metrics.TrafficSample{Direction: dir, Verdict: event.Forwarded, Path: "fast", Packets: dm.Fast.Packets, Bytes: dm.Fast.Bytes})
+		if dir == resolved.Egress {
+			out = append(out, metrics.TrafficSample{Direction: dir, Verdict: event.Forwarded, Path: "local_delivery",
+				Packets: dm.LocalDelivered.Packets, Bytes: dm.LocalDelivered.Bytes})
+		}
 		for reason, c := range dm.Dropped {
 			out = append(out, metrics.TrafficSample{Direction: dir, Verdict: event.Dropped, Reason: reason, Packets: c.Packets, Bytes: c.Bytes})
 		}

@@ -42,7 +42,12 @@ type TrafficSample struct {
 	// Verdict is event.Forwarded or event.Dropped.
 	Verdict event.Verdict
 	// Reason is set for drops.
-	Reason         event.DropReason
+	Reason event.DropReason
+	// Path, when set, names a shortcut some of the forwarded packets took
+	// ("fast": the established fast path; "local_delivery": handed to a
+	// pod on the node by the source's hook). Such a sample counts packets
+	// already in the Path-less totals.
+	Path           string
 	Packets, Bytes uint64
 }
 

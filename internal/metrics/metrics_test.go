@@ -185,6 +185,7 @@ func TestPulledDatapathAndStateSeries(t *testing.T) {
 			{Direction: resolved.Ingress, Verdict: event.Dropped, Reason: event.ReasonPolicyDenied, Packets: 10, Bytes: 600},
 			{Direction: resolved.Ingress, Verdict: event.Dropped, Reason: event.ReasonRevoked, Packets: 2, Bytes: 100},
 			{Direction: resolved.Egress, Verdict: event.Forwarded, Packets: 1000, Bytes: 64000},
+			{Direction: resolved.Egress, Verdict: event.Forwarded, Path: "local_delivery", Packets: 400, Bytes: 25600},
 		},
 		pressure: map[string]float64{"bulwark_policy": 0.25},
 		lost:     7,
@@ -200,7 +201,8 @@ func TestPulledDatapathAndStateSeries(t *testing.T) {
 	expect(t, m, "bulwark_drop_count_total", map[string]string{"reason": "POLICY_DENIED", "direction": "ingress"}, 10)
 	expect(t, m, "cilium_drop_count_total", map[string]string{"reason": "Policy denied", "direction": "INGRESS"}, 12)
 	expect(t, m, "cilium_drop_bytes_total", map[string]string{"reason": "Policy denied", "direction": "INGRESS"}, 700)
-	expect(t, m, "bulwark_forward_bytes_total", map[string]string{"direction": "egress"}, 64000)
+	expect(t, m, "bulwark_forward_bytes_total", map[string]string{"direction": "egress"}, 64000) // a path sample is a part, not more
+	expect(t, m, "bulwark_datapath_path_packets_total", map[string]string{"path": "local_delivery", "direction": "egress"}, 400)
 	expect(t, m, "bulwark_bpf_map_pressure", map[string]string{"map_name": "bulwark_policy"}, 0.25)
 	expect(t, m, "cilium_bpf_map_pressure", map[string]string{"map_name": "bulwark_policy"}, 0.25)
 	expect(t, m, "bulwark_event_lost_total", nil, 7)

@@ -15,7 +15,7 @@ type pullCollector struct {
 
 type pullDescs struct {
 	dropCount, dropBytes, forwardCount, forwardBytes *prometheus.Desc
-	mapPressure, eventLost                           *prometheus.Desc
+	mapPressure, eventLost, pathCount                *prometheus.Desc
 	enforcement, identity                            *prometheus.Desc
 }
 
@@ -23,7 +23,7 @@ func (c *pullCollector) init() {
 	if c.descs != nil {
 		return
 	}
-	for _, p := range c.prefixes {
+	for i, p := range c.prefixes {
 		c.descs = append(c.descs, pullDescs{
 			dropCount:    prometheus.NewDesc(p+"_drop_count_total", "Dropped packets by reason and direction", []string{"reason", "direction"}, nil),
 			dropBytes:    prometheus.NewDesc(p+"_drop_bytes_total", "Dropped bytes by reason and direction", []string{"reason", "direction"}, nil),
@@ -31,10 +31,16 @@ func (c *pullCollector) init() {
 			forwardBytes: prometheus.NewDesc(p+"_forward_bytes_total", "Forwarded bytes by direction", []string{"direction"}, nil),
 			mapPressure:  prometheus.NewDesc(p+"_bpf_map_pressure", "Fill ratio (0..1) of each BPF map", []string{"map_name"}, nil),
 			eventLost:    prometheus.NewDesc(p+"_event_lost_total", "Datapath events lost before the agent read them", nil, nil),
+			pathCount: prometheus.NewDesc(p+"_datapath_path_packets_total",
+				"Forwarded packets that took a datapath shortcut (fast: established fast path; local_delivery: handed to a local pod by the source's hook), by direction",
+				[]string{"path", "direction"}, nil),
 			enforcement: prometheus.NewDesc(p+"_policy_endpoint_enforcement_status",
 				"Local endpoints by policy enforcement", []string{"enforcement"}, nil),
 			identity: prometheus.NewDesc(p+"_identity", "Security identities by type", []string{"type"}, nil),
 		})
+		if i > 0 { // Bulwark's own series: not under Cilium's names
+			c.descs[i].pathCount = nil
+		}
 	}
 }
 
@@ -50,6 +56,9 @@ func (c *pullCollector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d.forwardBytes
 			ch <- d.mapPressure
 			ch <- d.eventLost
+			if d.pathCount != nil {
+				ch <- d.pathCount
+			}
 		}
 		if c.m.opts.State != nil {
 			ch <- d.enforcement
@@ -106,6 +115,12 @@ func (c *pullCollector) collectDatapath(ch chan<- prometheus.Metric, dp Datapath
 		fwd := map[string][2]float64{}
 		for _, s := range samples {
 			dir := directionLabel(i, s.Direction)
+			if s.Path != "" {
+				if d.pathCount != nil {
+					ch <- prometheus.MustNewConstMetric(d.pathCount, prometheus.CounterValue, float64(s.Packets), s.Path, dir)
+				}
+				continue
+			}
 			switch s.Verdict {
 			case event.Dropped:
 				k := key{reasonLabel(i, s.Reason), dir}
