@@ -60,6 +60,10 @@ const struct bw_event *bw_event_type_anchor __attribute__((unused));
 
 #define PROXY_MARK_MAGIC 0x0200
 
+#define barrier() asm volatile("" ::: "memory")
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+
 /* DEFER: the destination's ingress, decided from the source's hook, needs
  * the stack's path (an L7 redirect); nothing was recorded for it. */
 #define DEFER -2
@@ -871,22 +875,31 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_ent
 		return TC_ACT_OK;
 	struct local_route rt = {};
 	__u32 now = bpf_jiffies64();
-	if (ct && ct->route != BW_ROUTE_UNKNOWN && now - ct->route_at < config_hz(cfg)) {
-		if (ct->route != BW_ROUTE_LOCAL)
+	__u8 route = ct ? READ_ONCE(ct->route) : BW_ROUTE_UNKNOWN;
+	if (route != BW_ROUTE_UNKNOWN && now - ct->route_at < config_hz(cfg)) {
+		if (route != BW_ROUTE_LOCAL)
 			return TC_ACT_OK;
 		rt.ifindex = ct->route_ifindex;
 		rt.mtu = ct->route_mtu;
 		__builtin_memcpy(rt.dmac, ct->route_dmac, ETH_ALEN);
 		__builtin_memcpy(rt.smac, ct->route_smac, ETH_ALEN);
+		if (!rt.ifindex)
+			return TC_ACT_OK;
 	} else {
 		int local = route_local(skb, &rt);
 		if (ct) {
-			ct->route = local ? BW_ROUTE_LOCAL : BW_ROUTE_STACK;
+			/* Readers on other CPUs see the old route, no route, or
+			 * the new one: the state is withdrawn while the fields
+			 * change and published after them. */
+			WRITE_ONCE(ct->route, BW_ROUTE_UNKNOWN);
+			barrier();
 			ct->route_at = now;
 			ct->route_ifindex = rt.ifindex;
 			ct->route_mtu = rt.mtu;
 			__builtin_memcpy(ct->route_dmac, rt.dmac, ETH_ALEN);
 			__builtin_memcpy(ct->route_smac, rt.smac, ETH_ALEN);
+			barrier();
+			WRITE_ONCE(ct->route, local ? BW_ROUTE_LOCAL : BW_ROUTE_STACK);
 		}
 		if (!local)
 			return TC_ACT_OK;
