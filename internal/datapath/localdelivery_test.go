@@ -50,6 +50,26 @@ func dualStack(tp *topology, st State) State {
 	return st
 }
 
+// localDeliveryNode builds n pods, opens a datapath on them (local
+// delivery off when off is set), attaches every pod and loads st.
+func localDeliveryNode(t *testing.T, n int, off bool, st func(*topology) State) (*topology, *Datapath) {
+	t.Helper()
+	tp := newTopology(t, n)
+	pin := "/sys/fs/bpf/bulwark-ld-" + tp.sfx
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	dp, err := Open(Options{PinDir: pin, ConntrackGCInterval: -1, DisableLocalDelivery: off,
+		Sizes: Sizes{IPCache: 1024, IdentitySelectors: 1024, Policy: 4096, Conntrack: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Destroy() })
+	attachAll(t, dp, tp)
+	if err := dp.Sync(st(tp)); err != nil {
+		t.Fatal(err)
+	}
+	return tp, dp
+}
+
 // TestLocalDelivery: pod-to-pod packets are decided at the source's hook for
 // both ends and handed straight to the destination pod. The destination's
 // host veth transmits none of them (the node's stack is bypassed), its
@@ -58,13 +78,7 @@ func dualStack(tp *topology, st State) State {
 // the same way, and the packet is routed as the node would route it.
 func TestLocalDelivery(t *testing.T) {
 	t.Parallel()
-	tp := newTopology(t, 3)
-	dp := openE2E(t, "/sys/fs/bpf/bulwark-ld-"+tp.sfx, false)
-	t.Cleanup(func() { dp.Destroy() })
-	attachAll(t, dp, tp)
-	if err := dp.Sync(dualStack(tp, e2eState(tp, []uint16{8080}, true))); err != nil {
-		t.Fatal(err)
-	}
+	tp, dp := localDeliveryNode(t, 3, false, func(tp *topology) State { return dualStack(tp, e2eState(tp, []uint16{8080}, true)) })
 	tp.listenTCP(1, 8080)
 	tp.listenTCP(1, 8081)
 
@@ -157,13 +171,7 @@ func TestLocalDelivery(t *testing.T) {
 // TTL / hop limit one lower, as the node's forwarding leaves it.
 func TestLocalDeliveryRoutesLikeTheNode(t *testing.T) {
 	t.Parallel()
-	tp := newTopology(t, 2)
-	dp := openE2E(t, "/sys/fs/bpf/bulwark-ldttl-"+tp.sfx, false)
-	t.Cleanup(func() { dp.Destroy() })
-	attachAll(t, dp, tp)
-	if err := dp.Sync(dualStack(tp, e2eState(tp, nil, false))); err != nil {
-		t.Fatal(err)
-	}
+	tp, dp := localDeliveryNode(t, 2, false, func(tp *topology) State { return dualStack(tp, e2eState(tp, nil, false)) })
 	for _, v6 := range []bool{false, true} {
 		dst := tp.pods[1].addr
 		if v6 {
@@ -256,17 +264,13 @@ func (tp *topology) receivedHopLimits(t *testing.T, dst netip.Addr, port, n int)
 // each packet is counted once.
 func TestLocalDeliveryLeavesL7RedirectsToTheStack(t *testing.T) {
 	t.Parallel()
-	tp := newTopology(t, 2)
-	dp := openE2E(t, "/sys/fs/bpf/bulwark-ldl7-"+tp.sfx, false)
-	t.Cleanup(func() { dp.Destroy() })
-	attachAll(t, dp, tp)
-	st := e2eState(tp, []uint16{8080}, false)
-	b := st.Endpoints[2]
-	b.Ingress.Entries = append(b.Ingress.Entries, resolved.Entry{Peer: e2eSelA, Proto: resolved.ProtoTCP, PortLo: 9090, PortHi: 9090,
-		Verdict: resolved.Redirect, Origin: ref("b-l7"), L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}})
-	if err := dp.Sync(st); err != nil {
-		t.Fatal(err)
-	}
+	tp, dp := localDeliveryNode(t, 2, false, func(tp *topology) State {
+		st := e2eState(tp, []uint16{8080}, false)
+		b := st.Endpoints[2]
+		b.Ingress.Entries = append(b.Ingress.Entries, resolved.Entry{Peer: e2eSelA, Proto: resolved.ProtoTCP, PortLo: 9090, PortHi: 9090,
+			Verdict: resolved.Redirect, Origin: ref("b-l7"), L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}})
+		return st
+	})
 	tp.listenTCP(1, 9090)
 	// No proxy listens: the mark is set on the way into the pod and the
 	// connection reaches the server itself.
@@ -299,19 +303,7 @@ func TestLocalDeliveryLeavesL7RedirectsToTheStack(t *testing.T) {
 // node's stack and both hooks.
 func TestLocalDeliveryOff(t *testing.T) {
 	t.Parallel()
-	tp := newTopology(t, 2)
-	pin := "/sys/fs/bpf/bulwark-ldoff-" + tp.sfx
-	t.Cleanup(func() { os.RemoveAll(pin) })
-	dp, err := Open(Options{PinDir: pin, ConntrackGCInterval: -1, DisableLocalDelivery: true,
-		Sizes: Sizes{IPCache: 1024, IdentitySelectors: 1024, Policy: 4096, Conntrack: 4096}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Destroy() })
-	attachAll(t, dp, tp)
-	if err := dp.Sync(e2eState(tp, []uint16{8080}, false)); err != nil {
-		t.Fatal(err)
-	}
+	tp, dp := localDeliveryNode(t, 2, true, func(tp *topology) State { return e2eState(tp, []uint16{8080}, false) })
 	tp.listenTCP(1, 8080)
 	c, err := tp.dialTCP(0, 1, 8080)
 	if err != nil {
@@ -338,13 +330,7 @@ func TestLocalDeliveryOff(t *testing.T) {
 // endpoint, is not enforced) and none is judged against the missing record.
 func TestLocalDeliveryForgetsADetachedEndpoint(t *testing.T) {
 	t.Parallel()
-	tp := newTopology(t, 2)
-	dp := openE2E(t, "/sys/fs/bpf/bulwark-lddet-"+tp.sfx, false)
-	t.Cleanup(func() { dp.Destroy() })
-	attachAll(t, dp, tp)
-	if err := dp.Sync(e2eState(tp, []uint16{8080}, false)); err != nil {
-		t.Fatal(err)
-	}
+	tp, dp := localDeliveryNode(t, 2, false, func(tp *topology) State { return e2eState(tp, []uint16{8080}, false) })
 	tp.listenTCP(1, 8080)
 	c, err := tp.dialTCP(0, 1, 8080)
 	if err != nil {
