@@ -578,9 +578,10 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, co
 #define FAST_MISS -1
 
 /* fast_established takes the common packet of an established flow: IPv4
- * without options or fragmentation, TCP without SYN, FIN or RST, or UDP,
- * headers in the linear area, and a conntrack entry of the current revision
- * that the packet changes nothing in but the expiry. It reads the headers in
+ * without options or fragmentation, or IPv6 without extension headers,
+ * carrying TCP without SYN, FIN or RST, or UDP, headers in the linear area,
+ * and a conntrack entry of the current revision that the packet changes
+ * nothing in but the expiry. It reads the headers in
  * place and decides exactly as handle_full would; any other packet is
  * FAST_MISS, for handle_full. */
 static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex,
@@ -589,13 +590,45 @@ static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip = data + ETH_HLEN;
-	__u8 *l4 = data + ETH_HLEN + sizeof(struct iphdr);
-	if ((void *)(l4 + 14) > data_end)
+	struct bw_ct_key k = { .ifindex = ifindex };
+	__be16 sport, dport;
+	__u8 proto, src_lo;
+	__u8 *l4;
+	if ((void *)(eth + 1) > data_end)
 		return FAST_MISS;
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+	/* The canonical key (ct_key), built from the headers in place. */
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		l4 = (__u8 *)(ip + 1);
+		if ((void *)(l4 + 14) > data_end)
+			return FAST_MISS;
+		if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+			return FAST_MISS;
+		proto = ip->protocol;
+		__builtin_memcpy(&sport, &l4[0], 2);
+		__builtin_memcpy(&dport, &l4[2], 2);
+		/* v4-mapped addresses order as their 4 bytes do */
+		__u32 sa = bpf_ntohl(ip->saddr), da = bpf_ntohl(ip->daddr);
+		src_lo = sa < da || (sa == da && bpf_ntohs(sport) <= bpf_ntohs(dport));
+		k.addr_lo[10] = k.addr_lo[11] = 0xff;
+		k.addr_hi[10] = k.addr_hi[11] = 0xff;
+		__builtin_memcpy(&k.addr_lo[12], src_lo ? &ip->saddr : &ip->daddr, 4);
+		__builtin_memcpy(&k.addr_hi[12], src_lo ? &ip->daddr : &ip->saddr, 4);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		l4 = (__u8 *)(ip6 + 1);
+		if ((void *)(l4 + 14) > data_end)
+			return FAST_MISS;
+		proto = ip6->nexthdr; /* extension headers: not TCP/UDP, a miss */
+		__builtin_memcpy(&sport, &l4[0], 2);
+		__builtin_memcpy(&dport, &l4[2], 2);
+		int c = addr_cmp((const __u8 *)&ip6->saddr, (const __u8 *)&ip6->daddr);
+		src_lo = c < 0 || (c == 0 && bpf_ntohs(sport) <= bpf_ntohs(dport));
+		__builtin_memcpy(k.addr_lo, src_lo ? &ip6->saddr : &ip6->daddr, 16);
+		__builtin_memcpy(k.addr_hi, src_lo ? &ip6->daddr : &ip6->saddr, 16);
+	} else {
 		return FAST_MISS;
-	__u8 proto = ip->protocol;
+	}
 	__u8 flags = 0;
 	if (proto == IPPROTO_TCP) {
 		flags = l4[13];
@@ -604,27 +637,9 @@ static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __
 	} else if (proto != IPPROTO_UDP) {
 		return FAST_MISS;
 	}
-
-	/* One lookup under the canonical key (ct_key, for IPv4 addresses). */
-	__u32 sa = bpf_ntohl(ip->saddr), da = bpf_ntohl(ip->daddr);
-	__be16 sport, dport;
-	__builtin_memcpy(&sport, &l4[0], 2);
-	__builtin_memcpy(&dport, &l4[2], 2);
-	__u8 src_lo = sa < da || (sa == da && bpf_ntohs(sport) <= bpf_ntohs(dport));
-	struct bw_ct_key k = { .proto = proto, .ifindex = ifindex };
-	k.addr_lo[10] = k.addr_lo[11] = 0xff;
-	k.addr_hi[10] = k.addr_hi[11] = 0xff;
-	if (src_lo) {
-		__builtin_memcpy(&k.addr_lo[12], &ip->saddr, 4);
-		__builtin_memcpy(&k.addr_hi[12], &ip->daddr, 4);
-		k.port_lo = sport;
-		k.port_hi = dport;
-	} else {
-		__builtin_memcpy(&k.addr_lo[12], &ip->daddr, 4);
-		__builtin_memcpy(&k.addr_hi[12], &ip->saddr, 4);
-		k.port_lo = dport;
-		k.port_hi = sport;
-	}
+	k.proto = proto;
+	k.port_lo = src_lo ? sport : dport;
+	k.port_hi = src_lo ? dport : sport;
 	struct bw_ct_entry *ct = bpf_map_lookup_elem(&bw_conntrack, &k);
 	if (!ct)
 		return FAST_MISS;

@@ -13,7 +13,7 @@ import (
 )
 
 // The established fast path (fast_established in bpf/datapath.c) takes
-// IPv4 TCP/UDP packets of a tracked flow without reading the endpoint
+// IPv4 and IPv6 TCP/UDP packets of a tracked flow without reading the endpoint
 // record or the policy. These tests hold it to the full path's decisions.
 
 // establishTCP runs a handshake for an ingress flow from peerA to the pod
@@ -105,8 +105,12 @@ func TestFastPathPassesAndCountsEstablished(t *testing.T) {
 func TestConntrackKeyIsCanonical(t *testing.T) {
 	dp, _ := setupFixture(t)
 	// Egress is not enforced: the pod may open flows to a peer that sorts
-	// below it (peerA) and to one above it (worldIP).
-	for _, peer := range []netip.Addr{peerA, worldIP} {
+	// below it (peerA) and to one above it (worldIP), over IPv4 and IPv6.
+	for _, peer := range []netip.Addr{peerA, worldIP, peerA6, netip.MustParseAddr("fd00:2::7")} {
+		podAddr := podAddr
+		if peer.Is6() {
+			podAddr = podAddr6
+		}
 		out := packet{src: podAddr, dst: peer, proto: resolved.ProtoTCP, sport: flowPort(), dport: 443 + uint16(len(peer.String())), tcpFlags: 0x02}
 		back := packet{src: peer, dst: podAddr, proto: resolved.ProtoTCP, sport: out.dport, dport: out.sport, tcpFlags: 0x12}
 		if run(t, dp, resolved.Egress, out) != tcActOK || run(t, dp, resolved.Ingress, back) != tcActOK {
