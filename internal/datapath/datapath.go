@@ -112,16 +112,31 @@ func Open(opts Options) (*Datapath, error) {
 		counts:    map[string]int{},
 		synthetic: make(chan event.Event, 256),
 	}
+	migrations, err := prepareMigrations(spec, opts.PinDir)
+	if err != nil {
+		return nil, err
+	}
 	if err := spec.LoadAndAssign(&dp.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: opts.PinDir},
 	}); err != nil {
+		abortMigrations(migrations)
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load programs: %+v", ve)
 		}
 		return nil, fmt.Errorf("load programs and maps (pins under %s must match this layout and these sizes): %w", opts.PinDir, err)
 	}
+	// Old-layout entries are copied before the links move to the new
+	// programs and once more after, when nothing writes the old maps.
+	if err := dp.copyMigrations(migrations, false); err != nil {
+		dp.undoMigrations(migrations)
+		return nil, err
+	}
 	if err := dp.adopt(); err != nil {
+		dp.undoMigrations(migrations)
+		return nil, err
+	}
+	if err := dp.copyMigrations(migrations, true); err != nil {
 		dp.objs.Close()
 		return nil, err
 	}
@@ -275,9 +290,11 @@ func (dp *Datapath) Destroy() error {
 			errs = append(errs, err)
 		}
 	}
-	// Stray link pins (an endpoint record lost): unpin so the links go.
+	// Stray link pins (an endpoint record lost): unpin so the links go;
+	// and old maps of an interrupted migration.
 	linkPins, _ := filepath.Glob(filepath.Join(dp.opts.PinDir, linksDir, "*"))
-	for _, p := range linkPins {
+	oldMaps, _ := filepath.Glob(filepath.Join(dp.opts.PinDir, "*"+migrationSuffix))
+	for _, p := range append(linkPins, oldMaps...) {
 		if err := os.Remove(p); err != nil {
 			errs = append(errs, err)
 		}
