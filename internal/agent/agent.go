@@ -48,10 +48,10 @@ type Options struct {
 	// Both persist in the state directory (see sandboxConfig).
 	IPv6  bool
 	World []string
-	// DisableLocalDelivery sends pod-to-pod traffic through the node's IP
-	// stack and both pods' hooks instead of the source hook's
-	// redirect_peer (datapath.Options.DisableLocalDelivery).
-	DisableLocalDelivery bool
+	// LocalDelivery, when set, turns local delivery on or off for this
+	// instance (datapath.Options.DisableLocalDelivery); nil keeps the
+	// instance's setting, on by default. It persists like IPv6.
+	LocalDelivery *bool
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

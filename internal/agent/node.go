@@ -91,7 +91,11 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	if n.ids, err = openEndpointIDs(filepath.Join(p.StateDir, "endpoints.json")); err != nil {
 		return nil, err
 	}
-	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p), DisableLocalDelivery: a.opts.DisableLocalDelivery}); err != nil {
+	cfg, err := wantedSandboxConfig(p, a.opts)
+	if err != nil {
+		return nil, err
+	}
+	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p), DisableLocalDelivery: cfg.NoLocalDelivery}); err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}
 	fail := func(err error) (*node, error) {
@@ -119,10 +123,6 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 				n.attached[id] = pod.Key()
 			}
 		}
-	}
-	cfg, err := wantedSandboxConfig(p, a.opts)
-	if err != nil {
-		return fail(err)
 	}
 	sb, err := sandbox.New(sandbox.Options{
 		Instance:  p.Instance,

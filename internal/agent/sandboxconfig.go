@@ -19,6 +19,8 @@ import (
 type sandboxConfig struct {
 	IPv6  bool     `json:"ipv6,omitempty"`
 	World []string `json:"world,omitempty"`
+	// NoLocalDelivery: pod-to-pod traffic takes the node's stack.
+	NoLocalDelivery bool `json:"noLocalDelivery,omitempty"`
 }
 
 func sandboxConfigFile(p Paths) string { return filepath.Join(p.StateDir, "sandbox.json") }
@@ -41,13 +43,17 @@ func readSandboxConfig(p Paths) (sandboxConfig, error) {
 }
 
 // wantedSandboxConfig merges the options of this start into the persisted
-// configuration: IPv6 only ever turns on, World replaces when given.
+// configuration: IPv6 only ever turns on, World and LocalDelivery replace
+// when given.
 func wantedSandboxConfig(p Paths, o Options) (sandboxConfig, error) {
 	c, err := readSandboxConfig(p)
 	if err != nil {
 		return c, err
 	}
 	c.IPv6 = c.IPv6 || o.IPv6
+	if o.LocalDelivery != nil {
+		c.NoLocalDelivery = !*o.LocalDelivery
+	}
 	if o.World != nil {
 		if c.World, err = sandbox.CleanWorldNames(o.World, ""); err != nil {
 			return c, err

@@ -43,3 +43,33 @@ func TestSandboxConfigPersists(t *testing.T) {
 		t.Errorf("corrupt config: %v", err)
 	}
 }
+
+func TestLocalDeliverySettingPersists(t *testing.T) {
+	p := NewPaths(PathsOptions{Instance: "cfgld", StateRoot: t.TempDir()})
+	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	off, on := false, true
+	steps := []struct {
+		flag    *bool
+		wantOff bool
+	}{
+		{nil, false}, // a new instance: on
+		{&off, true}, // --local-delivery=false
+		{nil, true},  // a restart without the flag keeps it off
+		{&on, false}, // --local-delivery turns it back on
+		{nil, false},
+	}
+	for i, s := range steps {
+		c, err := wantedSandboxConfig(p, Options{LocalDelivery: s.flag})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.NoLocalDelivery != s.wantOff {
+			t.Fatalf("step %d: local delivery off = %v, want %v", i, c.NoLocalDelivery, s.wantOff)
+		}
+		if err := writeSandboxConfig(p, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -70,9 +70,11 @@ func newAgentCmd() *cobra.Command {
 				p = p.WithStateDir(stateDir)
 			}
 			opts.Paths = p
-			opts.DisableLocalDelivery = !localDelivery
 			if !cmd.Flags().Changed("world") {
 				opts.World = nil // keep the instance's world
+			}
+			if cmd.Flags().Changed("local-delivery") {
+				opts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -89,10 +91,11 @@ func newAgentCmd() *cobra.Command {
 	return cmd
 }
 
-// registerLocalDeliveryFlag adds --local-delivery (default on).
+// registerLocalDeliveryFlag adds --local-delivery (on for a new instance;
+// an instance keeps its setting until the flag is given again).
 func registerLocalDeliveryFlag(cmd *cobra.Command, on *bool) {
 	cmd.Flags().BoolVar(on, "local-delivery", true,
-		"decide pod-to-pod packets at the source pod's hook for both pods and hand them to the destination pod directly (false: through the node's IP stack and netfilter)")
+		"decide pod-to-pod packets at the source pod's hook for both pods and hand them to the destination pod directly; false: through the node's IP stack and netfilter (the instance keeps the setting)")
 }
 
 // outputFlag holds -o and checks its value.

@@ -66,10 +66,12 @@ func newUpCmd() *cobra.Command {
 			}
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
-			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6,
-				DisableLocalDelivery: !localDelivery}
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6}
 			if cmd.Flags().Changed("world") {
 				agentOpts.World = world // otherwise the agent keeps the instance's world
+			}
+			if cmd.Flags().Changed("local-delivery") {
+				agentOpts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
 			var agentDone <-chan error
 			agentPID := os.Getpid()
@@ -152,8 +154,8 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 	if o.IPv6 {
 		args = append(args, "--ipv6")
 	}
-	if o.DisableLocalDelivery {
-		args = append(args, "--local-delivery=false")
+	if o.LocalDelivery != nil {
+		args = append(args, fmt.Sprintf("--local-delivery=%t", *o.LocalDelivery))
 	}
 	for _, w := range o.World {
 		args = append(args, "--world", w)
