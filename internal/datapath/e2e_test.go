@@ -54,9 +54,17 @@ func e2eState(tp *topology, tcpPorts []uint16, ping bool) State {
 
 func openE2E(t *testing.T, pinDir string, legacy bool) *Datapath {
 	t.Helper()
-	t.Cleanup(func() { os.RemoveAll(pinDir) }) // backstop if a test stops early
-	dp, err := Open(Options{PinDir: pinDir, ConntrackGCInterval: -1, ForceLegacyTC: legacy,
-		Sizes: Sizes{IPCache: 1024, IdentitySelectors: 1024, Policy: 4096, Conntrack: 4096}})
+	return openE2EWith(t, Options{PinDir: pinDir, ForceLegacyTC: legacy})
+}
+
+// openE2EWith opens a datapath for the netns tests: o with no background
+// conntrack GC and small maps.
+func openE2EWith(t *testing.T, o Options) *Datapath {
+	t.Helper()
+	t.Cleanup(func() { os.RemoveAll(o.PinDir) }) // backstop if a test stops early
+	o.ConntrackGCInterval = -1
+	o.Sizes = Sizes{IPCache: 1024, IdentitySelectors: 1024, Policy: 4096, Conntrack: 4096}
+	dp, err := Open(o)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}

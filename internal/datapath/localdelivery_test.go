@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -55,13 +54,7 @@ func dualStack(tp *topology, st State) State {
 func localDeliveryNode(t *testing.T, n int, off bool, st func(*topology) State) (*topology, *Datapath) {
 	t.Helper()
 	tp := newTopology(t, n)
-	pin := "/sys/fs/bpf/bulwark-ld-" + tp.sfx
-	t.Cleanup(func() { os.RemoveAll(pin) })
-	dp, err := Open(Options{PinDir: pin, ConntrackGCInterval: -1, DisableLocalDelivery: off,
-		Sizes: Sizes{IPCache: 1024, IdentitySelectors: 1024, Policy: 4096, Conntrack: 4096}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dp := openE2EWith(t, Options{PinDir: "/sys/fs/bpf/bulwark-ld-" + tp.sfx, DisableLocalDelivery: off})
 	t.Cleanup(func() { dp.Destroy() })
 	attachAll(t, dp, tp)
 	if err := dp.Sync(st(tp)); err != nil {
