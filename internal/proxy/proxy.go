@@ -66,10 +66,10 @@ type Dialer interface {
 type Verdict uint8
 
 const (
-	Forwarded Verdict = iota + 1
-	Dropped           // denied by an L7 rule (403, PERMISSION_DENIED, REFUSED)
-	RateLimited       // over a rate limit (429)
-	Error             // upstream unreachable, malformed request, ...
+	Forwarded   Verdict = iota + 1
+	Dropped             // denied by an L7 rule (403, PERMISSION_DENIED, REFUSED)
+	RateLimited         // over a rate limit (429)
+	Error               // upstream unreachable, malformed request, ...
 )
 
 func (v Verdict) String() string {
