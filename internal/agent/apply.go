@@ -30,7 +30,10 @@ func DecodeDocuments(docs []agentapi.Document, validate bool) ([]*manifest.Objec
 	}
 	seen := map[objectKey]*manifest.Object{}
 	for _, o := range objs {
-		if _, ok := o.Obj.(*manifest.Unsupported); ok {
+		if u, ok := o.Obj.(*manifest.Unsupported); ok {
+			if u.Refused && validate {
+				errs = append(errs, &manifest.Error{Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name, Reason: u.Note})
+			}
 			continue
 		}
 		k := keyOf(o)

@@ -190,10 +190,14 @@ func decodeDocument(src Source, data []byte, firstLine int) (*Object, *Error) {
 		if m := closestKind(kind); m != "" {
 			return nil, fail(kind, ns, name, "kind", "unknown kind %q (did you mean %q?)", kind, m)
 		}
-		return &Object{Source: src, APIVersion: h.APIVersion, Kind: kind, Namespace: ns, Name: name, Obj: &Unsupported{
+		u := &Unsupported{
 			APIVersion: h.APIVersion, Kind: kind, Namespace: ns, Name: name, Raw: raw,
 			Note: fmt.Sprintf("kind %s (%s) is not modelled by Bulwark; kept as-is and not enforced", kind, h.APIVersion),
-		}}, nil
+		}
+		if refusal, ok := refusedKinds[kind]; ok && strings.HasPrefix(h.APIVersion, "cilium.io/") {
+			u.Note, u.Refused = refusal, true
+		}
+		return &Object{Source: src, APIVersion: h.APIVersion, Kind: kind, Namespace: ns, Name: name, Obj: u}, nil
 	}
 	if h.APIVersion != info.apiVersion {
 		return nil, fail(kind, ns, name, "apiVersion", "%s is served as %q, not %q", kind, info.apiVersion, h.APIVersion)
@@ -356,4 +360,10 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// refusedKinds are the kinds decoded as Unsupported with Refused set.
+var refusedKinds = map[string]string{
+	"CiliumEnvoyConfig":            "kind CiliumEnvoyConfig is not enforced yet (no L7 proxy applies its filters, e.g. local_ratelimit): refused rather than ignored",
+	"CiliumClusterwideEnvoyConfig": "kind CiliumClusterwideEnvoyConfig is not enforced yet (no L7 proxy applies its filters, e.g. local_ratelimit): refused rather than ignored",
 }

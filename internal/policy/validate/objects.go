@@ -19,7 +19,11 @@ import (
 func Object(o *manifest.Object) []Finding {
 	r := &reporter{obj: o}
 	if u, ok := o.Obj.(*manifest.Unsupported); ok {
-		r.add(Info, "unsupported", nil, "%s", u.Note)
+		if u.Refused {
+			r.add(Error, "refused", nil, "%s", u.Note)
+		} else {
+			r.add(Info, "unsupported", nil, "%s", u.Note)
+		}
 		return r.out
 	}
 	validateMeta(r, o)
