@@ -766,6 +766,11 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 			bpf_map_delete_elem(&bw_conntrack, &key);
 			return drop(skb, ifindex, dir, BW_REASON_REVOKED, &p, ep_id, local_id, peer_id, &d, is_reply);
 		}
+		if (d.verdict == BW_VERDICT_REDIRECT && !d.proxy_port) {
+			bpf_map_delete_elem(&bw_conntrack, &key);
+			return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, &p, ep_id, local_id, peer_id, &d,
+				    is_reply);
+		}
 		if (deliver && d.verdict == BW_VERDICT_REDIRECT && !is_reply)
 			return DEFER;
 		ct->revision = revision;
@@ -788,6 +793,9 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 	decide(ep, dir, peer_id, p.proto, p.dport, &d);
 	if (d.verdict == BW_VERDICT_DENY)
 		return drop(skb, ifindex, dir, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
+	/* Rule zero: a redirect is enforced by a proxy or dropped. */
+	if (d.verdict == BW_VERDICT_REDIRECT && !d.proxy_port)
+		return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, &p, ep_id, local_id, peer_id, &d, 0);
 	if (deliver && d.verdict == BW_VERDICT_REDIRECT)
 		return DEFER;
 

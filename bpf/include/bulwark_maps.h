@@ -174,6 +174,7 @@ struct bw_metric {
 #define BW_REASON_CT_INVALID 6
 #define BW_REASON_UNKNOWN_ENDPOINT 7
 #define BW_REASON_REVOKED 8
+#define BW_REASON_PROXY_UNAVAILABLE 9 /* a redirect without a proxy listening: fail closed */
 
 /* Event types and verdicts: internal/datapath/event.Type and .Verdict. */
 #define BW_EVENT_POLICY_VERDICT 1

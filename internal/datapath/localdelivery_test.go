@@ -262,6 +262,7 @@ func TestLocalDeliveryLeavesL7RedirectsToTheStack(t *testing.T) {
 		b := st.Endpoints[2]
 		b.Ingress.Entries = append(b.Ingress.Entries, resolved.Entry{Peer: e2eSelA, Proto: resolved.ProtoTCP, PortLo: 9090, PortHi: 9090,
 			Verdict: resolved.Redirect, Origin: ref("b-l7"), L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}})
+		st.ProxyPort = func(uint32, resolved.Direction, *resolved.Entry) uint16 { return 15001 }
 		return st
 	})
 	tp.listenTCP(1, 9090)
