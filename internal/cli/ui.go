@@ -31,12 +31,17 @@ by verdict, a live flow table with Hubble's filters, and for a dropped edge or
 flow the policy that decided it and the 'policy trace' explanation.
 
 ui prints the page's address and opens it with xdg-open when a desktop
-session is there; --no-browser only prints it.`,
+session is there; --no-browser only prints it (-o json prints {"url": ...}
+and opens nothing).`,
 		Args: cobra.NoArgs,
 		RunE: q.withAgentClient(func(ctx context.Context, cmd *cobra.Command, _ []string, c *agentapi.Client) error {
 			r, err := c.StartUI(ctx)
 			if err != nil {
 				return fmt.Errorf("ui: %w", err)
+			}
+			if q.out.format == "json" {
+				// Scripts read the address; nothing is opened.
+				return printJSON(cmd.OutOrStdout(), r)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), r.URL)
 			if !o.noBrowser {
@@ -45,7 +50,7 @@ session is there; --no-browser only prints it.`,
 			return nil
 		}),
 	}
-	q.inst.register(cmd)
+	q.register(cmd, "json")
 	cmd.Flags().BoolVar(&o.noBrowser, "no-browser", false, "only print the address")
 	return cmd
 }

@@ -252,6 +252,14 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// shortLabels leaves out the labels every pod of a namespace shares
+// (namespace, namespace labels, cluster): the ones that tell pods apart stay.
+function shortLabels(labels) {
+  return (labels || [])
+    .filter((l) => !/^k8s:io\.(cilium\.k8s\.(namespace\.labels\.|policy\.cluster=)|kubernetes\.pod\.namespace=)/.test(l))
+    .join(' ');
+}
+
 function dl(pairs) {
   const d = el('dl');
   for (const [k, v] of pairs) {
@@ -316,9 +324,9 @@ async function showDetails(title, flows, latest) {
       ['drop reason', latest.dropReason],
       ['direction', latest.direction],
       ['source', peerText(latest.src)],
-      ['source labels', (latest.src.labels || []).join(' ')],
+      ['source labels', shortLabels(latest.src.labels)],
       ['destination', peerText(latest.dst)],
-      ['destination labels', (latest.dst.labels || []).join(' ')],
+      ['destination labels', shortLabels(latest.dst.labels)],
       ['ports', [...new Set(flows.map(portText))].join(' ')],
       ['flows', flows.length],
       ['last seen', new Date(latest.time).toLocaleString()],
