@@ -39,6 +39,20 @@ func TestRecommendFromLiveTraffic(t *testing.T) {
 	in.ExpectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
 	in.ExpectTCP("deploy/backend", "database", "5432", true)
 
+	// status reports the observer's health, as hubble status does.
+	var st struct {
+		Flows *struct{ Held, Capacity, Seen, LostDatapath, LostReaders uint64 }
+	}
+	if err := json.Unmarshal([]byte(in.MustRun("status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Flows == nil || st.Flows.Seen == 0 || st.Flows.Capacity == 0 || st.Flows.Held > st.Flows.Capacity || st.Flows.Held > st.Flows.Seen {
+		t.Errorf("status flows %+v: want flows seen, held within capacity", st.Flows)
+	}
+	if text := in.MustRun("status"); !strings.Contains(text, "Current/Max") {
+		t.Errorf("status text has no Current/Max flows line:\n%s", text)
+	}
+
 	for _, kind := range []string{"networkpolicy", "cnp"} {
 		out := in.MustRun("policy", "recommend", "-n", "demo", "--since", "1h", "--kind", kind)
 		for _, want := range []string{"frontend-recommended", "backend-recommended", "database-recommended", "k8s-app: kube-dns"} {
