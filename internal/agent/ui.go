@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
@@ -70,22 +69,5 @@ func (s uiSource) Trace(_ context.Context, q ui.TraceQuery) (ui.Trace, error) {
 	if snap == nil {
 		return ui.Trace{}, errors.New("trace: no policy has been loaded yet")
 	}
-	st := &check.State{Snap: snap}
-	src, err := st.Peer(q.Src)
-	if err != nil {
-		return ui.Trace{}, &ui.BadQueryError{Err: fmt.Errorf("trace: src: %w", err)}
-	}
-	dst, err := st.Peer(q.Dst)
-	if err != nil {
-		return ui.Trace{}, &ui.BadQueryError{Err: fmt.Errorf("trace: dst: %w", err)}
-	}
-	res, err := st.CheckPeers(src, dst, q.Port, q.Protocol)
-	if err != nil {
-		return ui.Trace{}, &ui.BadQueryError{Err: fmt.Errorf("trace: %w", err)}
-	}
-	var b strings.Builder
-	if err := st.WriteTrace(&b, res); err != nil {
-		return ui.Trace{}, err
-	}
-	return ui.Trace{Verdict: res.Verdict, Egress: res.Egress, Ingress: res.Ingress, Policies: res.Policies, Text: b.String()}, nil
+	return ui.TraceState(&check.State{Snap: snap}, q)
 }
