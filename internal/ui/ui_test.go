@@ -29,7 +29,9 @@ type stateSource struct {
 
 func (s stateSource) Pods(context.Context) ([]agentapi.Pod, error) { return s.pods, nil }
 
-func (s stateSource) Trace(_ context.Context, q TraceQuery) (Trace, error) { return TraceState(s.st, q) }
+func (s stateSource) Trace(_ context.Context, q TraceQuery) (Trace, error) {
+	return TraceState(s.st, q)
+}
 
 func seedSource(t *testing.T) stateSource {
 	t.Helper()
