@@ -109,6 +109,18 @@ function l7Text(f) {
   return f.l7.type || '';
 }
 
+// l7EdgeText is the short L7 form an edge lists: "GET /path", "DNS name".
+function l7EdgeText(f) {
+  if (!f.l7 || f.l7.type === 'RESPONSE') return '';
+  if (f.l7.http) {
+    let path = f.l7.http.url || '';
+    try { path = new URL(path, 'http://x').pathname; } catch { /* keep it whole */ }
+    return `${f.l7.http.method || ''} ${path}`.trim();
+  }
+  if (f.l7.dns) return `DNS ${f.l7.dns.query || ''}`.trim();
+  return '';
+}
+
 // ---- graph ----
 
 const cy = cytoscape({
@@ -130,7 +142,7 @@ const cy = cytoscape({
     } },
     { selector: 'edge', style: {
       'width': 2, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', 'arrow-scale': 1,
-      'label': 'data(label)', 'font-size': 9, 'text-rotation': 'autorotate', 'text-background-color': '#fff',
+      'label': 'data(label)', 'font-size': 9, 'text-rotation': 'autorotate', 'text-wrap': 'wrap', 'text-background-color': '#fff',
       'text-background-opacity': 0.85, 'text-background-padding': '1px', 'color': '#374151',
     } },
     { selector: 'edge.forwarded', style: { 'line-color': '#2e8b57', 'target-arrow-color': '#2e8b57' } },
@@ -140,6 +152,13 @@ const cy = cytoscape({
     { selector: ':selected', style: { 'overlay-color': '#2563eb', 'overlay-opacity': 0.15, 'overlay-padding': 6 } },
   ],
 });
+
+// The map's box changes with the window and when the details open: the
+// whole map stays in view.
+new ResizeObserver(() => {
+  cy.resize();
+  cy.fit(undefined, 24);
+}).observe(document.querySelector('#map'));
 
 let layoutKey = '';
 
@@ -170,11 +189,13 @@ function graphFor(flows, flt) {
     const id = `e:${s.id}|${d.id}|${cls}`;
     let e = edges.get(id);
     if (!e) {
-      e = { id, source: s.id, target: d.id, verdict: cls, count: 0, ports: new Set(), flows: [] };
+      e = { id, source: s.id, target: d.id, verdict: cls, count: 0, ports: new Set(), l7: new Set(), flows: [] };
       edges.set(id, e);
     }
     e.count++;
     e.ports.add(portText(f));
+    const l7 = l7EdgeText(f);
+    if (l7) e.l7.add(l7);
     e.flows.push(f);
   }
   return { nodes, edges };
@@ -196,7 +217,8 @@ function renderGraph(filtered, flt) {
       if (cy.getElementById(n.id).empty()) cy.add({ group: 'nodes', data, classes: n.kind });
     }
     for (const e of edges.values()) {
-      const label = `${[...e.ports].slice(0, 3).join(' ')}${e.ports.size > 3 ? ' …' : ''} ×${e.count}`;
+      const l7 = [...e.l7].slice(0, 2).join(', ') + (e.l7.size > 2 ? ' …' : '');
+      const label = `${[...e.ports].slice(0, 3).join(' ')}${e.ports.size > 3 ? ' …' : ''} ×${e.count}${l7 ? '\n' + l7 : ''}`;
       const el = cy.getElementById(e.id);
       if (el.empty()) {
         cy.add({ group: 'edges', data: { id: e.id, source: e.source, target: e.target, label, verdict: e.verdict }, classes: e.verdict });
@@ -371,7 +393,6 @@ $('#flows tbody').addEventListener('click', (evt) => {
 $('#details-close').addEventListener('click', () => {
   $('#details').hidden = true;
   state.selected = null;
-  cy.resize();
 });
 
 // ---- data ----
