@@ -41,7 +41,10 @@ function peerNode(p) {
     return { id: `wl:${p.namespace}/${wl}`, label: wl, parent: `ns:${p.namespace}`, namespace: p.namespace, kind: 'workload' };
   }
   const reserved = (p.labels || []).find((l) => l.startsWith('reserved:'));
-  const name = (p.names && p.names[0]) || (reserved ? reserved.slice('reserved:'.length) : '') || p.ip || `identity ${p.identity}`;
+  // World addresses stay apart (each its own node); other reserved
+  // identities (host, kube-apiserver, ...) are one node each.
+  const entity = reserved ? reserved.slice('reserved:'.length) : '';
+  const name = (p.names && p.names[0]) || (entity && entity !== 'world' ? entity : '') || p.ip || entity || `identity ${p.identity}`;
   return { id: `ext:${name}`, label: name, kind: 'external' };
 }
 
