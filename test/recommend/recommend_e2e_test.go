@@ -112,16 +112,19 @@ func TestRecommendFromLiveTraffic(t *testing.T) {
 		}
 	}
 
-	// Applied live (the NetworkPolicy form), the recommendation keeps the
-	// application working and drops what it never did.
-	out := in.MustRun("policy", "recommend", "-n", "demo")
-	rec := filepath.Join(t.TempDir(), "recommended.yaml")
-	if err := os.WriteFile(rec, []byte(out), 0o644); err != nil {
-		t.Fatal(err)
+	// Applied live, each form keeps the application working and drops
+	// what it never did.
+	for _, kind := range []string{"networkpolicy", "cnp"} {
+		out := in.MustRun("policy", "recommend", "-n", "demo", "--kind", kind)
+		rec := filepath.Join(t.TempDir(), "recommended.yaml")
+		if err := os.WriteFile(rec, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		in.MustRun("apply", "-f", rec)
+		in.ExpectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
+		in.ExpectTCP("deploy/backend", "database", "5432", true)
+		in.ExpectTCP("deploy/frontend", "database", "5432", false)
+		in.ExpectTCP("deploy/database", "backend", "8080", false)
+		in.MustRun("delete", "-f", rec)
 	}
-	in.MustRun("apply", "-f", rec)
-	in.ExpectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-")
-	in.ExpectTCP("deploy/backend", "database", "5432", true)
-	in.ExpectTCP("deploy/frontend", "database", "5432", false)
-	in.ExpectTCP("deploy/database", "backend", "8080", false)
 }
