@@ -12,6 +12,8 @@ for pair in clang:clang llvm-strip:llvm bpftool:bpftool ip:iproute2 iptables:ipt
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+# Debian's chromium drives the service map's browser test (test/ui).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "setup: installing ${need[*]}"
 	apt-get update -qq

@@ -12,5 +12,12 @@ go vet ./...
 echo "== generated BPF objects match their C sources"
 bash scripts/check-generated.sh
 
+echo "== the embedded service map is the build of ui/"
+if command -v npm >/dev/null 2>&1; then
+	bash scripts/build-ui.sh --check
+else
+	echo "skipped: npm is not installed"
+fi
+
 echo "== go test"
 go test -count=1 -timeout 40m ./... 2>&1 | tee /tmp/bulwark-test.log

@@ -71,6 +71,8 @@ type Agent struct {
 	errors []string // recent reconcile errors, newest last
 
 	shutdown chan agentapi.ShutdownRequest
+
+	ui uiServer // the service map, once 'bulwark ui' asked for it
 }
 
 // Run runs the agent until ctx ends or a client asks it to shut down. It
@@ -102,6 +104,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
 	}
 	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)
+	defer a.ui.close()
 	if a.store, err = openStore(opts.Paths.Objects); err != nil {
 		return err
 	}

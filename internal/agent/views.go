@@ -113,6 +113,7 @@ func (a *Agent) Status(context.Context) (agentapi.Status, error) {
 		st.MetricsAddr = n.events.metricsAddr
 		st.Errors = append(st.Errors, n.events.errors...)
 	}
+	st.Flows = n.flowStatus()
 	return st, nil
 }
 

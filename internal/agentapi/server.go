@@ -134,6 +134,9 @@ func newMux(b Backend) *http.ServeMux {
 	post("/v1/shutdown", func() any { return &ShutdownRequest{} }, func(ctx context.Context, v any) (any, error) {
 		return struct{}{}, b.Shutdown(ctx, *v.(*ShutdownRequest))
 	})
+	if u, ok := b.(UIBackend); ok {
+		post("/v1/ui", func() any { return &struct{}{} }, func(ctx context.Context, _ any) (any, error) { return u.StartUI(ctx) })
+	}
 	return mux
 }
 

@@ -77,6 +77,8 @@ type Status struct {
 	HubbleSock  string   `json:"hubbleSocket,omitempty"`
 	MetricsAddr string   `json:"metricsAddr,omitempty"`
 	Errors      []string `json:"errors,omitempty"` // reconcile problems, newest last
+	// Flows is the observer's health (nil: no observer).
+	Flows *FlowStatus `json:"flows,omitempty"`
 }
 
 // Pod is one running (or pending) pod.

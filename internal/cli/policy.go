@@ -12,11 +12,12 @@ import (
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Validate, lint, check and trace network policies offline",
+		Short: "Validate, lint, check and trace network policies offline; recommend them from observed flows",
 	}
 	// Subcommands: one line each, keep sorted.
 	cmd.AddCommand(
 		newPolicyCheckCmd(),
+		newPolicyRecommendCmd(),
 		newPolicyTraceCmd(),
 		newPolicyValidateCmd(),
 	)

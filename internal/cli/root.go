@@ -40,6 +40,7 @@ func NewRootCmd() *cobra.Command {
 		newObserveCmd(),
 		newPolicyCmd(),
 		newStatusCmd(),
+		newUICmd(),
 		newUpCmd(),
 		newVersionCmd(),
 		newWorkloadCmd(), // hidden: sandbox pod process

@@ -64,6 +64,7 @@ func printStatus(out io.Writer, st agentapi.Status) error {
 	fmt.Fprintf(w, "Endpoints:\t%d\n", st.Endpoints)
 	fmt.Fprintf(w, "Identities:\t%d\n", st.Identities)
 	fmt.Fprintf(w, "Hubble:\t%s\n", orNone(strings.TrimSpace(st.HubbleAddr+" "+st.HubbleSock)))
+	printFlowStatus(w, st.Flows)
 	fmt.Fprintf(w, "Metrics:\t%s\n", orNone(st.MetricsAddr))
 	fmt.Fprintf(w, "API socket:\t%s\n", st.Socket)
 	fmt.Fprintf(w, "State:\t%s\n", st.StateDir)
