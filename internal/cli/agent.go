@@ -110,6 +110,9 @@ func (o *outputFlag) register(cmd *cobra.Command, allowed ...string) {
 }
 
 func (o *outputFlag) check() error {
+	if len(o.allowed) == 0 {
+		return nil // the command registers no --output
+	}
 	for _, a := range o.allowed {
 		if o.format == a {
 			return nil
