@@ -38,9 +38,12 @@ type Options struct {
 	// Foreground logs to stderr; otherwise the log goes to Paths.LogFile.
 	Foreground bool
 	// HubbleAddr is the Hubble gRPC TCP address ("" = unix socket only);
-	// MetricsAddr the Prometheus address ("" = off).
-	HubbleAddr  string
-	MetricsAddr string
+	// MetricsAddr the Prometheus address ("" = off). nil keeps the
+	// instance's recorded address (DefaultHubbleListen and
+	// DefaultMetricsListen for a new instance). Both must be on loopback;
+	// they persist with the instance (see listenConfig).
+	HubbleAddr  *string
+	MetricsAddr *string
 	// IPv6 makes the instance's pods and services dual stack; it sticks
 	// (an instance created dual stack stays so until 'bulwark down').
 	// World, when not nil, replaces the names the simulated outside world
@@ -71,6 +74,8 @@ type Agent struct {
 	errors []string // recent reconcile errors, newest last
 
 	shutdown chan agentapi.ShutdownRequest
+
+	listeners *listeners // bound before the node opens; the event pump serves them
 }
 
 // Run runs the agent until ctx ends or a client asks it to shut down. It
@@ -83,6 +88,21 @@ func Run(ctx context.Context, opts Options) (err error) {
 	defer lock.Release()
 	if err := os.MkdirAll(opts.Paths.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
+	}
+	// Bind before touching anything: an instance that cannot listen
+	// where it should does not start (and never serves another
+	// instance's clients by falling back elsewhere).
+	listenCfg, err := wantedListenConfig(opts.Paths, opts)
+	if err != nil {
+		return err
+	}
+	lns, err := bindListeners(listenCfg)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+	if err := writeListenConfig(opts.Paths, listenCfg); err != nil {
+		return err
 	}
 	log := opts.Log
 	if log == nil {
@@ -98,7 +118,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	a := &Agent{
-		opts: opts, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
+		opts: opts, listeners: lns, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
 	}
 	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)

@@ -142,7 +142,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 		return fail(err)
 	}
 	n.nodeIP = sb.State().NodeIP
-	n.events = startEventPump(ctx, n, a.opts)
+	n.events = startEventPump(ctx, n, a.listeners)
 	return n, nil
 }
 

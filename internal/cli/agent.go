@@ -54,6 +54,7 @@ func newAgentCmd() *cobra.Command {
 	var opts agent.Options
 	var stateDir string
 	var localDelivery bool
+	var hubble, metrics string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -76,6 +77,7 @@ func newAgentCmd() *cobra.Command {
 			if cmd.Flags().Changed("local-delivery") {
 				opts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
+			listenFlags(cmd, &opts, hubble, metrics)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, opts)
@@ -84,8 +86,7 @@ func newAgentCmd() *cobra.Command {
 	inst.register(cmd)
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "state directory (default /var/lib/bulwark/<instance>)")
 	cmd.Flags().BoolVar(&opts.Foreground, "foreground", false, "log to stderr (the agent always runs in the calling process)")
-	cmd.Flags().StringVar(&opts.HubbleAddr, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
-	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	registerListenFlags(cmd, &hubble, &metrics)
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -66,7 +67,8 @@ func newUpCmd() *cobra.Command {
 			}
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
-			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6}
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, IPv6: ipv6}
+			listenFlags(cmd, &agentOpts, hubble, metrics)
 			if cmd.Flags().Changed("world") {
 				agentOpts.World = world // otherwise the agent keeps the instance's world
 			}
@@ -118,11 +120,30 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	cmd.Flags().BoolVar(&foreground, "foreground", false, "run the agent in this process instead of detaching it")
 	cmd.Flags().DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for pods and policies to be ready")
-	cmd.Flags().StringVar(&hubble, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
-	cmd.Flags().StringVar(&metrics, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	registerListenFlags(cmd, &hubble, &metrics)
 	registerSandboxFlags(cmd, &ipv6, &world)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
+}
+
+// registerListenFlags adds --hubble-listen and --metrics-listen, shared by
+// up and agent. Given, they replace the instance's recorded addresses;
+// omitted, the instance keeps them (a new instance takes the defaults).
+func registerListenFlags(cmd *cobra.Command, hubble, metrics *string) {
+	cmd.Flags().StringVar(hubble, "hubble-listen", agent.DefaultHubbleListen,
+		"Hubble gRPC TCP address, on loopback (readable by every local user; empty: root-only unix socket only; the instance keeps it)")
+	cmd.Flags().StringVar(metrics, "metrics-listen", agent.DefaultMetricsListen,
+		"Prometheus listen address, on loopback (empty: off; the instance keeps it)")
+}
+
+// listenFlags sets the listen addresses of o that the command line gave.
+func listenFlags(cmd *cobra.Command, o *agent.Options, hubble, metrics string) {
+	if cmd.Flags().Changed("hubble-listen") {
+		o.HubbleAddr = &hubble
+	}
+	if cmd.Flags().Changed("metrics-listen") {
+		o.MetricsAddr = &metrics
+	}
 }
 
 // registerSandboxFlags adds the flags shaping the sandbox, shared by up and
@@ -149,8 +170,13 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 		return nil, 0, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir,
-		"--run-dir", parentDir(p.RunDir), "--hubble-listen", o.HubbleAddr, "--metrics-listen", o.MetricsAddr}
+	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir, "--run-dir", parentDir(p.RunDir)}
+	if o.HubbleAddr != nil {
+		args = append(args, "--hubble-listen="+*o.HubbleAddr)
+	}
+	if o.MetricsAddr != nil {
+		args = append(args, "--metrics-listen="+*o.MetricsAddr)
+	}
 	if o.IPv6 {
 		args = append(args, "--ipv6")
 	}
@@ -196,7 +222,12 @@ func waitForAgent(ctx context.Context, c *agentapi.Client, done <-chan error, p 
 		}
 		select {
 		case err := <-done:
-			return fmt.Errorf("agent failed to start: %v (log: %s)\n%s", err, p.LogFile, tailFile(p.LogFile, 20))
+			tail := tailFile(p.LogFile, 20)
+			if why := lastErrorLine(tail); why != "" {
+				// The agent's own error says what to change.
+				return fmt.Errorf("agent failed to start: %s (log: %s)", why, p.LogFile)
+			}
+			return fmt.Errorf("agent failed to start: %v (log: %s)\n%s", err, p.LogFile, tail)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -230,6 +261,18 @@ func waitReady(ctx context.Context, c *agentapi.Client, wait time.Duration, done
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// lastErrorLine returns the last "Error: ..." line of an agent's log tail
+// (what a failed 'bulwark agent' prints last), without the prefix.
+func lastErrorLine(tail string) string {
+	lines := strings.Split(strings.TrimRight(tail, "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if why, ok := strings.CutPrefix(lines[i], "Error: "); ok {
+			return why
+		}
+	}
+	return ""
 }
 
 func tailFile(path string, n int) string {
