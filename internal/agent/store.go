@@ -62,7 +62,9 @@ func openStore(file string) (*store, error) {
 	}
 	s.revision = sf.Revision
 	for i, so := range sf.Objects {
-		objs, errs := manifest.Decode(so.Source, so.Doc)
+		// Stored objects passed the size limits when applied; their
+		// JSON form may be a little larger than the YAML was.
+		objs, errs := manifest.DecodeWith(so.Source, so.Doc, manifest.DecodeOptions{NoSizeLimits: true})
 		if len(errs) > 0 {
 			return nil, fmt.Errorf("object store %s: object %d: %w", file, i, errs)
 		}

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +26,13 @@ type instanceFlags struct {
 	instance  string
 	runDir    string
 	stateRoot string
+	timeout   time.Duration // each call to the agent; see registerTimeout
+}
+
+// registerTimeout adds --timeout, the bound on each call to the agent.
+func (f *instanceFlags) registerTimeout(cmd *cobra.Command) {
+	cmd.Flags().DurationVar(&f.timeout, "timeout", agentapi.DefaultTimeout,
+		"how long to wait for the agent's answer (a change it had not committed by then is not applied)")
 }
 
 func (f *instanceFlags) register(cmd *cobra.Command) {
@@ -45,7 +55,39 @@ func (f *instanceFlags) client() (*agentapi.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return agentapi.NewClient(p.Socket), nil
+	c := agentapi.NewClient(p.Socket)
+	if f.timeout > 0 {
+		c = c.WithTimeout(f.timeout)
+	}
+	return c, nil
+}
+
+// explainAgentError adds the agent's pid to a call it did not answer:
+// "agent not responding (pid N): ...".
+func (f *instanceFlags) explainAgentError(err error) error {
+	var nr *agentapi.NotRespondingError
+	if !errors.As(err, &nr) {
+		return err
+	}
+	pid := 0
+	if p, perr := f.paths(); perr == nil {
+		pid, _ = agent.RunningPID(p)
+	}
+	if pid != 0 && processStopped(pid) {
+		return fmt.Errorf("agent not responding (pid %d, stopped by a signal: 'kill -CONT %d' resumes it): %w", pid, pid, err)
+	}
+	return fmt.Errorf("agent not responding (pid %d): %w", pid, err)
+}
+
+// processStopped reports whether pid is stopped (state T in /proc).
+func processStopped(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
 }
 
 // newAgentCmd runs the long-lived agent of an instance.

@@ -93,7 +93,8 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			if len(docs) > 0 {
-				resp, err := c.Apply(ctx, agentapi.ApplyRequest{Documents: docs})
+				// The first apply creates every pod: bounded by --wait.
+				resp, err := c.WithTimeout(max(wait, agentapi.DefaultTimeout)).Apply(ctx, agentapi.ApplyRequest{Documents: docs})
 				if err != nil {
 					return fmt.Errorf("apply: %w", err)
 				}

@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/test/sandboxtest"
+)
+
+const livenessPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: liveness
+  namespace: demo
+spec:
+  endpointSelector:
+    matchLabels:
+      app: a
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: b
+`
+
+func writeTemp(t *testing.T, name, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestStoppedAgent: with the agent stopped (SIGSTOP), apply and status
+// give up after --timeout naming the agent's pid; the apply whose client
+// gave up is not applied when the agent resumes, and the agent logs so.
+func TestStoppedAgent(t *testing.T) {
+	t.Parallel()
+	in := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-stop", CombinedOutput: true})
+	in.MustRun("up", "-f", writeTemp(t, "ns.yaml", namespaceOnly))
+	pol := writeTemp(t, "pol.yaml", livenessPolicy)
+	pid, _ := agent.RunningPID(in.Paths())
+	if pid == 0 {
+		t.Fatal("no agent pid")
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	want := "agent not responding (pid " + strconv.Itoa(pid)
+	for _, args := range [][]string{{"apply", "-f", pol, "--timeout", "2s"}, {"status", "--timeout", "2s"}} {
+		out, _, code := in.Run(args...)
+		if code == 0 || !strings.Contains(out, want) || !strings.Contains(out, "did not answer within 2s") {
+			t.Errorf("%s with the agent stopped: exit %d, want %q:\n%s", args[0], code, want, out)
+		}
+	}
+	resume()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := in.Client().Status(ctx); err != nil {
+		t.Fatalf("status after SIGCONT: %v", err)
+	}
+	pols, err := in.Client().Policies(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pols) != 0 {
+		t.Errorf("policies after the abandoned apply: %+v; want none (the client gave up before it was applied)", pols)
+	}
+	if log := in.AgentLog(); !strings.Contains(log, "abandoned by its client") {
+		t.Errorf("agent log does not report the abandoned change:\n%s", log)
+	}
+	// The agent works again.
+	in.MustRun("apply", "-f", pol)
+	if pols, _ := in.Client().Policies(ctx); len(pols) != 1 {
+		t.Errorf("policies after a normal apply: %+v", pols)
+	}
+}
+
+func agentRSS(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb * 1024
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestLargeInputRefused: objects over the API server's limits are refused
+// by validate and apply naming file and object; the agent, sent one
+// directly, refuses it too, and its memory returns near the baseline.
+func TestLargeInputRefused(t *testing.T) {
+	t.Parallel()
+	in := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-big", CombinedOutput: true})
+	in.MustRun("up", "-f", writeTemp(t, "ns.yaml", namespaceOnly))
+	huge := strings.Repeat("x", 10<<20)
+	doc := "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: huge\n  annotations:\n    note: \"" + huge + "\"\n"
+	file := writeTemp(t, "huge.yaml", doc)
+	for _, args := range [][]string{{"policy", "validate", "-f", file}, in.Args("apply", "-f", file)} {
+		out, code := runBinary(t, args...)
+		if code == 0 || !strings.Contains(out, file) || !strings.Contains(out, "Namespace huge") || !strings.Contains(out, "1.5 MiB") {
+			t.Errorf("%s of a 10 MiB object: exit %d, want file, object and limit named:\n%.500s", strings.Join(args, " "), code, out)
+		}
+	}
+	pid, _ := agent.RunningPID(in.Paths())
+	before := agentRSS(t, pid)
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		_, err := in.Client().Apply(ctx, agentapi.ApplyRequest{Documents: []agentapi.Document{{Source: "huge.yaml", Data: []byte(doc)}}})
+		if err == nil || !strings.Contains(err.Error(), "Namespace huge") {
+			t.Fatalf("agent sent a 10 MiB object: %v; want refused naming it", err)
+		}
+	}
+	time.Sleep(time.Second) // the answer is written before the memory is returned
+	after := agentRSS(t, pid)
+	t.Logf("agent RSS %d MiB before, %d MiB after three refused 10 MiB objects", before>>20, after>>20)
+	if after > before+32<<20 {
+		t.Errorf("agent RSS grew from %d to %d MiB after refused objects", before>>20, after>>20)
+	}
+}
