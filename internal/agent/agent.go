@@ -108,9 +108,11 @@ func Run(ctx context.Context, opts Options) (err error) {
 	if log == nil {
 		var w io.Writer = os.Stderr
 		if !opts.Foreground {
-			f, err := os.OpenFile(opts.Paths.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			// Rotated by size; the process's own output (started by
+			// 'bulwark up' into the same file) follows it.
+			f, err := openRotatingLog(opts.Paths.LogFile, defaultLogMaxSize, defaultLogKeep, true)
 			if err != nil {
-				return fmt.Errorf("open log file: %w", err)
+				return err
 			}
 			defer f.Close()
 			w = f

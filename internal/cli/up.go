@@ -40,6 +40,11 @@ func newUpCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Root first: without it the state directory cannot even be
+			// read, and any other complaint would mislead.
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF); run it as root")
+			}
 			// Without -f, up resumes an instance whose agent stopped: the
 			// agent recovers its objects from the state directory.
 			var docs []agentapi.Document
@@ -56,9 +61,6 @@ func newUpCmd() *cobra.Command {
 				fmt.Fprintf(stderr, "--world: %v\n", err)
 				fmt.Fprintln(stderr, "nothing was started")
 				return &ExitError{Code: 1}
-			}
-			if os.Geteuid() != 0 {
-				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF)")
 			}
 			if pid, _ := agent.RunningPID(p); pid != 0 {
 				fmt.Fprintf(stderr, "instance %q is already running (agent pid %d, socket %s)\n", p.Instance, pid, p.Socket)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -139,5 +140,50 @@ func TestLargeInputRefused(t *testing.T) {
 	t.Logf("agent RSS %d MiB before, %d MiB after three refused 10 MiB objects", before>>20, after>>20)
 	if after > before+32<<20 {
 		t.Errorf("agent RSS grew from %d to %d MiB after refused objects", before>>20, after>>20)
+	}
+}
+
+// TestNonRootCommands: run by an ordinary user, up says root is needed
+// (not that the instance has no saved state), and status that the agent's
+// API is root only.
+func TestNonRootCommands(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the binary as another user")
+	}
+	dir, err := os.MkdirTemp("", "bwk-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "bulwark")
+	data, err := os.ReadFile(sandboxtest.Binary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	manifest := filepath.Join(dir, "ns.yaml")
+	if err := os.WriteFile(manifest, []byte(namespaceOnly), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"up", "--instance", "e2e-nonroot"}, "needs root"},
+		{[]string{"up", "--instance", "e2e-nonroot", "-f", manifest}, "needs root"},
+		{[]string{"status", "--instance", "e2e-nonroot"}, "root"},
+	} {
+		cmd := exec.Command(bin, c.args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) || strings.Contains(string(out), "saved state") {
+			t.Errorf("%v as nobody: %v, want %q:\n%s", c.args, err, c.want, out)
+		}
 	}
 }
