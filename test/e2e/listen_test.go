@@ -111,6 +111,16 @@ func TestInstanceListeners(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Its Hubble port taken meanwhile: the restart fails, naming it.
+	squatter, err := net.Listen("tcp", hubbleB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, code = runBinary(t, b.Args("up", "--wait", "1m")...)
+	squatter.Close()
+	if code == 0 || !strings.Contains(out, hubbleB) || !strings.Contains(out, "--hubble-listen") {
+		t.Errorf("restart of b with its Hubble address taken: exit %d, want the address and flag named:\n%s", code, out)
+	}
 	if out, code := runBinary(t, b.Args("up", "--wait", "1m")...); code != 0 {
 		t.Fatalf("restart of b: exit %d:\n%s\n%s", code, out, b.AgentLog())
 	}
