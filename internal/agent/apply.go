@@ -135,7 +135,8 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 		return agentapi.ApplyResponse{}, err
 	}
 	if err := a.store.commit(p); err != nil {
-		return agentapi.ApplyResponse{}, err
+		a.countPolicyChange(false)
+		return agentapi.ApplyResponse{}, fmt.Errorf("not applied, nothing changed (the state directory %s refused it): %w", a.opts.Paths.StateDir, err)
 	}
 	if p.changed {
 		a.log.Info("desired state changed", "revision", a.store.revision, "delete", del, "objects", len(objs))

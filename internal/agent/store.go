@@ -227,7 +227,16 @@ func writeFileAtomic(file string, data []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), file)
+	if err := os.Rename(tmp.Name(), file); err != nil {
+		return err
+	}
+	// The rename itself survives a power loss once the directory is
+	// synced.
+	if d, err := os.Open(filepath.Dir(file)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 // cascadeNamespaces removes every object in the namespaces among deleted

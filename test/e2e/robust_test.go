@@ -260,3 +260,36 @@ func TestKillDuringApply(t *testing.T) {
 		}
 	}
 }
+
+// TestStateDirUnwritable: a change the state directory refuses to store
+// is refused whole with the reason; the agent keeps running, and takes
+// changes again once the directory is writable.
+func TestStateDirUnwritable(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("chattr"); err != nil {
+		t.Skip("needs chattr (root ignores file modes; an immutable directory stops it)")
+	}
+	in := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-ro", CombinedOutput: true})
+	in.MustRun("up", "-f", writeTemp(t, "ns.yaml", namespaceOnly))
+	dir := in.Paths().StateDir
+	if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i %s: %v: %s", dir, err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
+	pol := writeTemp(t, "pol.yaml", livenessPolicy)
+	out, _, code := in.Run("apply", "-f", pol)
+	if code == 0 || !strings.Contains(out, "not applied") || !strings.Contains(out, dir) {
+		t.Errorf("apply with the state directory immutable: exit %d, want refused naming %s:\n%s", code, dir, out)
+	}
+	ctx := context.Background()
+	if pols, err := in.Client().Policies(ctx); err != nil || len(pols) != 0 {
+		t.Errorf("policies after the refused apply: %+v, %v; want none", pols, err)
+	}
+	if out, err := exec.Command("chattr", "-i", dir).CombinedOutput(); err != nil {
+		t.Fatalf("chattr -i: %v: %s", err, out)
+	}
+	in.MustRun("apply", "-f", pol)
+	if pols, _ := in.Client().Policies(ctx); len(pols) != 1 {
+		t.Errorf("policies after apply: %+v; want 1", pols)
+	}
+}
