@@ -143,7 +143,7 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 	}
 	// Committed: converge whatever the client does now.
 	defer func() {
-		if ctx.Err() != nil {
+		if agentapi.Expired(ctx) != nil {
 			a.log.Warn("change completed after its client gave up", "revision", a.store.revision, "delete", del, "objects", len(objs))
 		}
 	}()
@@ -165,7 +165,7 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 // it hung up) at the point named by when, and logs it: nothing of it is
 // applied.
 func (a *Agent) abandoned(ctx context.Context, when string) error {
-	err := ctx.Err()
+	err := agentapi.Expired(ctx)
 	if err == nil {
 		return nil
 	}

@@ -21,8 +21,9 @@ type blockedBackend struct {
 
 func (b *blockedBackend) Apply(ctx context.Context, r ApplyRequest) (ApplyResponse, error) {
 	<-b.release
-	b.ctxErr <- ctx.Err()
-	return ApplyResponse{}, ctx.Err()
+	err := Expired(ctx)
+	b.ctxErr <- err
+	return ApplyResponse{}, err
 }
 
 func listenTest(t *testing.T, b Backend) string {

@@ -105,6 +105,19 @@ func requestContext(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithCancel(r.Context())
 }
 
+// Expired reports whether a request's client has given up: its context
+// ended, or its deadline has passed (even before the context's timer has
+// fired). A backend checks it at its commit point.
+func Expired(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 func newMux(b Backend) *http.ServeMux {
 	mux := http.NewServeMux()
 	get := func(path string, f func(ctx context.Context, r *http.Request) (any, error)) {
