@@ -55,6 +55,9 @@ type Options struct {
 	// instance (datapath.Options.DisableLocalDelivery); nil keeps the
 	// instance's setting, on by default. It persists like IPv6.
 	LocalDelivery *bool
+	// IdentityGrace is how long an identity nothing uses keeps its number
+	// before it is freed (0: a minute).
+	IdentityGrace time.Duration
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

@@ -144,6 +144,9 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	if err := writeSandboxConfig(p, cfg); err != nil {
 		return fail(err)
 	}
+	if a.opts.IdentityGrace > 0 {
+		n.identityGrace = a.opts.IdentityGrace
+	}
 	n.nodeIP = sb.State().NodeIP
 	n.events = startEventPump(ctx, n, a.listeners)
 	return n, nil

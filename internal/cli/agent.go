@@ -129,9 +129,16 @@ func newAgentCmd() *cobra.Command {
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "state directory (default /var/lib/bulwark/<instance>)")
 	cmd.Flags().BoolVar(&opts.Foreground, "foreground", false, "log to stderr (the agent always runs in the calling process)")
 	registerListenFlags(cmd, &hubble, &metrics)
+	registerIdentityGraceFlag(cmd, &opts.IdentityGrace)
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
+}
+
+// registerIdentityGraceFlag adds the hidden --identity-grace (tests).
+func registerIdentityGraceFlag(cmd *cobra.Command, d *time.Duration) {
+	cmd.Flags().DurationVar(d, "identity-grace", 0, "how long an unused identity keeps its number (default 1m)")
+	_ = cmd.Flags().MarkHidden("identity-grace")
 }
 
 // registerLocalDeliveryFlag adds --local-delivery (on for a new instance;

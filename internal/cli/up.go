@@ -28,6 +28,7 @@ func newUpCmd() *cobra.Command {
 	var foreground bool
 	var wait time.Duration
 	var hubble, metrics string
+	var identityGrace time.Duration
 	var ipv6, localDelivery bool
 	var world []string
 	cmd := &cobra.Command{
@@ -69,7 +70,7 @@ func newUpCmd() *cobra.Command {
 			}
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
-			agentOpts := agent.Options{Paths: p, Foreground: foreground, IPv6: ipv6}
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, IPv6: ipv6, IdentityGrace: identityGrace}
 			listenFlags(cmd, &agentOpts, hubble, metrics)
 			if cmd.Flags().Changed("world") {
 				agentOpts.World = world // otherwise the agent keeps the instance's world
@@ -124,6 +125,7 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&foreground, "foreground", false, "run the agent in this process instead of detaching it")
 	cmd.Flags().DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for pods and policies to be ready")
 	registerListenFlags(cmd, &hubble, &metrics)
+	registerIdentityGraceFlag(cmd, &identityGrace)
 	registerSandboxFlags(cmd, &ipv6, &world)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
@@ -182,6 +184,9 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 	}
 	if o.IPv6 {
 		args = append(args, "--ipv6")
+	}
+	if o.IdentityGrace > 0 {
+		args = append(args, "--identity-grace", o.IdentityGrace.String())
 	}
 	if o.LocalDelivery != nil {
 		args = append(args, fmt.Sprintf("--local-delivery=%t", *o.LocalDelivery))

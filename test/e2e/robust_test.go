@@ -293,3 +293,52 @@ func TestStateDirUnwritable(t *testing.T) {
 		t.Errorf("policies after apply: %+v; want 1", pols)
 	}
 }
+
+// TestCIDRIdentitiesReleased: 900 toCIDR /32 policies applied and deleted
+// leave no identities behind once the grace period is over: the persisted
+// identities and the identity list return to their baseline.
+func TestCIDRIdentitiesReleased(t *testing.T) {
+	t.Parallel()
+	in := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-ids", CombinedOutput: true})
+	ns := writeTemp(t, "ns.yaml", namespaceOnly)
+	in.MustRun("up", "-f", ns, "--identity-grace", "1s")
+	var docs []string
+	for i := 0; i < 900; i++ {
+		docs = append(docs, fmt.Sprintf("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: cidr-%d\n  namespace: demo\nspec:\n  endpointSelector:\n    matchLabels:\n      app: a\n  egress:\n  - toCIDR:\n    - 203.0.%d.%d/32\n", i, i/250, i%250+1))
+	}
+	pols := writeTemp(t, "cidr.yaml", strings.Join(docs, "---\n"))
+	file := filepath.Join(in.Paths().StateDir, "identities.json")
+	size := func() int64 {
+		fi, err := os.Stat(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	ctx := context.Background()
+	ids := func() int {
+		l, err := in.Client().Identities(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(l)
+	}
+	pid, _ := agent.RunningPID(in.Paths())
+	baseSize, baseIDs, baseRSS := size(), ids(), agentRSS(t, pid)
+	in.MustRun("apply", "-f", pols)
+	fullSize, fullIDs, fullRSS := size(), ids(), agentRSS(t, pid)
+	in.MustRun("delete", "-f", pols)
+	// The delete's sync starts the grace period; the next sync after it
+	// frees them (any change syncs; the agent also resyncs every 30 s).
+	time.Sleep(1500 * time.Millisecond)
+	in.MustRun("apply", "-f", ns)
+	endSize, endIDs, endRSS := size(), ids(), agentRSS(t, pid)
+	t.Logf("identities.json %d -> %d -> %d bytes; identities %d -> %d -> %d; agent RSS %d -> %d -> %d MiB",
+		baseSize, fullSize, endSize, baseIDs, fullIDs, endIDs, baseRSS>>20, fullRSS>>20, endRSS>>20)
+	if fullIDs < baseIDs+900 || fullSize <= baseSize {
+		t.Fatalf("900 CIDR policies: %d identities, %d bytes; want 900 more than %d", fullIDs, fullSize, baseIDs)
+	}
+	if endSize != baseSize || endIDs != baseIDs {
+		t.Errorf("after delete and the grace period: %d bytes, %d identities; want the baseline %d, %d", endSize, endIDs, baseSize, baseIDs)
+	}
+}
