@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"runtime/debug"
 	"time"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -43,5 +44,11 @@ func (n *node) collectIdentities(snap *policy.Snapshot) {
 	})
 	if len(freed) > 0 {
 		n.log.Debug("identities freed", "count", len(freed), "first", freed[0])
+	}
+	if len(freed) >= 100 {
+		// Many identities went at once (their labels, selector
+		// memberships, ipcache entries): give the memory back now
+		// rather than keep the agent's RSS at its peak.
+		debug.FreeOSMemory()
 	}
 }

@@ -132,10 +132,10 @@ func newMux(b Backend) *http.ServeMux {
 		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := requestContext(r)
 			defer cancel()
-			// A large body's memory goes back to the system once
-			// answered, so a refused or deleted large object does not
-			// leave the agent's RSS at its peak.
-			if r.ContentLength < 0 || r.ContentLength > 1<<20 {
+			// A large change's memory goes back to the system once
+			// answered, so a refused, applied or deleted large input
+			// does not leave the agent's RSS at its peak.
+			if r.ContentLength < 0 || r.ContentLength > 256<<10 {
 				defer debug.FreeOSMemory()
 			}
 			req := body()

@@ -341,4 +341,7 @@ func TestCIDRIdentitiesReleased(t *testing.T) {
 	if endSize != baseSize || endIDs != baseIDs {
 		t.Errorf("after delete and the grace period: %d bytes, %d identities; want the baseline %d, %d", endSize, endIDs, baseSize, baseIDs)
 	}
+	if endRSS > baseRSS+16<<20 {
+		t.Errorf("agent RSS %d MiB after the identities went; baseline %d MiB", endRSS>>20, baseRSS>>20)
+	}
 }
