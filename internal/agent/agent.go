@@ -44,6 +44,10 @@ type Options struct {
 	// they persist with the instance (see listenConfig).
 	HubbleAddr  *string
 	MetricsAddr *string
+	// HubbleTLS, when set, turns TLS with client certificates on or off
+	// for the Hubble TCP listener (see hubbleTLSConfig); nil keeps the
+	// instance's setting, off by default. It persists like the addresses.
+	HubbleTLS *bool
 	// IPv6 makes the instance's pods and services dual stack; it sticks
 	// (an instance created dual stack stays so until 'bulwark down').
 	// World, when not nil, replaces the names the simulated outside world

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,11 @@ type listenConfig struct {
 	HubbleSocket string `json:"hubbleSocket"`
 	// Metrics is the Prometheus address ("" = off).
 	Metrics string `json:"metricsListen"`
+	// HubbleTLS: the TCP listener speaks TLS and requires a client
+	// certificate (see hubbleTLSConfig).
+	HubbleTLS bool `json:"hubbleTLS,omitempty"`
+	// TLSFiles are the instance's certificates (with HubbleTLS).
+	TLSFiles HubbleTLSFiles `json:"-"`
 }
 
 // ListenFile is where an instance records its listen addresses.
@@ -44,6 +50,9 @@ type ListenAddrs struct {
 	HubbleTCP    string
 	HubbleSocket string
 	Metrics      string
+	// HubbleTLS: HubbleTCP requires TLS with a client certificate
+	// (Paths.HubbleTLS).
+	HubbleTLS bool
 }
 
 // ReadListenAddrs returns the listen addresses an instance recorded. A
@@ -56,7 +65,7 @@ func ReadListenAddrs(p Paths) (ListenAddrs, error) {
 	if !ok {
 		return ListenAddrs{}, fmt.Errorf("instance %q has no recorded listen addresses (%s): %w", p.Instance, p.ListenFile(), os.ErrNotExist)
 	}
-	return ListenAddrs{HubbleTCP: c.HubbleTCP, HubbleSocket: c.HubbleSocket, Metrics: c.Metrics}, nil
+	return ListenAddrs{HubbleTCP: c.HubbleTCP, HubbleSocket: c.HubbleSocket, Metrics: c.Metrics, HubbleTLS: c.HubbleTLS}, nil
 }
 
 func readListenConfig(p Paths) (listenConfig, bool, error) {
@@ -103,6 +112,10 @@ func wantedListenConfig(p Paths, o Options) (listenConfig, error) {
 	if o.MetricsAddr != nil {
 		c.Metrics = *o.MetricsAddr
 	}
+	if o.HubbleTLS != nil {
+		c.HubbleTLS = *o.HubbleTLS
+	}
+	c.TLSFiles = p.HubbleTLS()
 	if err := checkLoopback(c.HubbleTCP, "--hubble-listen"); err != nil {
 		return c, err
 	}
@@ -160,6 +173,13 @@ func bindListeners(c listenConfig) (_ *listeners, err error) {
 	if c.HubbleTCP != "" {
 		if l.hubbleTCP, err = listenTCP(c.HubbleTCP, "--hubble-listen", "Hubble API"); err != nil {
 			return nil, err
+		}
+		if c.HubbleTLS {
+			cfg, err := hubbleTLSConfig(c.TLSFiles)
+			if err != nil {
+				return nil, err
+			}
+			l.hubbleTCP = tls.NewListener(l.hubbleTCP, cfg)
 		}
 	}
 	if c.Metrics != "" {

@@ -96,7 +96,7 @@ func newAgentCmd() *cobra.Command {
 	var opts agent.Options
 	var stateDir string
 	var localDelivery bool
-	var hubble, metrics string
+	var listen listenFlagValues
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -119,7 +119,7 @@ func newAgentCmd() *cobra.Command {
 			if cmd.Flags().Changed("local-delivery") {
 				opts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
-			listenFlags(cmd, &opts, hubble, metrics)
+			listenFlags(cmd, &opts, &listen)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, opts)
@@ -128,7 +128,7 @@ func newAgentCmd() *cobra.Command {
 	inst.register(cmd)
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "state directory (default /var/lib/bulwark/<instance>)")
 	cmd.Flags().BoolVar(&opts.Foreground, "foreground", false, "log to stderr (the agent always runs in the calling process)")
-	registerListenFlags(cmd, &hubble, &metrics)
+	registerListenFlags(cmd, &listen)
 	registerIdentityGraceFlag(cmd, &opts.IdentityGrace)
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)

@@ -27,7 +27,7 @@ func newUpCmd() *cobra.Command {
 	var files []string
 	var foreground bool
 	var wait time.Duration
-	var hubble, metrics string
+	var listen listenFlagValues
 	var identityGrace time.Duration
 	var ipv6, localDelivery bool
 	var world []string
@@ -71,7 +71,7 @@ func newUpCmd() *cobra.Command {
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
 			agentOpts := agent.Options{Paths: p, Foreground: foreground, IPv6: ipv6, IdentityGrace: identityGrace}
-			listenFlags(cmd, &agentOpts, hubble, metrics)
+			listenFlags(cmd, &agentOpts, &listen)
 			if cmd.Flags().Changed("world") {
 				agentOpts.World = world // otherwise the agent keeps the instance's world
 			}
@@ -124,7 +124,7 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	cmd.Flags().BoolVar(&foreground, "foreground", false, "run the agent in this process instead of detaching it")
 	cmd.Flags().DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for pods and policies to be ready")
-	registerListenFlags(cmd, &hubble, &metrics)
+	registerListenFlags(cmd, &listen)
 	registerIdentityGraceFlag(cmd, &identityGrace)
 	registerSandboxFlags(cmd, &ipv6, &world)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
@@ -134,20 +134,31 @@ func newUpCmd() *cobra.Command {
 // registerListenFlags adds --hubble-listen and --metrics-listen, shared by
 // up and agent. Given, they replace the instance's recorded addresses;
 // omitted, the instance keeps them (a new instance takes the defaults).
-func registerListenFlags(cmd *cobra.Command, hubble, metrics *string) {
-	cmd.Flags().StringVar(hubble, "hubble-listen", agent.DefaultHubbleListen,
-		"Hubble gRPC TCP address, on loopback (readable by every local user; empty: root-only unix socket only; the instance keeps it)")
-	cmd.Flags().StringVar(metrics, "metrics-listen", agent.DefaultMetricsListen,
+func registerListenFlags(cmd *cobra.Command, l *listenFlagValues) {
+	cmd.Flags().StringVar(&l.hubble, "hubble-listen", agent.DefaultHubbleListen,
+		"Hubble gRPC TCP address, on loopback (without --hubble-tls readable by every local user; empty: root-only unix socket only; the instance keeps it)")
+	cmd.Flags().StringVar(&l.metrics, "metrics-listen", agent.DefaultMetricsListen,
 		"Prometheus listen address, on loopback (empty: off; the instance keeps it)")
+	cmd.Flags().BoolVar(&l.tls, "hubble-tls", false,
+		"serve Hubble's TCP listener over TLS with client certificates of the instance's own CA ('bulwark hubble certs' prints the hubble CLI's flags; the instance keeps it)")
 }
 
-// listenFlags sets the listen addresses of o that the command line gave.
-func listenFlags(cmd *cobra.Command, o *agent.Options, hubble, metrics string) {
+// listenFlagValues are the values of the listen flags.
+type listenFlagValues struct {
+	hubble, metrics string
+	tls             bool
+}
+
+// listenFlags sets the listen settings of o that the command line gave.
+func listenFlags(cmd *cobra.Command, o *agent.Options, l *listenFlagValues) {
 	if cmd.Flags().Changed("hubble-listen") {
-		o.HubbleAddr = &hubble
+		o.HubbleAddr = &l.hubble
 	}
 	if cmd.Flags().Changed("metrics-listen") {
-		o.MetricsAddr = &metrics
+		o.MetricsAddr = &l.metrics
+	}
+	if cmd.Flags().Changed("hubble-tls") {
+		o.HubbleTLS = &l.tls
 	}
 }
 
@@ -181,6 +192,9 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 	}
 	if o.MetricsAddr != nil {
 		args = append(args, "--metrics-listen="+*o.MetricsAddr)
+	}
+	if o.HubbleTLS != nil {
+		args = append(args, fmt.Sprintf("--hubble-tls=%t", *o.HubbleTLS))
 	}
 	if o.IPv6 {
 		args = append(args, "--ipv6")
