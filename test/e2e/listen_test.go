@@ -131,3 +131,41 @@ func TestInstanceListeners(t *testing.T) {
 		t.Errorf("observe of b after restart: exit %d:\n%s", code, out)
 	}
 }
+
+// TestHubbleTLSStockCLI: an instance started with --hubble-tls answers the
+// stock hubble CLI given 'bulwark hubble certs', and only with the client
+// certificate. HUBBLE_BIN names a built hubble CLI (see
+// internal/observer's stockHubble); without it the test skips.
+func TestHubbleTLSStockCLI(t *testing.T) {
+	t.Parallel()
+	hubble := os.Getenv("HUBBLE_BIN")
+	if hubble == "" {
+		t.Skip("set HUBBLE_BIN to a built stock hubble CLI (internal/observer's test builds one)")
+	}
+	in := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-tls", CombinedOutput: true})
+	manifest := filepath.Join(t.TempDir(), "ns.yaml")
+	if err := os.WriteFile(manifest, []byte(namespaceOnly), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in.MustRun("up", "-f", manifest, "--hubble-tls")
+	flags := strings.Fields(in.MustRun("hubble", "certs"))
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(hubble, args...)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run(append([]string{"status"}, flags...)...); err != nil || !strings.Contains(out, "Healthcheck") {
+		t.Errorf("hubble status with 'bulwark hubble certs': %v\n%s", err, out)
+	}
+	// Without the client certificate (and in plaintext): refused.
+	server := flags[1]
+	if out, err := run("status", "--server", server, "--timeout", "5s"); err == nil {
+		t.Errorf("plaintext hubble status against the TLS listener succeeded:\n%s", out)
+	}
+	noCert := []string{"status", "--server", server, "--timeout", "5s", "--tls", "--tls-ca-cert-files", in.Paths().HubbleTLS().CA,
+		"--tls-server-name", in.Paths().HubbleTLS().ServerName}
+	if out, err := run(noCert...); err == nil {
+		t.Errorf("hubble status without a client certificate succeeded:\n%s", out)
+	}
+}
