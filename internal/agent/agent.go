@@ -38,9 +38,16 @@ type Options struct {
 	// Foreground logs to stderr; otherwise the log goes to Paths.LogFile.
 	Foreground bool
 	// HubbleAddr is the Hubble gRPC TCP address ("" = unix socket only);
-	// MetricsAddr the Prometheus address ("" = off).
-	HubbleAddr  string
-	MetricsAddr string
+	// MetricsAddr the Prometheus address ("" = off). nil keeps the
+	// instance's recorded address (DefaultHubbleListen and
+	// DefaultMetricsListen for a new instance). Both must be on loopback;
+	// they persist with the instance (see listenConfig).
+	HubbleAddr  *string
+	MetricsAddr *string
+	// HubbleTLS, when set, turns TLS with client certificates on or off
+	// for the Hubble TCP listener (see hubbleTLSConfig); nil keeps the
+	// instance's setting, off by default. It persists like the addresses.
+	HubbleTLS *bool
 	// IPv6 makes the instance's pods and services dual stack; it sticks
 	// (an instance created dual stack stays so until 'bulwark down').
 	// World, when not nil, replaces the names the simulated outside world
@@ -52,6 +59,9 @@ type Options struct {
 	// instance (datapath.Options.DisableLocalDelivery); nil keeps the
 	// instance's setting, on by default. It persists like IPv6.
 	LocalDelivery *bool
+	// IdentityGrace is how long an identity nothing uses keeps its number
+	// before it is freed (0: a minute).
+	IdentityGrace time.Duration
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }
@@ -72,7 +82,8 @@ type Agent struct {
 
 	shutdown chan agentapi.ShutdownRequest
 
-	ui uiServer // the service map, once 'bulwark ui' asked for it
+	ui        uiServer   // the service map, once 'bulwark ui' asked for it
+	listeners *listeners // bound before the node opens; the event pump serves them
 }
 
 // Run runs the agent until ctx ends or a client asks it to shut down. It
@@ -86,13 +97,30 @@ func Run(ctx context.Context, opts Options) (err error) {
 	if err := os.MkdirAll(opts.Paths.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
+	// Bind before touching anything: an instance that cannot listen
+	// where it should does not start (and never serves another
+	// instance's clients by falling back elsewhere).
+	listenCfg, err := wantedListenConfig(opts.Paths, opts)
+	if err != nil {
+		return err
+	}
+	lns, err := bindListeners(listenCfg)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+	if err := writeListenConfig(opts.Paths, listenCfg); err != nil {
+		return err
+	}
 	log := opts.Log
 	if log == nil {
 		var w io.Writer = os.Stderr
 		if !opts.Foreground {
-			f, err := os.OpenFile(opts.Paths.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			// Rotated by size; the process's own output (started by
+			// 'bulwark up' into the same file) follows it.
+			f, err := openRotatingLog(opts.Paths.LogFile, defaultLogMaxSize, defaultLogKeep, true)
 			if err != nil {
-				return fmt.Errorf("open log file: %w", err)
+				return err
 			}
 			defer f.Close()
 			w = f
@@ -100,7 +128,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	a := &Agent{
-		opts: opts, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
+		opts: opts, listeners: lns, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
 	}
 	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)

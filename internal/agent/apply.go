@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
@@ -27,6 +29,9 @@ func DecodeDocuments(docs []agentapi.Document, validate bool) ([]*manifest.Objec
 	}
 	if len(errs) > 0 {
 		return nil, errs
+	}
+	if err := checkDocumentsSize(docs); err != nil {
+		return nil, err
 	}
 	seen := map[objectKey]*manifest.Object{}
 	for _, o := range objs {
@@ -55,6 +60,26 @@ func DecodeDocuments(docs []agentapi.Document, validate bool) ([]*manifest.Objec
 	return objs, nil
 }
 
+// checkDocumentsSize refuses a batch larger than one request may carry,
+// naming its largest inputs.
+func checkDocumentsSize(docs []agentapi.Document) error {
+	total := 0
+	for _, d := range docs {
+		total += len(d.Data)
+	}
+	if total <= agentapi.MaxDocumentsBytes {
+		return nil
+	}
+	sorted := slices.Clone(docs)
+	slices.SortFunc(sorted, func(a, b agentapi.Document) int { return len(b.Data) - len(a.Data) })
+	var big []string
+	for _, d := range sorted[:min(3, len(sorted))] {
+		big = append(big, fmt.Sprintf("%s (%d bytes)", d.Source, len(d.Data)))
+	}
+	return fmt.Errorf("the input totals %d bytes; one apply or delete carries at most %d bytes (12 MiB): split it into several (largest: %s)",
+		total, agentapi.MaxDocumentsBytes, strings.Join(big, ", "))
+}
+
 // Apply implements agentapi.Backend: create or update every object, all or
 // nothing, then converge.
 func (a *Agent) Apply(ctx context.Context, req agentapi.ApplyRequest) (agentapi.ApplyResponse, error) {
@@ -76,6 +101,9 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if err := a.abandoned(ctx, "before it started"); err != nil {
+		return agentapi.ApplyResponse{}, err
+	}
 	p := a.store.begin()
 	var resp agentapi.ApplyResponse
 	for _, o := range objs {
@@ -104,13 +132,25 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 			return agentapi.ApplyResponse{}, &agentapi.UserError{Err: fmt.Errorf("rejected, nothing changed: %w", err)}
 		}
 	}
-	if err := a.store.commit(p); err != nil {
+	// The commit point: a client that has given up (its deadline passed,
+	// or it hung up) never sees its change applied later.
+	if err := a.abandoned(ctx, "before it was committed"); err != nil {
 		return agentapi.ApplyResponse{}, err
+	}
+	if err := a.store.commit(p); err != nil {
+		a.countPolicyChange(false)
+		return agentapi.ApplyResponse{}, fmt.Errorf("not applied, nothing changed (the state directory %s refused it): %w", a.opts.Paths.StateDir, err)
 	}
 	if p.changed {
 		a.log.Info("desired state changed", "revision", a.store.revision, "delete", del, "objects", len(objs))
 	}
-	if err := a.reconcileLocked(ctx); err != nil {
+	// Committed: converge whatever the client does now.
+	defer func() {
+		if agentapi.Expired(ctx) != nil {
+			a.log.Warn("change completed after its client gave up", "revision", a.store.revision, "delete", del, "objects", len(objs))
+		}
+	}()
+	if err := a.reconcileLocked(context.WithoutCancel(ctx)); err != nil {
 		a.recordError(err)
 		return agentapi.ApplyResponse{}, fmt.Errorf("stored, but not yet in force: %w", err)
 	}
@@ -122,6 +162,19 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 		}
 	}
 	return resp, nil
+}
+
+// abandoned reports a change whose client gave up (its deadline passed or
+// it hung up) at the point named by when, and logs it: nothing of it is
+// applied.
+func (a *Agent) abandoned(ctx context.Context, when string) error {
+	err := agentapi.Expired(ctx)
+	if err == nil {
+		return nil
+	}
+	a.log.Warn("change abandoned by its client "+when+"; not applied", "err", err)
+	a.countPolicyChange(false)
+	return fmt.Errorf("the client gave up %s (%w): nothing was changed", when, err)
 }
 
 func (a *Agent) metrics() *metrics.Metrics {

@@ -26,10 +26,11 @@ type eventPump struct {
 	errors      []string
 }
 
-// startEventPump starts reading events and serving Hubble. Problems (a
-// port in use) are kept for the status and never stop the agent:
-// enforcement does not depend on visibility.
-func startEventPump(ctx context.Context, n *node, o Options) *eventPump {
+// startEventPump starts reading events and serving Hubble and metrics on
+// the instance's listeners (bound by Run, which fails when one cannot be
+// bound). Later problems are kept for the status and never stop the
+// agent: enforcement does not depend on visibility.
+func startEventPump(ctx context.Context, n *node, lns *listeners) *eventPump {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &eventPump{cancel: cancel, done: make(chan struct{})}
 	// The view of what is already attached (adopted endpoints) and
@@ -42,19 +43,13 @@ func startEventPump(ctx context.Context, n *node, o Options) *eventPump {
 		return p
 	}
 	p.metrics = m
-	if o.MetricsAddr != "" {
-		l, err := net.Listen("tcp", o.MetricsAddr)
-		if err != nil {
-			p.errors = append(p.errors, "metrics: "+err.Error())
-			n.log.Error("metrics server", "err", err)
-		} else {
-			p.metricsAddr = l.Addr().String()
-			go func() {
-				if err := m.ServeListener(ctx, l); err != nil {
-					n.log.Error("metrics server", "err", err)
-				}
-			}()
-		}
+	if l := lns.metrics; l != nil {
+		p.metricsAddr = l.Addr().String()
+		go func() {
+			if err := m.ServeListener(ctx, l); err != nil {
+				n.log.Error("metrics server", "err", err)
+			}
+		}()
 	}
 	obs, err := observer.New(observer.Options{NodeName: n.paths.Instance, Resolver: resolver{n}, Sinks: []observer.FlowSink{m}})
 	if err != nil {
@@ -63,7 +58,11 @@ func startEventPump(ctx context.Context, n *node, o Options) *eventPump {
 		return p
 	}
 	p.obs = obs
-	srv, err := observer.NewServer(observer.ServerOptions{Observer: obs, UnixSocket: n.paths.Hubble, TCPAddress: o.HubbleAddr})
+	hubbleLns := []net.Listener{lns.hubbleUnix}
+	if lns.hubbleTCP != nil {
+		hubbleLns = append(hubbleLns, lns.hubbleTCP)
+	}
+	srv, err := observer.NewServer(observer.ServerOptions{Observer: obs, Listeners: hubbleLns})
 	if err == nil {
 		err = srv.Start()
 	}
@@ -72,7 +71,7 @@ func startEventPump(ctx context.Context, n *node, o Options) *eventPump {
 		n.log.Error("hubble server", "err", err)
 	} else {
 		p.hubble = srv
-		p.hubbleSock = n.paths.Hubble
+		p.hubbleSock = lns.hubbleUnix.Addr().String()
 		if a := srv.TCPAddr(); a != nil {
 			p.hubbleAddr = a.String()
 		}

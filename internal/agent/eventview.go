@@ -171,11 +171,13 @@ func (v *eventView) selectingPolicies(endpointID uint32, dir resolved.Direction)
 // eventViews publishes the node's event views.
 type eventViews struct {
 	mu sync.Mutex // serialises publishers, so the last one stored is the newest state
-	// rules accumulates the rules of every successful datapath sync,
-	// later syncs winning (what the datapath answers for a rule id).
-	// Copy-on-write under mu: published views share it.
-	rules map[uint32]datapath.RuleInfo
-	cur   atomic.Pointer[eventView]
+	// rules holds the rules of the last two successful datapath syncs,
+	// the later winning (what the datapath answers for a rule id): events
+	// read just before a sync still find their rule, and churned rules do
+	// not pile up. Copy-on-write under mu: published views share it.
+	rules     map[uint32]datapath.RuleInfo
+	lastRules map[uint32]datapath.RuleInfo // the last sync's alone
+	cur       atomic.Pointer[eventView]
 }
 
 // load returns the current view; nil before the first publication.
@@ -189,10 +191,11 @@ func (n *node) addRules(c *datapath.Compiled) {
 	}
 	n.views.mu.Lock()
 	defer n.views.mu.Unlock()
-	rules := make(map[uint32]datapath.RuleInfo, len(n.views.rules)+len(c.Rules))
-	maps.Copy(rules, n.views.rules)
+	rules := make(map[uint32]datapath.RuleInfo, len(n.views.lastRules)+len(c.Rules))
+	maps.Copy(rules, n.views.lastRules)
 	maps.Copy(rules, c.Rules)
 	n.views.rules = rules
+	n.views.lastRules = c.Rules
 }
 
 // publishEventView builds the view of the node's current state (synced

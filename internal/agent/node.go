@@ -55,6 +55,8 @@ type node struct {
 	desired   map[string]bool           // desired pod keys (DNS pod included)
 	lastSet   *manifest.Set             // desired objects of the last reconcile
 	policies  int
+
+	identityGrace time.Duration // see collectIdentities
 }
 
 func (n *node) identitiesFile() string { return filepath.Join(n.paths.StateDir, "identities.json") }
@@ -70,7 +72,8 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 		log: a.log, paths: p,
 		attached: map[uint32]string{}, loaded: map[uint32]bool{},
 		inRepo: map[policy.ObjectRef]bool{}, problems: map[string]string{}, desired: map[string]bool{},
-		nodeNetns: netns.Path(sandbox.NodeNetns(p.Instance)),
+		nodeNetns:     netns.Path(sandbox.NodeNetns(p.Instance)),
+		identityGrace: defaultIdentityGrace,
 	}
 	alloc := identity.NewAllocator()
 	if err := restoreIdentities(n.identitiesFile(), alloc); err != nil {
@@ -141,8 +144,11 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	if err := writeSandboxConfig(p, cfg); err != nil {
 		return fail(err)
 	}
+	if a.opts.IdentityGrace > 0 {
+		n.identityGrace = a.opts.IdentityGrace
+	}
 	n.nodeIP = sb.State().NodeIP
-	n.events = startEventPump(ctx, n, a.opts)
+	n.events = startEventPump(ctx, n, a.listeners)
 	return n, nil
 }
 
@@ -442,6 +448,7 @@ func (n *node) syncDatapath() error {
 		n.loaded[id] = true
 	}
 	n.mu.Unlock()
+	n.collectIdentities(snap)
 	n.persistNumbering()
 	return nil
 }

@@ -62,7 +62,9 @@ func openStore(file string) (*store, error) {
 	}
 	s.revision = sf.Revision
 	for i, so := range sf.Objects {
-		objs, errs := manifest.Decode(so.Source, so.Doc)
+		// Stored objects passed the size limits when applied; their
+		// JSON form may be a little larger than the YAML was.
+		objs, errs := manifest.DecodeWith(so.Source, so.Doc, manifest.DecodeOptions{NoSizeLimits: true})
 		if len(errs) > 0 {
 			return nil, fmt.Errorf("object store %s: object %d: %w", file, i, errs)
 		}
@@ -225,7 +227,16 @@ func writeFileAtomic(file string, data []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), file)
+	if err := os.Rename(tmp.Name(), file); err != nil {
+		return err
+	}
+	// The rename itself survives a power loss once the directory is
+	// synced.
+	if d, err := os.Open(filepath.Dir(file)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 // cascadeNamespaces removes every object in the namespaces among deleted

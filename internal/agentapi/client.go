@@ -18,13 +18,23 @@ import (
 // ErrNotRunning is returned (wrapped) when no agent listens on the socket.
 var ErrNotRunning = errors.New("agent is not running")
 
+// DefaultTimeout bounds each call of a client to the agent.
+const DefaultTimeout = 30 * time.Second
+
+// DeadlineHeader carries the client's deadline (RFC 3339, nanoseconds):
+// the agent gives up on a request whose client has given up, and never
+// commits a change after it (see Server).
+const DeadlineHeader = "Bulwark-Deadline"
+
 // Client talks to one agent over its unix socket.
 type Client struct {
-	socket string
-	http   *http.Client
+	socket  string
+	timeout time.Duration
+	http    *http.Client
 }
 
-// NewClient returns a client for the socket at path. It does not connect.
+// NewClient returns a client for the socket at path whose calls each take
+// at most DefaultTimeout. It does not connect.
 func NewClient(path string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -32,13 +42,32 @@ func NewClient(path string) *Client {
 			return d.DialContext(ctx, "unix", path)
 		},
 	}
-	// The timeout bounds a hung agent; an apply that creates many pods
-	// stays well within it.
-	return &Client{socket: path, http: &http.Client{Transport: tr, Timeout: 5 * time.Minute}}
+	return &Client{socket: path, timeout: DefaultTimeout, http: &http.Client{Transport: tr}}
+}
+
+// WithTimeout returns a copy of c whose calls each take at most d (0: no
+// bound but the caller's context).
+func (c *Client) WithTimeout(d time.Duration) *Client {
+	cp := *c
+	cp.timeout = d
+	return &cp
 }
 
 // Socket returns the socket path.
 func (c *Client) Socket() string { return c.socket }
+
+// NotRespondingError is a call the agent did not answer within the
+// client's timeout: the agent is stopped (SIGSTOP), hung or overloaded. A
+// change the agent had not committed by then is never applied; one it had
+// is completed and logged as such.
+type NotRespondingError struct {
+	Socket string
+	After  time.Duration
+}
+
+func (e *NotRespondingError) Error() string {
+	return fmt.Sprintf("agent at %s did not answer within %s; is it stopped? (a change it had not committed by then is not applied; one it had completes, see its log)", e.Socket, e.After)
+}
 
 // APIError is a non-2xx answer from the agent.
 type APIError struct {
@@ -57,12 +86,21 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	callCtx := ctx
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(callCtx, method, "http://agent"+path, body)
 	if err != nil {
 		return err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if d, ok := callCtx.Deadline(); ok {
+		req.Header.Set(DeadlineHeader, d.UTC().Format(time.RFC3339Nano))
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -71,6 +109,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		if errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("%s: permission denied: the agent API is for root only", c.socket)
+		}
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return &NotRespondingError{Socket: c.socket, After: c.timeout}
 		}
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -86,6 +127,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return &NotRespondingError{Socket: c.socket, After: c.timeout}
+		}
 		return fmt.Errorf("decode answer to %s %s: %w", method, path, err)
 	}
 	return nil

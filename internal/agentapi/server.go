@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 )
@@ -91,23 +92,63 @@ func (s *Server) Close(ctx context.Context) error {
 	return err
 }
 
+// requestContext is the request's context, ending also at the client's
+// deadline (DeadlineHeader): a backend that checks it before committing
+// never applies a change its client has stopped waiting for, even when the
+// agent was stopped while the request sat in the socket.
+func requestContext(r *http.Request) (context.Context, context.CancelFunc) {
+	if h := r.Header.Get(DeadlineHeader); h != "" {
+		if d, err := time.Parse(time.RFC3339Nano, h); err == nil {
+			return context.WithDeadline(r.Context(), d)
+		}
+	}
+	return context.WithCancel(r.Context())
+}
+
+// Expired reports whether a request's client has given up: its context
+// ended, or its deadline has passed (even before the context's timer has
+// fired). A backend checks it at its commit point.
+func Expired(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 func newMux(b Backend) *http.ServeMux {
 	mux := http.NewServeMux()
 	get := func(path string, f func(ctx context.Context, r *http.Request) (any, error)) {
 		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
-			v, err := f(r.Context(), r)
+			ctx, cancel := requestContext(r)
+			defer cancel()
+			v, err := f(ctx, r)
 			reply(w, v, err)
 		})
 	}
 	post := func(path string, body func() any, f func(ctx context.Context, body any) (any, error)) {
 		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := requestContext(r)
+			defer cancel()
+			// A large change's memory goes back to the system once
+			// answered, so a refused, applied or deleted large input
+			// does not leave the agent's RSS at its peak.
+			if r.ContentLength < 0 || r.ContentLength > 256<<10 {
+				defer debug.FreeOSMemory()
+			}
 			req := body()
-			dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<20))
+			dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
 			if err := dec.Decode(req); err != nil {
+				var tooLarge *http.MaxBytesError
+				if errors.As(err, &tooLarge) {
+					err = fmt.Errorf("request larger than %d MiB: split the input into several applies", MaxRequestBytes>>20)
+				}
 				reply(w, nil, &UserError{fmt.Errorf("decode request: %w", err)})
 				return
 			}
-			v, err := f(r.Context(), req)
+			v, err := f(ctx, req)
 			reply(w, v, err)
 		})
 	}

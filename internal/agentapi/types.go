@@ -21,6 +21,15 @@ func SocketPath(runDir, instance string) string {
 	return filepath.Join(runDir, instance, "agent.sock")
 }
 
+// MaxRequestBytes bounds the body of a request the agent reads; the
+// documents of one apply or delete total at most MaxDocumentsBytes (their
+// base64 form fits in MaxRequestBytes). Each object is further bounded by
+// manifest.MaxObjectBytes, as in the API server.
+const (
+	MaxRequestBytes   = 16 << 20
+	MaxDocumentsBytes = 12 << 20
+)
+
 // Document is one input file's content, sent whole; the agent parses and
 // validates it again (it trusts no client).
 type Document struct {

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +26,13 @@ type instanceFlags struct {
 	instance  string
 	runDir    string
 	stateRoot string
+	timeout   time.Duration // each call to the agent; see registerTimeout
+}
+
+// registerTimeout adds --timeout, the bound on each call to the agent.
+func (f *instanceFlags) registerTimeout(cmd *cobra.Command) {
+	cmd.Flags().DurationVar(&f.timeout, "timeout", agentapi.DefaultTimeout,
+		"how long to wait for the agent's answer (a change it had not committed by then is not applied)")
 }
 
 func (f *instanceFlags) register(cmd *cobra.Command) {
@@ -45,7 +55,39 @@ func (f *instanceFlags) client() (*agentapi.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return agentapi.NewClient(p.Socket), nil
+	c := agentapi.NewClient(p.Socket)
+	if f.timeout > 0 {
+		c = c.WithTimeout(f.timeout)
+	}
+	return c, nil
+}
+
+// explainAgentError adds the agent's pid to a call it did not answer:
+// "agent not responding (pid N): ...".
+func (f *instanceFlags) explainAgentError(err error) error {
+	var nr *agentapi.NotRespondingError
+	if !errors.As(err, &nr) {
+		return err
+	}
+	pid := 0
+	if p, perr := f.paths(); perr == nil {
+		pid, _ = agent.RunningPID(p)
+	}
+	if pid != 0 && processStopped(pid) {
+		return fmt.Errorf("agent not responding (pid %d, stopped by a signal: 'kill -CONT %d' resumes it): %w", pid, pid, err)
+	}
+	return fmt.Errorf("agent not responding (pid %d): %w", pid, err)
+}
+
+// processStopped reports whether pid is stopped (state T in /proc).
+func processStopped(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
 }
 
 // newAgentCmd runs the long-lived agent of an instance.
@@ -54,6 +96,7 @@ func newAgentCmd() *cobra.Command {
 	var opts agent.Options
 	var stateDir string
 	var localDelivery bool
+	var listen listenFlagValues
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -76,6 +119,7 @@ func newAgentCmd() *cobra.Command {
 			if cmd.Flags().Changed("local-delivery") {
 				opts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
+			listenFlags(cmd, &opts, &listen)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, opts)
@@ -84,11 +128,17 @@ func newAgentCmd() *cobra.Command {
 	inst.register(cmd)
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "state directory (default /var/lib/bulwark/<instance>)")
 	cmd.Flags().BoolVar(&opts.Foreground, "foreground", false, "log to stderr (the agent always runs in the calling process)")
-	cmd.Flags().StringVar(&opts.HubbleAddr, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
-	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	registerListenFlags(cmd, &listen)
+	registerIdentityGraceFlag(cmd, &opts.IdentityGrace)
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
+}
+
+// registerIdentityGraceFlag adds the hidden --identity-grace (tests).
+func registerIdentityGraceFlag(cmd *cobra.Command, d *time.Duration) {
+	cmd.Flags().DurationVar(d, "identity-grace", 0, "how long an unused identity keeps its number (default 1m)")
+	_ = cmd.Flags().MarkHidden("identity-grace")
 }
 
 // registerLocalDeliveryFlag adds --local-delivery (on for a new instance;

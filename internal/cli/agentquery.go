@@ -25,6 +25,7 @@ type agentQuery struct {
 // the command prints besides its default text.
 func (q *agentQuery) register(cmd *cobra.Command, formats ...string) {
 	q.inst.register(cmd)
+	q.inst.registerTimeout(cmd)
 	q.out.register(cmd, formats...)
 }
 
@@ -44,7 +45,7 @@ func (q *agentQuery) withAgentClient(run func(ctx context.Context, cmd *cobra.Co
 		if err != nil {
 			return err
 		}
-		return run(cmdContext(cmd), cmd, args, c)
+		return q.inst.explainAgentError(run(cmdContext(cmd), cmd, args, c))
 	}
 }
 

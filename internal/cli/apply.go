@@ -110,13 +110,14 @@ func newChangeCmd(use, short string, del bool) *cobra.Command {
 				resp, err = c.Apply(cmdContext(cmd), req)
 			}
 			if err != nil {
-				return err
+				return inst.explainAgentError(err)
 			}
 			printChanges(cmd.OutOrStdout(), resp.Changes)
 			return nil
 		},
 	}
 	inst.register(cmd)
+	inst.registerTimeout(cmd)
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	return cmd
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bulwark-net/bulwark/internal/agent"
 	"github.com/bulwark-net/bulwark/internal/observer"
 	"github.com/bulwark-net/bulwark/internal/observer/printer"
 )
@@ -30,8 +31,9 @@ import (
 // neither --last, --first, --all, --since nor --follow (as hubble).
 const defaultObserveLast = 20
 
-// hubbleServerFlags find the Hubble API: --server, or the instance's unix
-// socket when it exists, or the default TCP address.
+// hubbleServerFlags find the Hubble API: --server, or else the instance's
+// own unix socket, never a default address (which could be another
+// instance's).
 type hubbleServerFlags struct {
 	inst   instanceFlags
 	server string
@@ -40,7 +42,7 @@ type hubbleServerFlags struct {
 func (h *hubbleServerFlags) register(cmd *cobra.Command) {
 	h.inst.register(cmd)
 	cmd.Flags().StringVar(&h.server, "server", "",
-		"Hubble API address: unix:///path, /path or host:port (default: the instance's socket, else "+observer.DefaultTCPAddress+")")
+		"Hubble API address: unix:///path, /path or host:port (default: the instance's own unix socket, root only)")
 }
 
 // target returns the gRPC target of the Hubble server.
@@ -57,10 +59,33 @@ func (h *hubbleServerFlags) target() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if fi, err := os.Stat(p.Hubble); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		return "unix://" + p.Hubble, nil
+	sock, err := instanceHubbleSocket(p)
+	if err != nil {
+		return "", err
 	}
-	return "passthrough:///" + observer.DefaultTCPAddress, nil
+	return "unix://" + sock, nil
+}
+
+// instanceHubbleSocket returns the Hubble unix socket an instance serves:
+// the one it recorded (its run directory's hubble.sock when it recorded
+// none), once it exists.
+func instanceHubbleSocket(p agent.Paths) (string, error) {
+	sock := p.Hubble
+	if la, err := agent.ReadListenAddrs(p); err == nil && la.HubbleSocket != "" {
+		sock = la.HubbleSocket
+	}
+	fi, err := os.Stat(sock)
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return "", fmt.Errorf("instance %q: its Hubble socket %s is for root only: run as root, or pass --server 127.0.0.1:PORT (the instance's Hubble TCP address, which 'bulwark status' shows)", p.Instance, sock)
+	case errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("instance %q: no Hubble socket at %s: is its agent running? (see 'bulwark status --instance %s'; or pass --server)", p.Instance, sock, p.Instance)
+	case err != nil:
+		return "", fmt.Errorf("instance %q: Hubble socket: %w", p.Instance, err)
+	case fi.Mode()&os.ModeSocket == 0:
+		return "", fmt.Errorf("instance %q: %s is not a socket", p.Instance, sock)
+	}
+	return sock, nil
 }
 
 func (h *hubbleServerFlags) dial() (observerpb.ObserverClient, func(), string, error) {

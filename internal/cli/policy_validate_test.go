@@ -71,3 +71,21 @@ func TestPolicyValidateErrors(t *testing.T) {
 		t.Error("bad output format accepted")
 	}
 }
+
+// A bad endPort is one finding, under .endPort (not also under .port).
+func TestPolicyValidateNegativeEndPortOnce(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "endport.yaml")
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: demo}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"80\"\n        endPort: -5\n"
+	if err := os.WriteFile(bad, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	_ = runPolicyValidate(&out, &policyValidateOptions{files: []string{bad}, output: "json"})
+	var rep validateReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("json output: %v\n%s", err, out.String())
+	}
+	if rep.Errors != 1 || len(rep.Findings) != 1 || rep.Findings[0].Field != "spec.ingress[0].toPorts[0].ports[0].endPort" {
+		t.Errorf("findings %+v; want one error under .endPort", rep.Findings)
+	}
+}

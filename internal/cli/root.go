@@ -35,6 +35,7 @@ func NewRootCmd() *cobra.Command {
 		newEndpointCmd(),
 		newExecCmd(),
 		newGetCmd(),
+		newHubbleCmd(),
 		newIdentityCmd(),
 		newMonitorCmd(),
 		newObserveCmd(),

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,7 +27,8 @@ func newUpCmd() *cobra.Command {
 	var files []string
 	var foreground bool
 	var wait time.Duration
-	var hubble, metrics string
+	var listen listenFlagValues
+	var identityGrace time.Duration
 	var ipv6, localDelivery bool
 	var world []string
 	cmd := &cobra.Command{
@@ -38,6 +40,11 @@ func newUpCmd() *cobra.Command {
 			p, err := inst.paths()
 			if err != nil {
 				return err
+			}
+			// Root first: without it the state directory cannot even be
+			// read, and any other complaint would mislead.
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF); run it as root")
 			}
 			// Without -f, up resumes an instance whose agent stopped: the
 			// agent recovers its objects from the state directory.
@@ -56,9 +63,6 @@ func newUpCmd() *cobra.Command {
 				fmt.Fprintln(stderr, "nothing was started")
 				return &ExitError{Code: 1}
 			}
-			if os.Geteuid() != 0 {
-				return fmt.Errorf("bulwark up needs root (it creates network namespaces and loads BPF)")
-			}
 			if pid, _ := agent.RunningPID(p); pid != 0 {
 				fmt.Fprintf(stderr, "instance %q is already running (agent pid %d, socket %s)\n", p.Instance, pid, p.Socket)
 				fmt.Fprintf(stderr, "use 'bulwark apply -f ...' to change it, or 'bulwark down --instance %s' first\n", p.Instance)
@@ -66,7 +70,8 @@ func newUpCmd() *cobra.Command {
 			}
 			ctx := cmdContext(cmd)
 			c := agentapi.NewClient(p.Socket)
-			agentOpts := agent.Options{Paths: p, Foreground: foreground, HubbleAddr: hubble, MetricsAddr: metrics, IPv6: ipv6}
+			agentOpts := agent.Options{Paths: p, Foreground: foreground, IPv6: ipv6, IdentityGrace: identityGrace}
+			listenFlags(cmd, &agentOpts, &listen)
 			if cmd.Flags().Changed("world") {
 				agentOpts.World = world // otherwise the agent keeps the instance's world
 			}
@@ -91,7 +96,8 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			if len(docs) > 0 {
-				resp, err := c.Apply(ctx, agentapi.ApplyRequest{Documents: docs})
+				// The first apply creates every pod: bounded by --wait.
+				resp, err := c.WithTimeout(max(wait, agentapi.DefaultTimeout)).Apply(ctx, agentapi.ApplyRequest{Documents: docs})
 				if err != nil {
 					return fmt.Errorf("apply: %w", err)
 				}
@@ -118,11 +124,42 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	cmd.Flags().BoolVar(&foreground, "foreground", false, "run the agent in this process instead of detaching it")
 	cmd.Flags().DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for pods and policies to be ready")
-	cmd.Flags().StringVar(&hubble, "hubble-listen", "127.0.0.1:4245", "Hubble gRPC listen address (empty: unix socket only)")
-	cmd.Flags().StringVar(&metrics, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
+	registerListenFlags(cmd, &listen)
+	registerIdentityGraceFlag(cmd, &identityGrace)
 	registerSandboxFlags(cmd, &ipv6, &world)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	return cmd
+}
+
+// registerListenFlags adds --hubble-listen and --metrics-listen, shared by
+// up and agent. Given, they replace the instance's recorded addresses;
+// omitted, the instance keeps them (a new instance takes the defaults).
+func registerListenFlags(cmd *cobra.Command, l *listenFlagValues) {
+	cmd.Flags().StringVar(&l.hubble, "hubble-listen", agent.DefaultHubbleListen,
+		"Hubble gRPC TCP address, on loopback (without --hubble-tls readable by every local user; empty: root-only unix socket only; the instance keeps it)")
+	cmd.Flags().StringVar(&l.metrics, "metrics-listen", agent.DefaultMetricsListen,
+		"Prometheus listen address, on loopback (empty: off; the instance keeps it)")
+	cmd.Flags().BoolVar(&l.tls, "hubble-tls", false,
+		"serve Hubble's TCP listener over TLS with client certificates of the instance's own CA ('bulwark hubble certs' prints the hubble CLI's flags; the instance keeps it)")
+}
+
+// listenFlagValues are the values of the listen flags.
+type listenFlagValues struct {
+	hubble, metrics string
+	tls             bool
+}
+
+// listenFlags sets the listen settings of o that the command line gave.
+func listenFlags(cmd *cobra.Command, o *agent.Options, l *listenFlagValues) {
+	if cmd.Flags().Changed("hubble-listen") {
+		o.HubbleAddr = &l.hubble
+	}
+	if cmd.Flags().Changed("metrics-listen") {
+		o.MetricsAddr = &l.metrics
+	}
+	if cmd.Flags().Changed("hubble-tls") {
+		o.HubbleTLS = &l.tls
+	}
 }
 
 // registerSandboxFlags adds the flags shaping the sandbox, shared by up and
@@ -149,10 +186,21 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 		return nil, 0, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir,
-		"--run-dir", parentDir(p.RunDir), "--hubble-listen", o.HubbleAddr, "--metrics-listen", o.MetricsAddr}
+	args := []string{"agent", "--instance", p.Instance, "--state-dir", p.StateDir, "--run-dir", parentDir(p.RunDir)}
+	if o.HubbleAddr != nil {
+		args = append(args, "--hubble-listen="+*o.HubbleAddr)
+	}
+	if o.MetricsAddr != nil {
+		args = append(args, "--metrics-listen="+*o.MetricsAddr)
+	}
+	if o.HubbleTLS != nil {
+		args = append(args, fmt.Sprintf("--hubble-tls=%t", *o.HubbleTLS))
+	}
 	if o.IPv6 {
 		args = append(args, "--ipv6")
+	}
+	if o.IdentityGrace > 0 {
+		args = append(args, "--identity-grace", o.IdentityGrace.String())
 	}
 	if o.LocalDelivery != nil {
 		args = append(args, fmt.Sprintf("--local-delivery=%t", *o.LocalDelivery))
@@ -196,7 +244,12 @@ func waitForAgent(ctx context.Context, c *agentapi.Client, done <-chan error, p 
 		}
 		select {
 		case err := <-done:
-			return fmt.Errorf("agent failed to start: %v (log: %s)\n%s", err, p.LogFile, tailFile(p.LogFile, 20))
+			tail := tailFile(p.LogFile, 20)
+			if why := lastErrorLine(tail); why != "" {
+				// The agent's own error says what to change.
+				return fmt.Errorf("agent failed to start: %s (log: %s)", why, p.LogFile)
+			}
+			return fmt.Errorf("agent failed to start: %v (log: %s)\n%s", err, p.LogFile, tail)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -230,6 +283,18 @@ func waitReady(ctx context.Context, c *agentapi.Client, wait time.Duration, done
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// lastErrorLine returns the last "Error: ..." line of an agent's log tail
+// (what a failed 'bulwark agent' prints last), without the prefix.
+func lastErrorLine(tail string) string {
+	lines := strings.Split(strings.TrimRight(tail, "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if why, ok := strings.CutPrefix(lines[i], "Error: "); ok {
+			return why
+		}
+	}
+	return ""
 }
 
 func tailFile(path string, n int) string {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // Entity names usable in toEntities/fromEntities (Cilium's list).
@@ -61,16 +62,24 @@ func WorldFor(a netip.Addr) NumericIdentity {
 }
 
 // Allocator assigns numeric identities to label sets. Invariants: a label
-// set keeps its identity for the life of the allocator; cluster identities
-// are allocated from MinCluster up, CIDR identities from LocalScope|1 up;
-// reserved identities are pre-registered with their labels. Safe for
-// concurrent use.
+// set keeps its identity for as long as it is in use (see Sweep); cluster
+// identities are allocated from MinCluster up, CIDR identities from
+// LocalScope|1 up, a number freed by Sweep being reused (lowest first)
+// before a new one is taken; reserved identities are pre-registered with
+// their labels and never freed. Safe for concurrent use.
 type Allocator struct {
 	mu        sync.RWMutex
 	byKey     map[string]NumericIdentity
 	labels    map[NumericIdentity]Labels
 	nextPod   NumericIdentity
 	nextLocal NumericIdentity
+
+	// Lifecycle (see lifecycle.go): references held through Acquire, the
+	// time a Sweep first found an identity unused, freed numbers.
+	refs        map[NumericIdentity]int
+	unusedSince map[NumericIdentity]time.Time
+	freePod     []NumericIdentity // sorted
+	freeLocal   []NumericIdentity // sorted
 }
 
 // NewAllocator returns an allocator holding the reserved identities.
@@ -80,6 +89,9 @@ func NewAllocator() *Allocator {
 		labels:    map[NumericIdentity]Labels{},
 		nextPod:   MinCluster,
 		nextLocal: LocalScope | 1,
+
+		refs:        map[NumericIdentity]int{},
+		unusedSince: map[NumericIdentity]time.Time{},
 	}
 	for _, id := range ReservedIdentities() {
 		ls, _ := ReservedLabels(id)
@@ -104,22 +116,35 @@ func (a *Allocator) allocate(ls Labels, local bool) (NumericIdentity, bool, erro
 	key := ls.String()
 	a.mu.RLock()
 	id, ok := a.byKey[key]
+	_, marked := a.unusedSince[id]
 	a.mu.RUnlock()
-	if ok {
+	if ok && !marked {
 		return id, false, nil
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.allocateLocked(key, ls, local)
+}
+
+func (a *Allocator) allocateLocked(key string, ls Labels, local bool) (NumericIdentity, bool, error) {
 	if id, ok := a.byKey[key]; ok {
+		// In use again: a pending collection is off.
+		delete(a.unusedSince, id)
 		return id, false, nil
 	}
-	if local {
+	var id NumericIdentity
+	switch {
+	case local && len(a.freeLocal) > 0:
+		id, a.freeLocal = a.freeLocal[0], a.freeLocal[1:]
+	case local:
 		if a.nextLocal >= LocalScope<<1 {
 			return 0, false, fmt.Errorf("allocate local identity for %s: local identity space exhausted", key)
 		}
 		id = a.nextLocal
 		a.nextLocal++
-	} else {
+	case len(a.freePod) > 0:
+		id, a.freePod = a.freePod[0], a.freePod[1:]
+	default:
 		if a.nextPod >= LocalScope {
 			return 0, false, fmt.Errorf("allocate identity for %s: cluster identity space exhausted", key)
 		}
@@ -181,6 +206,8 @@ func (a *Allocator) Restore(id NumericIdentity, ls Labels) error {
 	}
 	a.byKey[key] = id
 	a.labels[id] = ls
+	a.freePod = removeSorted(a.freePod, id)
+	a.freeLocal = removeSorted(a.freeLocal, id)
 	if id.IsLocal() {
 		if id >= a.nextLocal {
 			a.nextLocal = id + 1

@@ -111,12 +111,28 @@ func splitDocuments(data []byte) []document {
 // Decode decodes every document of a file's contents. file is used only to
 // name sources. Documents that fail are returned as Errors; the others as
 // Objects, in order. Decode never panics on any input.
+//
+// A document over MaxObjectBytes is refused before it is parsed, and an
+// object whose annotations break the API server's rules (256 KiB in
+// total) is refused too (see DecodeWith).
 func Decode(file string, data []byte) ([]*Object, Errors) {
+	return DecodeWith(file, data, DecodeOptions{})
+}
+
+// DecodeWith is Decode with options.
+func DecodeWith(file string, data []byte, opts DecodeOptions) ([]*Object, Errors) {
 	var objs []*Object
 	var errs Errors
 	for i, d := range splitDocuments(data) {
 		src := Source{File: file, DocIndex: i, Line: d.line}
+		if !opts.NoSizeLimits && len(d.data) > MaxObjectBytes {
+			errs = append(errs, tooLarge(src, d))
+			continue
+		}
 		o, err := decodeDocument(src, d.data, d.firstLine)
+		if err == nil && !opts.NoSizeLimits {
+			err = checkAnnotations(o)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -45,6 +45,9 @@ type ServerOptions struct {
 	UnixSocket string
 	// TCPAddress to listen on ("" for none), e.g. DefaultTCPAddress.
 	TCPAddress string
+	// Listeners are already bound listeners to serve besides (or instead
+	// of) UnixSocket and TCPAddress; the server closes them on Stop.
+	Listeners []net.Listener
 	// FollowBuffer is each follow stream's queue; 0 means
 	// DefaultFollowBuffer.
 	FollowBuffer int
@@ -70,7 +73,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.Observer == nil {
 		return nil, errors.New("hubble server: no observer")
 	}
-	if opts.UnixSocket == "" && opts.TCPAddress == "" {
+	if opts.UnixSocket == "" && opts.TCPAddress == "" && len(opts.Listeners) == 0 {
 		return nil, errors.New("hubble server: neither a unix socket nor a TCP address to listen on")
 	}
 	if opts.FollowBuffer < 0 {
@@ -111,6 +114,7 @@ func (s *Server) Start() error {
 		}
 		s.listeners = append(s.listeners, l)
 	}
+	s.listeners = append(s.listeners, s.opts.Listeners...)
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go func() {

@@ -261,7 +261,11 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			spec := api.PortSpec{}
 			if port.Port != "" {
 				if spec, err = port.Parse(); err != nil {
-					return it, fieldErrorf(kp+".port", "%v", err)
+					field := kp + ".port"
+					if strings.HasPrefix(err.Error(), "endPort") {
+						field = kp + ".endPort" // the range's end is wrong, not the port
+					}
+					return it, fieldErrorf(field, "%v", err)
 				}
 			} else if port.EndPort != 0 {
 				return it, fieldErrorf(kp+".endPort", "set without port")
