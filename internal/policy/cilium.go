@@ -95,6 +95,10 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 	if c.ns != "" {
 		subject = subject.And(nsIs(c.ns))
 	}
+	if len(r.Ingress) == 0 && len(r.IngressDeny) == 0 && len(r.Egress) == 0 && len(r.EgressDeny) == 0 {
+		// As Cilium's rule sanitiser: a rule without a section is refused.
+		return nil, fieldErrorf(c.path, "a rule needs at least one of ingress, ingressDeny, egress, egressDeny (Cilium rejects it)")
+	}
 	rule := &compiledRule{policy: c.cp.ref, index: index, path: c.path, subject: subject}
 
 	in := &rule.dirs[resolved.Ingress]
@@ -145,8 +149,8 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 
 // item compiles one ingress/egress element. Exactly one of in/eg is set.
 func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.IngressCommonRule, eg *api.EgressCommonRule,
-	fqdns []api.FQDNSelector, toPorts []api.PortRule, icmps []api.ICMPRule, dir resolved.Direction) (ruleItem, error) {
-	it := ruleItem{verdict: verdict, path: path}
+	fqdns []api.FQDNSelector, toPorts []api.PortRule, icmps []api.ICMPRule, dir resolved.Direction) (it ruleItem, err error) {
+	it = ruleItem{verdict: verdict, path: path}
 	// Peer fields of unsupported features (requires, nodes, groups, CIDR
 	// group references) are absent: compileCilium refused them first.
 	var (
@@ -165,6 +169,17 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 		prefix = "to"
 	}
 	hasL3 := len(endpoints) > 0 || len(cidrs) > 0 || len(cidrSets) > 0 || len(entities) > 0 || len(fqdns) > 0 || len(services) > 0
+	// An explicitly empty peer list ("toEndpoints: []", also for CIDR,
+	// CIDR sets and entities) selects nothing, and the element then
+	// selects no peer at all whatever else it lists: Cilium's engine
+	// (utils.mergeEndpointSelectors) drops such an element, while an
+	// absent list leaves a ports-only element applying to every peer.
+	// The element still counts as a section (default deny).
+	explicitEmpty := (endpoints != nil && len(endpoints) == 0) || (cidrs != nil && len(cidrs) == 0) ||
+		(cidrSets != nil && len(cidrSets) == 0) || (entities != nil && len(entities) == 0)
+	if explicitEmpty {
+		defer func() { it.peers, it.services = nil, nil }()
+	}
 	for j, svc := range services {
 		ref, err := c.serviceRef(fmt.Sprintf("%s.toServices[%d]", path, j), svc)
 		if err != nil {

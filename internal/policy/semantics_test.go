@@ -304,6 +304,7 @@ metadata: {name: nothing, namespace: b}
 spec:
   endpointSelector: {matchLabels: {app: backend}}
   ingress: []
+  egress: [{toEntities: [all]}] # a rule needs a non-empty section
 `, []flowCase{
 			{"a/frontend", "a/backend", 8080, "", "denied", "a/isolate"},
 			{"a/frontend", "b/backend", 9090, "", "allowed", ""},
