@@ -372,10 +372,18 @@ func (c *ciliumCompiler) peerSelector(es *api.EndpointSelector) (selector.Select
 	if s.HasSource(identity.SourceReserved) || s.HasKey(identity.LabelNamespace) {
 		return s, nil
 	}
-	if c.ns != "" {
-		return s.And(nsIs(c.ns)), nil
+	if c.ns == "" {
+		return s.And(isPod), nil
 	}
-	return s.And(isPod), nil
+	// As Cilium (k8s/apis/cilium.io/utils getEndpointSelector): a
+	// namespaced policy's selector that names a namespace label
+	// (io.cilium.k8s.namespace.labels.*) selects across namespaces.
+	for _, r := range s.Requirements() {
+		if (r.Source == identity.SourceK8s || r.Source == identity.SourceAny) && strings.HasPrefix(r.Key, identity.LabelNamespacePrefix) {
+			return s, nil
+		}
+	}
+	return s.And(nsIs(c.ns)), nil
 }
 
 func reservedSel(name string) selector.Selector {
