@@ -24,7 +24,7 @@ const maxReachChecks = 256
 // engine (validation reports why).
 func (l *linter) lintUnreachableIngress() []Finding {
 	if !l.havePods {
-		return nil
+		return l.lintUnreachableIngressBySelectors()
 	}
 	state, err := check.FromSet(l.set)
 	if err != nil {

@@ -40,7 +40,7 @@ func lintRules(t *testing.T, doc string) []Finding {
 
 func hasLint(fs []Finding, rule, field, msg string) bool {
 	for _, f := range fs {
-		if f.Rule == rule && f.Severity == Warning && f.Field == field && strings.Contains(f.Message, msg) {
+		if f.Rule == rule && f.Severity == Warning && (field == "" || f.Field == field) && strings.Contains(f.Message, msg) {
 			return true
 		}
 	}
@@ -163,6 +163,35 @@ spec:
 	// Without the default deny the frontend's egress is open.
 	fs = lintRules(t, seedFile(t, "sample-app.yaml")+"\n---\n"+seedFile(t, "frontend-to-backend.yaml"))
 	if hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0]", "") {
+		t.Errorf("warning without default deny: %v", fs)
+	}
+}
+
+// Lint f from policy files alone (no pods in the input): the seed's
+// default-deny.yaml + frontend-to-backend.yaml warn, naming the egress
+// rule that is missing; an egress allow for the described frontend, or no
+// default deny, silences it.
+func TestLintIngressUnreachableWithoutPods(t *testing.T) {
+	base := seedFile(t, "default-deny.yaml") + "\n---\n" + seedFile(t, "frontend-to-backend.yaml")
+	fs := lintRules(t, base)
+	if !hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0].fromEndpoints[0]",
+		"a pod labelled app=frontend,tier=public in namespace demo is in egress default deny (through demo/default-deny-all) and no egress rule lets it reach pods labelled app=backend,tier=internal in namespace demo on TCP/8080; add an egress rule selecting {app=frontend,tier=public} with toEndpoints {app=backend,tier=internal} on TCP/8080") {
+		t.Errorf("no unreachable-ingress warning from policies alone: %v", fs)
+	}
+	egress := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-egress, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: backend}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+	if fs := lintRules(t, base+"\n---\n"+egress); hasLint(fs, "lint/ingress-unreachable", "", "") {
+		t.Errorf("warning despite an egress allow: %v", fs)
+	}
+	if fs := lintRules(t, seedFile(t, "frontend-to-backend.yaml")); hasLint(fs, "lint/ingress-unreachable", "", "") {
 		t.Errorf("warning without default deny: %v", fs)
 	}
 }
