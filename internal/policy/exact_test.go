@@ -119,6 +119,58 @@ spec:
 			{"a/frontend", "a/backend", 53, "TCP", "denied", "a/any-named"},
 			{"a/frontend", "b/backend", 53, "UDP", "denied", "a/any-named"}, // names no "dns"
 		}},
+
+		// Several ports lists in one element: their union, each port on
+		// its own protocol (ANY: TCP, UDP and SCTP).
+		{"several toPorts lists in one rule", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ports, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+    - ports: [{port: "53", protocol: UDP}, {port: "9000", protocol: ANY}]
+`, []flowCase{
+			{"a/frontend", "a/backend", 8080, "TCP", "allowed", "a/ports"},
+			{"a/frontend", "a/backend", 8080, "UDP", "denied", "a/ports"},
+			{"a/frontend", "a/backend", 53, "UDP", "allowed", "a/ports"},
+			{"a/frontend", "a/backend", 53, "TCP", "denied", "a/ports"},
+			{"a/frontend", "a/backend", 9000, "SCTP", "allowed", "a/ports"},
+		}},
+
+		// Deny with entities: cluster is every pod (not the world); all is
+		// everything. Deny wins over the allow of every peer.
+		{"ingressDeny fromEntities cluster", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-cluster, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress: [{fromEntities: [all]}]
+  ingressDeny: [{fromEntities: [cluster], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}]
+`, []flowCase{
+			{"a/frontend", "a/backend", 8080, "", "denied", "a/deny-cluster"},
+			{"b/frontend", "a/backend", 8080, "", "denied", "a/deny-cluster"},
+			{"a/frontend", "a/backend", 8081, "", "allowed", "a/deny-cluster"},
+			{"192.0.2.1", "a/backend", 8080, "", "allowed", "a/deny-cluster"},
+		}},
+		{"egressDeny toEntities all", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-all, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress: [{toEntities: [cluster, world]}]
+  egressDeny: [{toEntities: [all], toPorts: [{ports: [{port: "53", protocol: ANY}]}]}]
+`, []flowCase{
+			{"a/frontend", "a/backend", 53, "UDP", "denied", "a/deny-all"},
+			{"a/frontend", "192.0.2.1", 53, "TCP", "denied", "a/deny-all"},
+			{"a/frontend", "192.0.2.1", 443, "TCP", "allowed", "a/deny-all"},
+			{"a/frontend", "b/backend", 9090, "TCP", "allowed", "a/deny-all"},
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
