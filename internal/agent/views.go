@@ -108,6 +108,7 @@ func (a *Agent) Status(context.Context) (agentapi.Status, error) {
 	st.Ready = ready
 	st.Services = len(n.sb.Services())
 	st.Identities = len(a.identities())
+	st.Namespaces = a.namespaces(views)
 	if n.events != nil {
 		st.HubbleAddr, st.HubbleSock = n.events.hubbleAddr, n.events.hubbleSock
 		st.MetricsAddr = n.events.metricsAddr
@@ -371,4 +372,24 @@ func capitalize(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// namespaces lists the namespaces of the instance: its Namespace objects,
+// its pods' namespaces, and default and kube-system (sorted).
+func (a *Agent) namespaces(views []podView) []string {
+	seen := map[string]bool{"default": true, "kube-system": true}
+	for _, o := range a.desiredSet().Objects {
+		if o.Kind == "Namespace" {
+			seen[o.Name] = true
+		}
+	}
+	for _, v := range views {
+		seen[v.info.Namespace] = true
+	}
+	out := make([]string, 0, len(seen))
+	for ns := range seen {
+		out = append(out, ns)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -77,6 +77,11 @@ type Status struct {
 	HubbleSock  string   `json:"hubbleSocket,omitempty"`
 	MetricsAddr string   `json:"metricsAddr,omitempty"`
 	Errors      []string `json:"errors,omitempty"` // reconcile problems, newest last
+	// Namespaces that exist in the instance (sorted): those of its
+	// Namespace objects and pods, and default and kube-system, which
+	// always exist. policy validate checks policies' namespaces against
+	// them, as the API server does.
+	Namespaces []string `json:"namespaces,omitempty"`
 }
 
 // Pod is one running (or pending) pod.

@@ -18,7 +18,8 @@ type fixedAgent struct{}
 
 func (fixedAgent) Status(context.Context) (agentapi.Status, error) {
 	return agentapi.Status{Instance: "t", PID: 42, DatapathMode: "tcx", Revision: 7, Ready: true, Pods: 2, PodsReady: 2,
-		Services: 1, Policies: 3, Endpoints: 2, Identities: 4, HubbleSock: "/run/h.sock", Socket: "/run/a.sock", StateDir: "/var/lib/x"}, nil
+		Services: 1, Policies: 3, Endpoints: 2, Identities: 4, HubbleSock: "/run/h.sock", Socket: "/run/a.sock", StateDir: "/var/lib/x",
+		Namespaces: []string{"default", "demo", "kube-system"}}, nil
 }
 func (fixedAgent) Apply(context.Context, agentapi.ApplyRequest) (agentapi.ApplyResponse, error) {
 	return agentapi.ApplyResponse{}, errors.New("read-only")
