@@ -10,8 +10,10 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/policy"
+	"github.com/bulwark-net/bulwark/internal/policy/check"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
@@ -392,4 +394,20 @@ func (a *Agent) namespaces(views []podView) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Trace implements agentapi.Backend: the offline trace (check.State.Trace)
+// on the agent's live repository, the state its datapath enforces.
+func (a *Agent) Trace(_ context.Context, req agentapi.TraceRequest) (agentapi.TraceResponse, error) {
+	n := a.node
+	st := &check.State{Repo: n.repo, Snap: n.repo.Snapshot(), Set: a.desiredSet()}
+	var b strings.Builder
+	err := st.Trace(&b, check.TraceQuery{
+		Src: req.Src, Dst: req.Dst, Port: req.Port, Protocol: req.Protocol,
+		SrcIdentity: identity.NumericIdentity(req.SrcIdentity), DstIdentity: identity.NumericIdentity(req.DstIdentity),
+	})
+	if err != nil {
+		return agentapi.TraceResponse{}, &agentapi.UserError{Err: err}
+	}
+	return agentapi.TraceResponse{Text: b.String()}, nil
 }
