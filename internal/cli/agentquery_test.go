@@ -64,6 +64,7 @@ func (fixedAgent) BPFPolicy(_ context.Context, id uint32) ([]agentapi.EndpointPo
 		IngressEnforcement: "enabled", EgressEnforcement: "disabled",
 		Entries: []agentapi.PolicyEntry{{Direction: "Ingress", Peer: "300", Port: "8080/TCP", Verdict: "allow", Policies: []string{"NetworkPolicy/demo/deny"}}}}}, nil
 }
+
 // Trace runs the real engine on the seed's app and default deny, as the
 // agent runs it on its live repository.
 func (fixedAgent) Trace(_ context.Context, req agentapi.TraceRequest) (agentapi.TraceResponse, error) {
