@@ -195,3 +195,21 @@ spec:
 		t.Errorf("warning without default deny: %v", fs)
 	}
 }
+
+// A NetworkPolicy section whose direction policyTypes leaves out is
+// ignored (Kubernetes): validate says so.
+func TestPolicyTypesIgnoredSection(t *testing.T) {
+	doc := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: demo}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress: [{}]
+  egress: [{to: [{podSelector: {}}]}]
+`
+	fs := lintRules(t, doc)
+	if !hasLint(fs, "policytypes-ignored-section", "spec.egress", "policyTypes does not list Egress") || hasLint(fs, "policytypes-ignored-section", "spec.ingress", "") {
+		t.Errorf("findings: %v", fs)
+	}
+}
