@@ -9,48 +9,8 @@ import (
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/metrics"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
-
-// DecodeDocuments decodes every document and, with validate, checks it as
-// the API server and Cilium would; any problem in any document fails the
-// whole batch (the error lists every problem). It is what both the CLI
-// (before contacting the agent) and the agent (which trusts no client) run.
-// Deletion only needs each document's kind, namespace and name, so a
-// metadata-only document is enough there.
-func DecodeDocuments(docs []agentapi.Document, validate bool) ([]*manifest.Object, error) {
-	var objs []*manifest.Object
-	var errs manifest.Errors
-	for _, d := range docs {
-		o, e := manifest.Decode(d.Source, d.Data)
-		objs = append(objs, o...)
-		errs = append(errs, e...)
-	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	seen := map[objectKey]*manifest.Object{}
-	for _, o := range objs {
-		if _, ok := o.Obj.(*manifest.Unsupported); ok {
-			continue
-		}
-		k := keyOf(o)
-		if prev, ok := seen[k]; ok {
-			errs = append(errs, &manifest.Error{Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name,
-				Reason: fmt.Sprintf("defined twice (first at %s)", prev.Source)})
-		}
-		seen[k] = o
-	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	if !validate {
-		return objs, nil
-	}
-	if err := validateObjects(objs); err != nil {
-		return nil, err
-	}
-	return objs, nil
-}
 
 // Apply implements agentapi.Backend: create or update every object, all or
 // nothing, then converge.
@@ -66,7 +26,7 @@ func (a *Agent) Delete(ctx context.Context, req agentapi.ApplyRequest) (agentapi
 
 func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool) (agentapi.ApplyResponse, error) {
 	start := time.Now()
-	objs, err := DecodeDocuments(req.Documents, !del)
+	objs, err := validate.Documents(req.Documents, !del)
 	if err != nil {
 		a.countPolicyChange(false)
 		return agentapi.ApplyResponse{}, &agentapi.UserError{Err: err}

@@ -12,8 +12,8 @@ import (
 	"github.com/bulwark-net/bulwark/internal/datapath"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/bulwark-net/bulwark/internal/policy"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 	"github.com/bulwark-net/bulwark/internal/sandbox"
 )

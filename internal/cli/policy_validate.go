@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
-	"github.com/bulwark-net/bulwark/internal/policy/validate"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
 
 // policyValidateOptions are the flags of "bulwark policy validate".

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // Regression tests for the classes the differential tests found (issue

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // baseState: two namespaces with a frontend and a backend each.

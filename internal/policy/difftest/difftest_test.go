@@ -52,7 +52,7 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/bulwark-net/bulwark/internal/policy/difftest"
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	corev1 "k8s.io/api/core/v1"

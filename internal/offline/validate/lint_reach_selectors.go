@@ -11,8 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/bulwark-net/bulwark/internal/policy/api"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
 )
 
 // lintUnreachableIngressBySelectors is lint f (lintUnreachableIngress) for
