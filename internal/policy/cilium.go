@@ -265,7 +265,9 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			if l7 != nil {
 				return it, fieldErrorf(pp+".rules", "L7 rules need ports")
 			}
-			ports = []api.PortProtocol{{}}
+			// As Cilium's engine: a toPorts element without ports
+			// contributes no port (it matches no traffic).
+			continue
 		}
 		for k, port := range ports {
 			kp := fmt.Sprintf("%s.ports[%d]", pp, k)
@@ -273,13 +275,13 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			if err != nil {
 				return it, fieldErrorf(kp+".protocol", "%v", err)
 			}
-			spec := api.PortSpec{}
-			if port.Port != "" {
-				if spec, err = port.Parse(); err != nil {
-					return it, fieldErrorf(kp+".port", "%v", err)
-				}
-			} else if port.EndPort != 0 {
-				return it, fieldErrorf(kp+".endPort", "set without port")
+			if strings.TrimSpace(string(port.Port)) == "" {
+				// Cilium's sanitiser: "port must be specified".
+				return it, fieldErrorf(kp+".port", "required (a number, \"0\" for every port, or a port name), as Cilium requires")
+			}
+			spec, err := port.Parse()
+			if err != nil {
+				return it, fieldErrorf(kp+".port", "%v", err)
 			}
 			protos := []resolved.Protocol{proto}
 			if proto == resolved.ProtoAny {
@@ -320,6 +322,11 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			// resolved table has no ICMP type field (see package doc).
 			it.ports = append(it.ports, portSpec{proto: proto})
 		}
+	}
+	if len(it.ports) == 0 {
+		// Only port rules without ports: the element matches no traffic
+		// (Cilium adds neither an L4 nor an L3-only filter for it).
+		it.peers, it.services, it.l3Only = nil, nil, true
 	}
 	return it, nil
 }

@@ -171,11 +171,49 @@ spec:
 			{"a/frontend", "192.0.2.1", 443, "TCP", "allowed", "a/deny-all"},
 			{"a/frontend", "b/backend", 9090, "TCP", "allowed", "a/deny-all"},
 		}},
+
+		// A toPorts element without ports matches no traffic (Cilium adds
+		// no filter for it); the section still isolates.
+		{"toPorts element without ports", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-ports, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{}]
+    toPorts: [{}]
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{}, {ports: [{port: "53", protocol: UDP}]}]
+`, []flowCase{
+			{"a/frontend", "a/backend", 8080, "", "denied", "a/no-ports"},
+			{"a/frontend", "a/backend", 53, "UDP", "allowed", "a/no-ports"},
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			runFlows(t, loadYAML(t, baseState, tc.policies), tc.flows)
 		})
+	}
+}
+
+// A Cilium port without a number or name is refused, as by Cilium
+// ("port must be specified"), not read as every port.
+func TestPortWithoutNumberRefused(t *testing.T) {
+	doc := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-port, namespace: a}
+spec:
+  endpointSelector: {}
+  ingress: [{toPorts: [{ports: [{protocol: TCP}]}]}]
+`
+	objs, errs := manifest.Decode("test.yaml", []byte(baseState+"\n---\n"+doc))
+	if len(errs) > 0 {
+		t.Fatalf("decode: %v", errs)
+	}
+	if _, err := check.FromSet(manifest.NewSet(objs...)); err == nil || !strings.Contains(err.Error(), "ports[0].port: required") {
+		t.Fatalf("load: %v, want a refusal naming the port", err)
 	}
 }
 

@@ -213,3 +213,11 @@ spec:
 		t.Errorf("findings: %v", fs)
 	}
 }
+
+// A toPorts element without ports matches nothing: validate says so.
+func TestPortRuleWithoutPorts(t *testing.T) {
+	fs := lintRules(t, cnp("endpointSelector: {}\ningress:\n- fromEndpoints: [{}]\n  toPorts: [{}]\n"))
+	if !hasLint(fs, "lint/port-rule-without-ports", "spec.ingress[0].toPorts[0]", "matches no traffic") {
+		t.Errorf("findings: %v", fs)
+	}
+}

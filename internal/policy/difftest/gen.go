@@ -356,9 +356,15 @@ func (g *gen) cnpRule(sec string) map[string]any {
 		}
 		rule[prefix+"CIDRSet"] = set
 	}
-	if g.chance(0.6) {
+	if g.chance(0.05) {
+		rule["toPorts"] = []any{} // explicitly empty: no L4 part
+	} else if g.chance(0.6) {
 		var prs []any
 		for i := 0; i < 1+g.r.Intn(2); i++ {
+			if g.chance(0.08) {
+				prs = append(prs, map[string]any{}) // a port rule without ports
+				continue
+			}
 			var ports []any
 			for j := 0; j < 1+g.r.Intn(2); j++ {
 				p := map[string]any{}
