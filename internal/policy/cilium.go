@@ -17,9 +17,12 @@ import (
 // Semantics (Cilium documentation and CRD reference):
 //   - A namespaced policy's endpointSelector applies in its namespace only;
 //     its peer selectors (fromEndpoints/toEndpoints) are confined to its
-//     namespace unless they name io.kubernetes.pod.namespace or a reserved:
-//     label. A clusterwide policy's peer selectors that don't name the
-//     namespace select pods of every namespace (never reserved identities).
+//     namespace unless they name io.kubernetes.pod.namespace, a namespace
+//     label (io.cilium.k8s.namespace.labels.*) or a reserved: label. A
+//     clusterwide policy's peer selectors that don't name the namespace
+//     select pods of every namespace. Peer selectors without a reserved:
+//     label select pods of this cluster only (never CIDR or reserved
+//     identities), as Cilium adds the cluster label to them.
 //   - A rule with a non-empty ingress or ingressDeny section puts the
 //     selected endpoints in ingress default deny unless
 //     enableDefaultDeny.ingress is false (same for egress). An empty list
@@ -370,27 +373,43 @@ func parseCIDR(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// peerSelector applies Cilium's namespace confinement to a peer selector.
+// peerSelector applies Cilium's scoping to a peer selector (Cilium v1.20,
+// k8s/apis/cilium.io/utils getEndpointSelector): a selector on reserved
+// labels is left alone; otherwise a namespaced policy's selector is
+// confined to its namespace unless it names the namespace or a namespace
+// label, a clusterwide policy's selects pods only, and every such selector
+// selects pods of this cluster only (the cluster label, unless the
+// selector names it), so never CIDR or reserved identities.
 func (c *ciliumCompiler) peerSelector(es *api.EndpointSelector) (selector.Selector, error) {
 	s, err := selector.FromLabelSelector(&es.LabelSelector)
 	if err != nil {
 		return s, err
 	}
-	if s.HasSource(identity.SourceReserved) || s.HasKey(identity.LabelNamespace) {
+	if s.HasSource(identity.SourceReserved) {
 		return s, nil
 	}
-	if c.ns == "" {
-		return s.And(isPod), nil
+	switch {
+	case s.HasKey(identity.LabelNamespace):
+	case c.ns == "":
+		s = s.And(isPod)
+	case namesNamespaceLabel(s):
+	default:
+		s = s.And(nsIs(c.ns))
 	}
-	// As Cilium (k8s/apis/cilium.io/utils getEndpointSelector): a
-	// namespaced policy's selector that names a namespace label
-	// (io.cilium.k8s.namespace.labels.*) selects across namespaces.
+	if !s.HasKey(identity.LabelCluster) {
+		s = s.And(selector.Requirement{Source: identity.SourceK8s, Key: identity.LabelCluster, Op: selector.In, Values: []string{identity.DefaultClusterName}})
+	}
+	return s, nil
+}
+
+// namesNamespaceLabel: a requirement on io.cilium.k8s.namespace.labels.*.
+func namesNamespaceLabel(s selector.Selector) bool {
 	for _, r := range s.Requirements() {
 		if (r.Source == identity.SourceK8s || r.Source == identity.SourceAny) && strings.HasPrefix(r.Key, identity.LabelNamespacePrefix) {
-			return s, nil
+			return true
 		}
 	}
-	return s.And(nsIs(c.ns)), nil
+	return false
 }
 
 func reservedSel(name string) selector.Selector {

@@ -189,6 +189,24 @@ spec:
 			{"a/frontend", "a/backend", 8080, "", "denied", "a/no-ports"},
 			{"a/frontend", "a/backend", 53, "UDP", "allowed", "a/no-ports"},
 		}},
+
+		// A peer selector that names the namespace is not confined to the
+		// policy's namespace, but still selects pods of this cluster only
+		// (Cilium adds the cluster label): NotIn never reaches the world.
+		{"namespace NotIn selects pods of the cluster only", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: not-b, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress: [{toEntities: [all]}]
+  egressDeny:
+  - toEndpoints: [{matchExpressions: [{key: k8s:io.kubernetes.pod.namespace, operator: NotIn, values: [b]}]}]
+`, []flowCase{
+			{"a/frontend", "a/backend", 8080, "", "denied", "a/not-b"},
+			{"a/frontend", "b/backend", 9090, "", "allowed", "a/not-b"},
+			{"a/frontend", "192.0.2.1", 443, "", "allowed", "a/not-b"},
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -401,7 +401,29 @@ func (g *gen) cnpRule(sec string) map[string]any {
 // endpointSelector: pod labels, and sometimes Cilium's namespace keys.
 func (g *gen) endpointSelector() map[string]any {
 	sel := g.labelSelector(labelKeys, "")
-	switch g.r.Intn(5) {
+	if g.chance(0.15) { // the same keys with an explicit source
+		sel = g.labelSelector(labelKeys, g.pick([]string{"k8s:", "any:"}))
+	}
+	switch g.r.Intn(7) {
+	case 5, 6: // the namespace or a namespace label by expression
+		key := "k8s:io.kubernetes.pod.namespace"
+		vals := nsNames
+		if g.chance(0.5) {
+			key, vals = "k8s:io.cilium.k8s.namespace.labels."+g.pick(nsLabelKeys), labelValues
+		}
+		e := map[string]any{"key": key}
+		switch g.r.Intn(4) {
+		case 0:
+			e["operator"], e["values"] = "In", []string{g.pick(vals)}
+		case 1:
+			e["operator"], e["values"] = "NotIn", []string{g.pick(vals)}
+		case 2:
+			e["operator"] = "Exists"
+		case 3:
+			e["operator"] = "DoesNotExist"
+		}
+		exprs, _ := sel["matchExpressions"].([]any)
+		sel["matchExpressions"] = append(exprs, e)
 	case 0:
 		sel["matchLabels"] = merge(sel["matchLabels"], map[string]any{"k8s:io.kubernetes.pod.namespace": g.pick(nsNames)})
 	case 1:
