@@ -41,6 +41,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +54,7 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/offline/check"
+	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/policy/difftest"
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	corev1 "k8s.io/api/core/v1"
@@ -73,21 +75,70 @@ func envInt(t *testing.T, name string, def int) int {
 	return n
 }
 
-// bulwark decides every cell of a scenario with the offline checker.
+// bulwark decides every cell of a scenario with the offline checker. It
+// also builds the same state incrementally (one object per update, in a
+// shuffled order, with one policy deleted and put back) and fails if any
+// cell differs from the state built at once: the agent applies changes
+// incrementally.
 func bulwark(s *difftest.Scenario) ([]difftest.Verdict, error) {
 	st, err := stateOf(s)
 	if err != nil {
 		return nil, err
 	}
+	inc, err := incrementalStateOf(s)
+	if err != nil {
+		return nil, fmt.Errorf("incremental: %w", err)
+	}
 	out := make([]difftest.Verdict, 0, len(s.Cells))
 	for _, c := range s.Cells {
-		res, err := st.Check(check.Flow{Src: peerRef(s, c.Src), Dst: peerRef(s, c.Dst), Port: c.Port, Protocol: c.Protocol})
+		f := check.Flow{Src: c.Src, Dst: c.Dst, Port: c.Port, Protocol: c.Protocol}
+		res, err := st.Check(f)
 		if err != nil {
 			return nil, fmt.Errorf("check %v: %w", c, err)
 		}
-		out = append(out, difftest.Verdict{Egress: res.Egress == "allowed", Ingress: res.Ingress == "allowed"})
+		v := difftest.Verdict{Egress: res.Egress == "allowed", Ingress: res.Ingress == "allowed"}
+		ri, err := inc.Check(f)
+		if err != nil {
+			return nil, fmt.Errorf("incremental check %v: %w", c, err)
+		}
+		if vi := (difftest.Verdict{Egress: ri.Egress == "allowed", Ingress: ri.Ingress == "allowed"}); vi != v {
+			return nil, fmt.Errorf("%s -> %s %s/%d: built at once %+v, incrementally %+v", c.Src, c.Dst, c.Protocol, c.Port, v, vi)
+		}
+		out = append(out, v)
 	}
 	return out, nil
+}
+
+func incrementalStateOf(s *difftest.Scenario) (*check.State, error) {
+	text, err := s.State()
+	if err != nil {
+		return nil, err
+	}
+	objs, errs := manifest.Decode("scenario.yaml", []byte(text))
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("decode: %v", errs)
+	}
+	r := rand.New(rand.NewSource(s.Seed))
+	r.Shuffle(len(objs), func(i, j int) { objs[i], objs[j] = objs[j], objs[i] })
+	repo := policy.NewRepository(policy.Options{})
+	var last *manifest.Object
+	for _, o := range objs {
+		if _, err := repo.Upsert(o.Obj); err != nil {
+			return nil, err
+		}
+		if o.Kind != "Namespace" && o.Kind != "Pod" {
+			last = o
+		}
+	}
+	if last != nil {
+		if _, err := repo.Delete(policy.ObjectRef{Kind: last.Kind, Namespace: last.Namespace, Name: last.Name}); err != nil {
+			return nil, err
+		}
+		if _, err := repo.Upsert(last.Obj); err != nil {
+			return nil, err
+		}
+	}
+	return &check.State{Repo: repo, Snap: repo.Snapshot()}, nil
 }
 
 func stateOf(s *difftest.Scenario) (*check.State, error) {
@@ -101,9 +152,6 @@ func stateOf(s *difftest.Scenario) (*check.State, error) {
 	}
 	return check.FromSet(manifest.NewSet(objs...))
 }
-
-// peerRef: pods by "ns/name", outside addresses as they are.
-func peerRef(_ *difftest.Scenario, ref string) string { return ref }
 
 var (
 	refOnce sync.Once
