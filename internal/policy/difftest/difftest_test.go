@@ -396,6 +396,10 @@ func normalizePolicyTypes(t *testing.T, s *difftest.Scenario) *difftest.Scenario
 	out := *s
 	out.Policies = nil
 	for _, doc := range s.Policies {
+		if !strings.Contains(doc, "kind: NetworkPolicy\n") {
+			out.Policies = append(out.Policies, doc)
+			continue
+		}
 		var np networkingv1.NetworkPolicy
 		if err := yaml.UnmarshalStrict([]byte(doc), &np); err != nil {
 			t.Fatalf("seed %d: decode policy: %v", s.Seed, err)
@@ -599,4 +603,38 @@ func TestDifferentialCilium(t *testing.T) {
 		t.Logf("%d scenarios rejected by both engines", rejected)
 	}
 	ty.report(t, "CNP/CCNP vs Cilium", len(scs))
+}
+
+// All three kinds in one scenario, against Cilium's engine (which
+// evaluates them together, as Bulwark does): allows add up across kinds,
+// a deny of any kind wins.
+func TestDifferentialMixed(t *testing.T) {
+	scs := scenarios(t, difftest.MixedPolicies)
+	norm := make([]*difftest.Scenario, len(scs))
+	for i, s := range scs {
+		norm[i] = normalizePolicyTypes(t, s)
+	}
+	cil := ciliumRef(t, append(append([]*difftest.Scenario(nil), scs...), norm...))
+	cilRaw, cilNorm := cil[:len(scs)], cil[len(scs):]
+	ty := newTally()
+	for i, s := range scs {
+		got, err := bulwark(s)
+		if err != nil {
+			t.Fatalf("seed %d: bulwark: %v", s.Seed, err)
+		}
+		for _, r := range []ciliumResult{cilRaw[i], cilNorm[i]} {
+			if r.Error != "" {
+				t.Fatalf("seed %d: Cilium rejects a scenario Bulwark accepts: %s", s.Seed, r.Error)
+			}
+		}
+		for j, c := range s.Cells {
+			ty.cells++
+			if got[j] != cilNorm[i].Verdicts[j] {
+				ty.differ(t, "cilium", norm[i], c, got[j], cilNorm[i].Verdicts[j])
+			} else if cilRaw[i].Verdicts[j] != got[j] {
+				ty.justified["Cilium enforces a section policyTypes leaves out (3)"]++
+			}
+		}
+	}
+	ty.report(t, "mixed kinds vs Cilium", len(scs))
 }

@@ -13,6 +13,7 @@ type Kind int
 const (
 	NetworkPolicies Kind = iota // networking.k8s.io/v1 NetworkPolicy only
 	CiliumPolicies              // CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy only
+	MixedPolicies               // all three kinds in one scenario
 )
 
 // The model's vocabulary: small, so that selectors often match.
@@ -81,7 +82,7 @@ func Generate(seed int64, kind Kind) *Scenario {
 			s.Policies = append(s.Policies, g.policy(ns.Name))
 		}
 	}
-	if kind == CiliumPolicies && g.chance(0.5) {
+	if kind != NetworkPolicies && g.chance(0.5) {
 		s.Policies = append(s.Policies, g.policy(""))
 	}
 	var peers []string
@@ -166,7 +167,7 @@ func (g *gen) labelSelector(keys []string, keyPrefix string) map[string]any {
 func (g *gen) policy(ns string) string {
 	g.n++
 	var doc map[string]any
-	if g.kind == NetworkPolicies {
+	if g.kind == NetworkPolicies || (g.kind == MixedPolicies && ns != "" && g.chance(0.5)) {
 		doc = g.networkPolicy(ns)
 	} else {
 		doc = g.ciliumPolicy(ns)
