@@ -9,8 +9,6 @@ import (
 	"math"
 	"net/netip"
 	"os"
-	"sort"
-	"strings"
 
 	"github.com/cilium/cilium/pkg/endpoint/regeneration"
 	"github.com/cilium/cilium/pkg/identity"
@@ -71,7 +69,7 @@ type result struct {
 }
 
 // verdict of one cell: egress at the source, ingress at the destination
-// ("" where the peer is not an endpoint: no policy applies there).
+// (true where the peer is not an endpoint: no policy applies there).
 type verdict struct {
 	Egress  bool `json:"egress"`
 	Ingress bool `json:"ingress"`
@@ -309,6 +307,3 @@ func parsePolicy(logger *slog.Logger, doc string) (types.PolicyEntries, error) {
 	}
 	return nil, fmt.Errorf("unsupported kind %q", head.Kind)
 }
-
-var _ = sort.Strings
-var _ = strings.Join
