@@ -146,13 +146,21 @@ func (r *Repository) syncNamedPeers(ip *installedPolicy) {
 	}
 }
 
-// refreshNamed recomputes the membership of every derived named-port
-// selector (after pods, their ports or their identities changed).
-func (r *Repository) refreshNamed() {
-	r.sels.refreshComputed(func(p peerSpec) (map[identity.NumericIdentity]struct{}, bool) {
+// refreshNamed recomputes the membership of the given identities (whose
+// pods or ports changed) in every derived named-port selector.
+func (r *Repository) refreshNamed(ids map[identity.NumericIdentity]struct{}) {
+	if len(ids) == 0 {
+		return
+	}
+	r.sels.updateComputed(ids, func(p peerSpec, id identity.NumericIdentity) (bool, bool) {
 		if p.named == nil {
-			return nil, false
+			return false, false
 		}
-		return r.namedMembers(p), true
+		ls, ok := r.idLabels[id]
+		if !ok || len(r.byIdentity[id]) == 0 || !p.label.Matches(ls) {
+			return false, true
+		}
+		port, ok := r.identityNamedPort(id, p.named.name, p.named.proto)
+		return ok && port == p.named.port, true
 	})
 }

@@ -134,9 +134,11 @@ type Repository struct {
 	pendIPCacheLocal *bool
 	dirty            map[EndpointKey]struct{}
 	namedChanged     bool // the set of values some pod gives a port name changed
-	// namedIdentChanged: an identity's pods (or their named ports)
-	// changed, so derived named-port selectors need new members.
-	namedIdentChanged bool
+	// namedIdents: identities whose pods (or their named ports) changed
+	// in this update: their membership in derived named-port selectors
+	// is recomputed (an identity's labels never change, so no other
+	// identity's membership can).
+	namedIdents map[identity.NumericIdentity]struct{}
 	// moved: endpoints whose address changed (reported even if their
 	// policy did not)
 	moved map[EndpointKey]bool
@@ -343,7 +345,7 @@ func (r *Repository) Delete(refs ...ObjectRef) (Change, error) {
 func (r *Repository) run(ops []op) Change {
 	r.dirty = map[EndpointKey]struct{}{}
 	r.namedChanged = false
-	r.namedIdentChanged = false
+	r.namedIdents = map[identity.NumericIdentity]struct{}{}
 	r.unusedIDs = map[identity.NumericIdentity]struct{}{}
 	r.moved = map[EndpointKey]bool{}
 	selChanged := map[resolved.SelectorID]struct{}{}
@@ -360,9 +362,7 @@ func (r *Repository) run(ops []op) Change {
 		}
 		r.dirtyEgressNamedUsers()
 	}
-	if r.namedChanged || r.namedIdentChanged {
-		r.refreshNamed()
-	}
+	r.refreshNamed(r.namedIdents)
 	r.collectIdentities()
 	r.revision++
 	var ch Change
@@ -534,8 +534,11 @@ func (r *Repository) relabel(ep *Endpoint) {
 }
 
 func (r *Repository) moveIdentity(old, n *Endpoint) {
-	if (old != nil && hasNamedPort(old.Ports)) || (n != nil && hasNamedPort(n.Ports)) {
-		r.namedIdentChanged = true
+	if old != nil && hasNamedPort(old.Ports) {
+		r.namedIdents[old.Identity] = struct{}{}
+	}
+	if n != nil && hasNamedPort(n.Ports) {
+		r.namedIdents[n.Identity] = struct{}{}
 	}
 	if old != nil {
 		if m := r.byIdentity[old.Identity]; m != nil {

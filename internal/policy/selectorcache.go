@@ -260,12 +260,29 @@ func (c *selectorCache) acquireWith(p peerSpec, members func(peerSpec) map[ident
 	return e.id
 }
 
-// refreshComputed recomputes the members of every entry for which members
-// reports ok.
-func (c *selectorCache) refreshComputed(members func(peerSpec) (map[identity.NumericIdentity]struct{}, bool)) {
+// updateComputed sets, for each entry for which member reports ok, the
+// membership of the identities ids as member says.
+func (c *selectorCache) updateComputed(ids map[identity.NumericIdentity]struct{}, member func(peerSpec, identity.NumericIdentity) (in, ok bool)) {
 	for _, e := range c.byID {
-		if want, ok := members(e.peer); ok {
-			c.setMembers(e, want)
+		changed := false
+		for id := range ids {
+			in, ok := member(e.peer, id)
+			if !ok {
+				break
+			}
+			if _, was := e.members[id]; was == in {
+				continue
+			}
+			if in {
+				e.members[id] = struct{}{}
+			} else {
+				delete(e.members, id)
+			}
+			changed = true
+		}
+		if changed {
+			e.dirty = true
+			c.touch(e.id)
 		}
 	}
 }
