@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -47,6 +48,10 @@ func (l *linter) lintUnreachableIngressBySelectors() []Finding {
 	}
 	var out []Finding
 	for _, o := range l.set.Objects {
+		if np, ok := o.Obj.(*networkingv1.NetworkPolicy); ok {
+			out = append(out, l.netpolReachBySelectors(&reporter{obj: o}, np, policies, namespaces)...)
+			continue
+		}
 		p, ok := o.Obj.(api.Policy)
 		if !ok || p.PolicyKind() != api.KindCNP {
 			continue
@@ -67,16 +72,16 @@ func (l *linter) lintUnreachableIngressBySelectors() []Finding {
 					continue
 				}
 				path := field.NewPath(p.RulePath(ri)).Child("ingress").Index(i)
+				var rr ruleReach
 				for j, peer := range in.FromEndpoints {
 					src, ok := describedPod(ns, &peer.LabelSelector, "src")
 					if !ok {
+						rr.unknown = true
 						continue
 					}
-					if f, ok := l.reachBySelectors(r, path.Child("fromEndpoints").Index(j), policies, namespaces, src, dst, ports); ok {
-						out = append(out, f)
-						break
-					}
+					rr.add(l.reachBySelectors(r, path.Child("fromEndpoints").Index(j), policies, namespaces, src, dst, ports))
 				}
+				out = append(out, rr.findings()...)
 			}
 		}
 	}
@@ -224,4 +229,102 @@ func labelText(ls map[string]string) string {
 		parts[i] = k + "=" + ls[k]
 	}
 	return strings.Join(parts, ",")
+}
+
+// netpolReachBySelectors is lintUnreachableIngressBySelectors for a
+// NetworkPolicy's ingress rules: the peer pod of each podSelector /
+// namespaceSelector peer (a namespaceSelector naming
+// kubernetes.io/metadata.name describes that namespace, another one a
+// namespace with the labels it requires).
+func (l *linter) netpolReachBySelectors(r *reporter, np *networkingv1.NetworkPolicy, policies []any, namespaces map[string]map[string]string) []Finding {
+	ingress := len(np.Spec.PolicyTypes) == 0
+	for _, pt := range np.Spec.PolicyTypes {
+		ingress = ingress || pt == networkingv1.PolicyTypeIngress
+	}
+	if !ingress {
+		return nil
+	}
+	dst, ok := describedPod(np.Namespace, &np.Spec.PodSelector, "dst")
+	if !ok || dst.ns != np.Namespace {
+		return nil
+	}
+	var out []Finding
+	for i, rule := range np.Spec.Ingress {
+		ports := netpolNumericPorts(rule.Ports)
+		if len(ports) == 0 {
+			continue
+		}
+		path := field.NewPath("spec", "ingress").Index(i)
+		var rr ruleReach
+		if len(rule.From) == 0 {
+			continue // every peer, the world included: not all under default deny
+		}
+		for j, peer := range rule.From {
+			if peer.IPBlock != nil || (peer.PodSelector == nil && peer.NamespaceSelector == nil) {
+				rr.unknown = true // an address outside the cluster has no egress policy
+				continue
+			}
+			src, ok := describedPod(np.Namespace, peer.PodSelector, "src")
+			if !ok {
+				rr.unknown = true
+				continue
+			}
+			if peer.NamespaceSelector != nil {
+				nsg, ok := describedPod(np.Namespace, peer.NamespaceSelector, "")
+				if !ok {
+					rr.unknown = true
+					continue
+				}
+				src.ns = nsg.labels[corev1.LabelMetadataName]
+				if src.ns == "" {
+					src.ns = "described-namespace"
+				}
+				for k, v := range nsg.labels {
+					src.nsLabels[k] = v
+				}
+			}
+			rr.add(l.reachBySelectors(r, path.Child("from").Index(j), policies, namespaces, src, dst, ports))
+		}
+		out = append(out, rr.findings()...)
+	}
+	return out
+}
+
+// ruleReach gathers the verdicts of a rule's described peers: the rule is
+// flagged only when every peer is blocked at its own egress.
+type ruleReach struct {
+	blocked []Finding
+	unknown bool // a peer that could not be described, or that reached
+}
+
+func (rr *ruleReach) add(f Finding, blocked bool) {
+	if blocked {
+		rr.blocked = append(rr.blocked, f)
+	} else {
+		rr.unknown = true
+	}
+}
+
+func (rr *ruleReach) findings() []Finding {
+	if rr.unknown || len(rr.blocked) == 0 {
+		return nil
+	}
+	return rr.blocked[:1]
+}
+
+// netpolNumericPorts lists the numeric (port, protocol) pairs of
+// NetworkPolicy ports (TCP by default; a range by its first port).
+func netpolNumericPorts(ports []networkingv1.NetworkPolicyPort) []portProto {
+	var out []portProto
+	for _, p := range ports {
+		if p.Port == nil || p.Port.Type != intstr.Int || p.Port.IntVal < 1 {
+			continue
+		}
+		proto := "TCP"
+		if p.Protocol != nil {
+			proto = string(*p.Protocol)
+		}
+		out = append(out, portProto{int(p.Port.IntVal), proto})
+	}
+	return out
 }

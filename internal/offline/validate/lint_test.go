@@ -221,3 +221,31 @@ func TestPortRuleWithoutPorts(t *testing.T) {
 		t.Errorf("findings: %v", fs)
 	}
 }
+
+// The same lint for a NetworkPolicy ingress allow, from policies alone: a
+// rule warns only when every peer it admits is blocked at its own egress.
+func TestLintNetworkPolicyIngressUnreachableWithoutPods(t *testing.T) {
+	allow := func(peerNS string) string {
+		return `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-client, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: client}}
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ` + peerNS + `}}
+      podSelector: {matchLabels: {app: probe}}
+    ports: [{port: 8080}]
+`
+	}
+	deny := seedFile(t, "default-deny.yaml")
+	fs := lintRules(t, deny+"\n---\n"+allow("demo"))
+	if !hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0].from[0]", "a pod labelled app=client in namespace demo is in egress default deny (through demo/default-deny-all)") {
+		t.Errorf("both peers under default deny: %v", fs)
+	}
+	// A peer in a namespace without default deny reaches: no warning.
+	if fs := lintRules(t, deny+"\n---\n"+allow("tools")); hasLint(fs, "lint/ingress-unreachable", "", "") {
+		t.Errorf("a peer reaches: %v", fs)
+	}
+}
