@@ -8,6 +8,9 @@ bash scripts/setup.sh
 
 echo "== go vet"
 go vet ./...
+# test/ciliumref is a module of its own (Cilium's dependency pins): the
+# differential tests of internal/policy/difftest build and run it.
+(cd test/ciliumref && go vet ./...)
 
 echo "== generated BPF objects match their C sources"
 bash scripts/check-generated.sh

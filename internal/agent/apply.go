@@ -4,81 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/metrics"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
-
-// DecodeDocuments decodes every document and, with validate, checks it as
-// the API server and Cilium would; any problem in any document fails the
-// whole batch (the error lists every problem). It is what both the CLI
-// (before contacting the agent) and the agent (which trusts no client) run.
-// Deletion only needs each document's kind, namespace and name, so a
-// metadata-only document is enough there.
-func DecodeDocuments(docs []agentapi.Document, validate bool) ([]*manifest.Object, error) {
-	var objs []*manifest.Object
-	var errs manifest.Errors
-	for _, d := range docs {
-		o, e := manifest.Decode(d.Source, d.Data)
-		objs = append(objs, o...)
-		errs = append(errs, e...)
-	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	if err := checkDocumentsSize(docs); err != nil {
-		return nil, err
-	}
-	seen := map[objectKey]*manifest.Object{}
-	for _, o := range objs {
-		if u, ok := o.Obj.(*manifest.Unsupported); ok {
-			if u.Refused && validate {
-				errs = append(errs, &manifest.Error{Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name, Reason: u.Note})
-			}
-			continue
-		}
-		k := keyOf(o)
-		if prev, ok := seen[k]; ok {
-			errs = append(errs, &manifest.Error{Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name,
-				Reason: fmt.Sprintf("defined twice (first at %s)", prev.Source)})
-		}
-		seen[k] = o
-	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	if !validate {
-		return objs, nil
-	}
-	if err := validateObjects(objs); err != nil {
-		return nil, err
-	}
-	return objs, nil
-}
-
-// checkDocumentsSize refuses a batch larger than one request may carry,
-// naming its largest inputs.
-func checkDocumentsSize(docs []agentapi.Document) error {
-	total := 0
-	for _, d := range docs {
-		total += len(d.Data)
-	}
-	if total <= agentapi.MaxDocumentsBytes {
-		return nil
-	}
-	sorted := slices.Clone(docs)
-	slices.SortFunc(sorted, func(a, b agentapi.Document) int { return len(b.Data) - len(a.Data) })
-	var big []string
-	for _, d := range sorted[:min(3, len(sorted))] {
-		big = append(big, fmt.Sprintf("%s (%d bytes)", d.Source, len(d.Data)))
-	}
-	return fmt.Errorf("the input totals %d bytes; one apply or delete carries at most %d bytes (12 MiB): split it into several (largest: %s)",
-		total, agentapi.MaxDocumentsBytes, strings.Join(big, ", "))
-}
 
 // Apply implements agentapi.Backend: create or update every object, all or
 // nothing, then converge.
@@ -94,7 +26,7 @@ func (a *Agent) Delete(ctx context.Context, req agentapi.ApplyRequest) (agentapi
 
 func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool) (agentapi.ApplyResponse, error) {
 	start := time.Now()
-	objs, err := DecodeDocuments(req.Documents, !del)
+	objs, err := validate.Documents(req.Documents, !del)
 	if err != nil {
 		a.countPolicyChange(false)
 		return agentapi.ApplyResponse{}, &agentapi.UserError{Err: err}

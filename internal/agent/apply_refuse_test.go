@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
 
 // A CiliumEnvoyConfig would set a rate limit that nothing enforces yet:
@@ -17,7 +18,7 @@ metadata: {name: rate-limit-config, namespace: backend}
 spec:
   services: [{name: api-server, namespace: backend}]
 `)}
-	_, err := DecodeDocuments([]agentapi.Document{doc}, true)
+	_, err := validate.Documents([]agentapi.Document{doc}, true)
 	if err == nil {
 		t.Fatal("apply accepted a CiliumEnvoyConfig that nothing enforces")
 	}
@@ -26,7 +27,7 @@ spec:
 			t.Errorf("error %q does not name %q", err, want)
 		}
 	}
-	if _, err := DecodeDocuments([]agentapi.Document{doc}, false); err != nil {
+	if _, err := validate.Documents([]agentapi.Document{doc}, false); err != nil {
 		t.Errorf("delete of a CiliumEnvoyConfig refused: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 	"github.com/bulwark-net/bulwark/internal/policy"
 )
 
@@ -31,7 +32,7 @@ func seedDocs(t *testing.T, names ...string) []agentapi.Document {
 
 func decode(t *testing.T, docs []agentapi.Document) []*manifest.Object {
 	t.Helper()
-	objs, err := DecodeDocuments(docs, true)
+	objs, err := validate.Documents(docs, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,23 +142,23 @@ spec:
     - ports:
       - port: "99999"
 `)}
-	_, err := DecodeDocuments([]agentapi.Document{good, bad}, true)
+	_, err := validate.Documents([]agentapi.Document{good, bad}, true)
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml") || !strings.Contains(err.Error(), "99999") {
 		t.Fatalf("err = %v; want an error naming bad.yaml and the port", err)
 	}
 	dup := []agentapi.Document{good, {Source: "again.yaml", Data: good.Data}}
-	if _, err := DecodeDocuments(dup, true); err == nil || !strings.Contains(err.Error(), "defined twice") {
+	if _, err := validate.Documents(dup, true); err == nil || !strings.Contains(err.Error(), "defined twice") {
 		t.Errorf("duplicate object: err = %v", err)
 	}
 	// Delete needs only the names.
 	stub := agentapi.Document{Source: "stub.yaml", Data: []byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x, namespace: demo}\n")}
-	if _, err := DecodeDocuments([]agentapi.Document{stub}, false); err != nil {
+	if _, err := validate.Documents([]agentapi.Document{stub}, false); err != nil {
 		t.Errorf("metadata-only document for delete: %v", err)
 	}
-	if _, err := DecodeDocuments([]agentapi.Document{stub}, true); err == nil {
+	if _, err := validate.Documents([]agentapi.Document{stub}, true); err == nil {
 		t.Error("metadata-only policy accepted for apply")
 	}
-	if _, err := DecodeDocuments([]agentapi.Document{{Source: "y.yaml", Data: []byte("kind: [")}}, false); err == nil {
+	if _, err := validate.Documents([]agentapi.Document{{Source: "y.yaml", Data: []byte("kind: [")}}, false); err == nil {
 		t.Error("invalid YAML accepted")
 	}
 }

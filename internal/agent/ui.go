@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/bulwark-net/bulwark/internal/ui"
 )
 

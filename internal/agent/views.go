@@ -10,7 +10,9 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 	"github.com/bulwark-net/bulwark/internal/sandbox"
@@ -108,6 +110,7 @@ func (a *Agent) Status(context.Context) (agentapi.Status, error) {
 	st.Ready = ready
 	st.Services = len(n.sb.Services())
 	st.Identities = len(a.identities())
+	st.Namespaces = a.namespaces(views)
 	if n.events != nil {
 		st.HubbleAddr, st.HubbleSock = n.events.hubbleAddr, n.events.hubbleSock
 		st.MetricsAddr = n.events.metricsAddr
@@ -372,4 +375,40 @@ func capitalize(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// namespaces lists the namespaces of the instance: its Namespace objects,
+// its pods' namespaces, and default and kube-system (sorted).
+func (a *Agent) namespaces(views []podView) []string {
+	seen := map[string]bool{"default": true, "kube-system": true}
+	for _, o := range a.desiredSet().Objects {
+		if o.Kind == "Namespace" {
+			seen[o.Name] = true
+		}
+	}
+	for _, v := range views {
+		seen[v.info.Namespace] = true
+	}
+	out := make([]string, 0, len(seen))
+	for ns := range seen {
+		out = append(out, ns)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Trace implements agentapi.Backend: the offline trace (check.State.Trace)
+// on the agent's live repository, the state its datapath enforces.
+func (a *Agent) Trace(_ context.Context, req agentapi.TraceRequest) (agentapi.TraceResponse, error) {
+	n := a.node
+	st := &check.State{Repo: n.repo, Snap: n.repo.Snapshot(), Set: a.desiredSet()}
+	var b strings.Builder
+	err := st.Trace(&b, check.TraceQuery{
+		Src: req.Src, Dst: req.Dst, Port: req.Port, Protocol: req.Protocol,
+		SrcIdentity: identity.NumericIdentity(req.SrcIdentity), DstIdentity: identity.NumericIdentity(req.DstIdentity),
+	})
+	if err != nil {
+		return agentapi.TraceResponse{}, &agentapi.UserError{Err: err}
+	}
+	return agentapi.TraceResponse{Text: b.String()}, nil
 }

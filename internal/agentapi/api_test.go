@@ -42,6 +42,12 @@ func (b *recordingBackend) BPFPolicy(_ context.Context, id uint32) ([]EndpointPo
 	}
 	return []EndpointPolicy{{EndpointID: id}}, nil
 }
+func (b *recordingBackend) Trace(_ context.Context, r TraceRequest) (TraceResponse, error) {
+	if r.Src == "" && r.SrcIdentity == 0 {
+		return TraceResponse{}, &UserError{errors.New("no source")}
+	}
+	return TraceResponse{Text: "trace " + r.Src + " -> " + r.Dst}, nil
+}
 func (b *recordingBackend) Shutdown(_ context.Context, r ShutdownRequest) error {
 	b.shutdown = append(b.shutdown, r)
 	return nil
@@ -99,6 +105,12 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if _, err := c.BPFPolicy(ctx, 99); !errors.As(err, &ae) || ae.StatusCode != 404 {
 		t.Errorf("BPFPolicy(99) err = %v, want 404", err)
+	}
+	if tr, err := c.Trace(ctx, TraceRequest{Src: "demo/a", Dst: "demo/b", Port: 80}); err != nil || tr.Text != "trace demo/a -> demo/b" {
+		t.Errorf("Trace = %+v, %v", tr, err)
+	}
+	if _, err := c.Trace(ctx, TraceRequest{Port: 80}); !errors.As(err, &ae) || ae.StatusCode != 400 {
+		t.Errorf("Trace without source: %v, want 400", err)
 	}
 	if err := c.Shutdown(ctx, ShutdownRequest{Destroy: true}); err != nil || len(b.shutdown) != 1 || !b.shutdown[0].Destroy {
 		t.Errorf("Shutdown: %v, %+v", err, b.shutdown)

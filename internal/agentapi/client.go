@@ -194,6 +194,13 @@ func (c *Client) BPFPolicy(ctx context.Context, id uint32) ([]EndpointPolicy, er
 	return r, c.do(ctx, http.MethodGet, path, nil, &r)
 }
 
+// Trace explains one connection against the instance's live pods and
+// policies.
+func (c *Client) Trace(ctx context.Context, req TraceRequest) (TraceResponse, error) {
+	var r TraceResponse
+	return r, c.do(ctx, http.MethodPost, "/v1/policy/trace", req, &r)
+}
+
 // Shutdown asks the agent to stop (and, with Destroy, to remove everything).
 // It returns once the agent has accepted; the process exits shortly after.
 func (c *Client) Shutdown(ctx context.Context, req ShutdownRequest) error {

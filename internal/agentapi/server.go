@@ -28,6 +28,8 @@ type Backend interface {
 	// BPFPolicy returns the datapath entries of one endpoint (id != 0) or of
 	// every endpoint (id == 0).
 	BPFPolicy(ctx context.Context, id uint32) ([]EndpointPolicy, error)
+	// Trace explains one connection against the live state.
+	Trace(ctx context.Context, req TraceRequest) (TraceResponse, error)
 	Shutdown(ctx context.Context, req ShutdownRequest) error
 }
 
@@ -171,6 +173,9 @@ func newMux(b Backend) *http.ServeMux {
 	})
 	post("/v1/delete", func() any { return &ApplyRequest{} }, func(ctx context.Context, v any) (any, error) {
 		return b.Delete(ctx, *v.(*ApplyRequest))
+	})
+	post("/v1/policy/trace", func() any { return &TraceRequest{} }, func(ctx context.Context, v any) (any, error) {
+		return b.Trace(ctx, *v.(*TraceRequest))
 	})
 	post("/v1/shutdown", func() any { return &ShutdownRequest{} }, func(ctx context.Context, v any) (any, error) {
 		return struct{}{}, b.Shutdown(ctx, *v.(*ShutdownRequest))

@@ -61,6 +61,23 @@ type ApplyResponse struct {
 	Revision uint64         `json:"revision"`
 }
 
+// TraceRequest asks the agent to explain one connection between its live
+// pods (as "cilium policy trace"): each side a pod ("NS/POD") or an
+// identity.
+type TraceRequest struct {
+	Src         string `json:"src,omitempty"`
+	Dst         string `json:"dst,omitempty"`
+	SrcIdentity uint32 `json:"srcIdentity,omitempty"`
+	DstIdentity uint32 `json:"dstIdentity,omitempty"`
+	Port        int    `json:"port"`
+	Protocol    string `json:"protocol,omitempty"`
+}
+
+// TraceResponse is the explanation, as policy trace prints it.
+type TraceResponse struct {
+	Text string `json:"text"`
+}
+
 // Status is the agent's health and summary.
 type Status struct {
 	Instance     string    `json:"instance"`
@@ -88,6 +105,11 @@ type Status struct {
 	Errors      []string `json:"errors,omitempty"` // reconcile problems, newest last
 	// Flows is the observer's health (nil: no observer).
 	Flows *FlowStatus `json:"flows,omitempty"`
+	// Namespaces that exist in the instance (sorted): those of its
+	// Namespace objects and pods, and default and kube-system, which
+	// always exist. policy validate checks policies' namespaces against
+	// them, as the API server does.
+	Namespaces []string `json:"namespaces,omitempty"`
 }
 
 // Pod is one running (or pending) pod.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
+	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // fixedAgent answers the agent API with fixed content, so the commands'
@@ -18,7 +20,8 @@ type fixedAgent struct{}
 
 func (fixedAgent) Status(context.Context) (agentapi.Status, error) {
 	return agentapi.Status{Instance: "t", PID: 42, DatapathMode: "tcx", Revision: 7, Ready: true, Pods: 2, PodsReady: 2,
-		Services: 1, Policies: 3, Endpoints: 2, Identities: 4, HubbleSock: "/run/h.sock", Socket: "/run/a.sock", StateDir: "/var/lib/x"}, nil
+		Services: 1, Policies: 3, Endpoints: 2, Identities: 4, HubbleSock: "/run/h.sock", Socket: "/run/a.sock", StateDir: "/var/lib/x",
+		Namespaces: []string{"default", "demo", "kube-system"}}, nil
 }
 func (fixedAgent) Apply(context.Context, agentapi.ApplyRequest) (agentapi.ApplyResponse, error) {
 	return agentapi.ApplyResponse{}, errors.New("read-only")
@@ -60,6 +63,21 @@ func (fixedAgent) BPFPolicy(_ context.Context, id uint32) ([]agentapi.EndpointPo
 	return []agentapi.EndpointPolicy{{EndpointID: 3, Pod: "demo/web", Identity: 256, Revision: 7,
 		IngressEnforcement: "enabled", EgressEnforcement: "disabled",
 		Entries: []agentapi.PolicyEntry{{Direction: "Ingress", Peer: "300", Port: "8080/TCP", Verdict: "allow", Policies: []string{"NetworkPolicy/demo/deny"}}}}}, nil
+}
+
+// Trace runs the real engine on the seed's app and default deny, as the
+// agent runs it on its live repository.
+func (fixedAgent) Trace(_ context.Context, req agentapi.TraceRequest) (agentapi.TraceResponse, error) {
+	st, err := check.Load(seedFile("sample-app.yaml"), seedFile("default-deny.yaml"))
+	if err != nil {
+		return agentapi.TraceResponse{}, err
+	}
+	var b strings.Builder
+	if err := st.Trace(&b, check.TraceQuery{Src: req.Src, Dst: req.Dst, Port: req.Port, Protocol: req.Protocol,
+		SrcIdentity: identity.NumericIdentity(req.SrcIdentity), DstIdentity: identity.NumericIdentity(req.DstIdentity)}); err != nil {
+		return agentapi.TraceResponse{}, &agentapi.UserError{Err: err}
+	}
+	return agentapi.TraceResponse{Text: b.String()}, nil
 }
 func (fixedAgent) Shutdown(context.Context, agentapi.ShutdownRequest) error {
 	return errors.New("read-only")
@@ -172,5 +190,27 @@ func TestAgentQueryCommandsJSONAndErrors(t *testing.T) {
 		if _, err := runAgentCmd(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.wantErr)
 		}
+	}
+}
+
+// policy trace without -f asks the running instance (its live pods).
+func TestPolicyTraceLive(t *testing.T) {
+	out, err := runAgentCmd(t, "policy", "trace", "--src-k8s-pod", "demo:frontend-0", "--dst-k8s-pod", "demo:backend-0", "--dport", "8080")
+	if err != nil || !strings.Contains(out, "Final verdict: DENIED") || !strings.Contains(out, "demo/default-deny-all") {
+		t.Errorf("live trace: %v\n%s", err, out)
+	}
+	out, err = runAgentCmd(t, "policy", "trace", "--src-k8s-pod", "demo:nobody", "--dst-k8s-pod", "demo:backend-0", "--dport", "8080")
+	if err == nil || !strings.Contains(err.Error(), "nobody") {
+		t.Errorf("unknown pod: %v\n%s", err, out)
+	}
+	// No instance running: a clear error.
+	root := NewRootCmd()
+	var buf strings.Builder
+	root.SetOut(&buf)
+	root.SetErr(&buf)
+	root.SetArgs([]string{"policy", "trace", "--src-k8s-pod", "demo:a", "--dst-k8s-pod", "demo:b", "--dport", "80",
+		"--instance", "t", "--run-dir", t.TempDir(), "--state-root", t.TempDir()})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), `instance "t" is not running`) {
+		t.Errorf("no instance: %v", err)
 	}
 }

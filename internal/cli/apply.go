@@ -8,15 +8,15 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bulwark-net/bulwark/internal/agent"
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
 
 // readDocuments reads every manifest file under paths ("-" is stdin) and
 // decodes and validates them all; any problem fails the whole batch before
 // anything is sent to the agent.
-func readDocuments(stdin io.Reader, paths []string, validate bool) ([]agentapi.Document, error) {
+func readDocuments(stdin io.Reader, paths []string, check bool) ([]agentapi.Document, error) {
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("no input: give -f FILE|DIR (or -f - for stdin)")
 	}
@@ -49,7 +49,7 @@ func readDocuments(stdin io.Reader, paths []string, validate bool) ([]agentapi.D
 			docs = append(docs, agentapi.Document{Source: f, Data: b})
 		}
 	}
-	if _, err := agent.DecodeDocuments(docs, validate); err != nil {
+	if _, err := validate.Documents(docs, check); err != nil {
 		return nil, err
 	}
 	return docs, nil

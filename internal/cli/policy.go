@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // newPolicyCmd groups the offline policy tools (validate, lint, check, trace).

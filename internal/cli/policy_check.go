@@ -10,7 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/spf13/cobra"
 )
 
@@ -30,7 +30,9 @@ func newPolicyCheckCmd() *cobra.Command {
 pods, workloads and policies from -f files or directories).
 
 A flow line is {"src": "NS/POD" or IP, "dst": "NS/POD" or IP, "port": N,
-"protocol": "TCP"|"UDP"|"SCTP"}. A flow is allowed when the source's egress
+"protocol": "TCP"|"UDP"|"SCTP", "expect": "allowed"|"denied"} ("expect" is
+optional). Lines whose verdict differs from their "expect" are printed first
+and make the exit status 1 (for CI); without them it is 0. A flow is allowed when the source's egress
 policy and the destination's ingress policy both allow it; an address outside
 the cluster has no policy. Workloads (Deployments, ...) become pods named
 "<workload>-<i>". With -o json, each output line is the flow with "verdict",
@@ -70,18 +72,45 @@ func runPolicyCheck(stdin io.Reader, stdout io.Writer, o policyCheckOptions) err
 		defer f.Close()
 		in = f
 	}
+	// Every line is decided first (a bad line emits nothing); results
+	// that contradict their "expect" come first, in input order.
+	var unexpected, rest []check.Result
+	if err := st.Run(in, func(r check.Result) error {
+		if r.Unexpected() {
+			unexpected = append(unexpected, r)
+		} else {
+			rest = append(rest, r)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("policy check: %s: %w", o.flows, err)
+	}
+	if err := printCheckResults(stdout, o.output, append(unexpected, rest...)); err != nil {
+		return fmt.Errorf("policy check: %s: %w", o.flows, err)
+	}
+	if len(unexpected) > 0 {
+		fmt.Fprintf(os.Stderr, "policy check: %d of %d flows got a verdict other than expected\n", len(unexpected), len(unexpected)+len(rest))
+		return &ExitError{Code: 1}
+	}
+	return nil
+}
+
+func printCheckResults(stdout io.Writer, output string, results []check.Result) error {
 	bw := bufio.NewWriterSize(stdout, 64*1024)
 	defer bw.Flush()
-	if o.output == "json" {
+	if output == "json" {
 		enc := json.NewEncoder(bw)
-		if err := st.Run(in, func(r check.Result) error { return enc.Encode(r) }); err != nil {
-			return fmt.Errorf("policy check: %s: %w", o.flows, err)
+		for _, r := range results {
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
 		}
 		return nil
 	}
 	tw := tabwriter.NewWriter(bw, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tDESTINATION\tPORT\tEGRESS\tINGRESS\tVERDICT\tPOLICIES")
-	err = st.Run(in, func(r check.Result) error {
+	var err error
+	for _, r := range results {
 		pols := strings.Join(r.Policies, ",")
 		if pols == "" {
 			pols = "-"
@@ -90,14 +119,15 @@ func runPolicyCheck(stdin io.Reader, stdout io.Writer, o policyCheckOptions) err
 		if r.Proxy && r.Verdict == "allowed" {
 			v += " (L7 rules apply)"
 		}
-		_, err := fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\n", r.Src, r.Dst, strconv.Itoa(r.Port), r.Protocol, r.Egress, r.Ingress, v, pols)
-		return err
-	})
+		if r.Unexpected() {
+			v += " (expected " + strings.ToUpper(r.Expect) + ")"
+		}
+		if _, err = fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\n", r.Src, r.Dst, strconv.Itoa(r.Port), r.Protocol, r.Egress, r.Ingress, v, pols); err != nil {
+			break
+		}
+	}
 	if ferr := tw.Flush(); err == nil {
 		err = ferr
 	}
-	if err != nil {
-		return fmt.Errorf("policy check: %s: %w", o.flows, err)
-	}
-	return nil
+	return err
 }

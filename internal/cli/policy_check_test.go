@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,5 +80,55 @@ func TestPolicyTraceFlags(t *testing.T) {
 		srcID: 2, dst: "demo:backend-0", dport: 8080, proto: "TCP"})
 	if err != nil || !strings.Contains(out.String(), "Ingress of demo/backend-0 from identity reserved:world: DENIED by default deny") {
 		t.Errorf("trace by identity: %v\n%s", err, out.String())
+	}
+}
+
+// "expect": lines whose verdict differs come first and make the exit
+// status 1; without a differing line (or without expect) it stays 0.
+func TestPolicyCheckExpect(t *testing.T) {
+	files := []string{seedFile("sample-app.yaml"), seedFile("default-deny.yaml"), seedFile("frontend-to-backend.yaml")}
+	flows := filepath.Join(t.TempDir(), "flows.jsonl")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(flows, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(output string) (string, error) {
+		var out bytes.Buffer
+		err := runPolicyCheck(nil, &out, policyCheckOptions{files: files, flows: flows, output: output})
+		return out.String(), err
+	}
+
+	write(`{"src": "198.51.100.7", "dst": "demo/backend-1", "port": 8080, "expect": "denied"}
+{"src": "demo/frontend-0", "dst": "demo/backend-0", "port": 8080, "expect": "allowed"}
+{"src": "demo/frontend-0", "dst": "demo/backend-0", "port": 9090}
+`)
+	out, err := run("json")
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 1 {
+		t.Fatalf("a differing line: err %v, want exit status 1", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], `"dst":"demo/backend-0","port":8080`) || !strings.Contains(lines[0], `"expect":"allowed"`) {
+		t.Fatalf("the differing line must come first:\n%s", out)
+	}
+	if !strings.Contains(lines[1], `"src":"198.51.100.7"`) || !strings.Contains(lines[1], `"expect":"denied"`) || strings.Contains(lines[2], "expect") {
+		t.Errorf("the other lines in input order, expect repeated only where given:\n%s", out)
+	}
+	out, _ = run("table")
+	if rows := strings.Split(out, "\n"); len(rows) < 2 || !strings.Contains(rows[1], "DENIED (expected ALLOWED)") {
+		t.Errorf("table: the differing line first, marked:\n%s", out)
+	}
+
+	write(`{"src": "demo/frontend-0", "dst": "demo/backend-0", "port": 8080, "expect": "denied"}
+{"src": "demo/frontend-0", "dst": "demo/backend-0", "port": 9090}
+`)
+	if _, err := run("json"); err != nil {
+		t.Errorf("every expect met: %v, want exit status 0", err)
+	}
+	write(`{"src": "demo/frontend-0", "dst": "demo/backend-0", "port": 8080, "expect": "deny"}` + "\n")
+	if out, err := run("json"); err == nil || !strings.Contains(err.Error(), `line 1: "expect" must be "allowed" or "denied"`) || out != "" {
+		t.Errorf("bad expect: %v %q", err, out)
 	}
 }

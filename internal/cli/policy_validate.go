@@ -1,16 +1,18 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
-	"github.com/bulwark-net/bulwark/internal/policy/validate"
+	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
 
 // policyValidateOptions are the flags of "bulwark policy validate".
@@ -18,6 +20,9 @@ type policyValidateOptions struct {
 	files  []string
 	strict bool
 	output string
+	inst   instanceFlags
+	// offline: never ask a running instance (tests; --offline).
+	offline bool
 }
 
 func newPolicyValidateCmd() *cobra.Command {
@@ -33,7 +38,12 @@ reject (ERROR) and policies that parse but do not do what they appear to
   SEVERITY: FILE:doc N: Kind namespace/name: field.path: reason
 
 Documents are numbered from 0 among the non-empty documents of a file. The
-exit status is 1 if there is any error (or any warning with --strict).`,
+exit status is 1 if there is any error (or any warning with --strict).
+
+When the instance (--instance, "default") runs, a namespaced policy whose
+namespace is neither defined in the input nor exists in the instance is an
+error, as kubectl apply would fail. Without a running instance (or with
+--offline) namespaces are not checked, as kubectl apply --dry-run=client.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPolicyValidate(cmd.OutOrStdout(), opts)
@@ -42,6 +52,8 @@ exit status is 1 if there is any error (or any warning with --strict).`,
 	cmd.Flags().StringArrayVarP(&opts.files, "filename", "f", nil, "manifest file or directory (repeatable)")
 	cmd.Flags().BoolVar(&opts.strict, "strict", false, "fail on warnings too")
 	cmd.Flags().StringVarP(&opts.output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().BoolVar(&opts.offline, "offline", false, "do not ask the running instance which namespaces exist")
+	opts.inst.register(cmd)
 	return cmd
 }
 
@@ -66,7 +78,11 @@ func runPolicyValidate(w io.Writer, opts *policyValidateOptions) error {
 	if err != nil {
 		return fmt.Errorf("policy validate: %w", err)
 	}
-	findings := validate.Run(set, decodeErrs, validate.Options{})
+	vopts := validate.Options{}
+	if !opts.offline {
+		vopts.Namespaces, vopts.NamespacesFrom = opts.instanceNamespaces()
+	}
+	findings := validate.Run(set, decodeErrs, vopts)
 	nErr, nWarn, _ := validate.Count(findings)
 	ok := nErr == 0 && (!opts.strict || nWarn == 0)
 	kinds := set.Counts()
@@ -112,4 +128,20 @@ func kindSummary(kinds map[string]int, failed int) string {
 		parts = append(parts, fmt.Sprintf("%d undecodable", failed))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// instanceNamespaces asks the running instance which namespaces exist; nil
+// when no instance answers (offline).
+func (opts *policyValidateOptions) instanceNamespaces() ([]string, string) {
+	c, err := opts.inst.client()
+	if err != nil {
+		return nil, ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil || st.Namespaces == nil {
+		return nil, ""
+	}
+	return st.Namespaces, fmt.Sprintf("the running instance %q", opts.inst.instance)
 }

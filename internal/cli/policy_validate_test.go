@@ -89,3 +89,51 @@ func TestPolicyValidateNegativeEndPortOnce(t *testing.T) {
 		t.Errorf("findings %+v; want one error under .endPort", rep.Findings)
 	}
 }
+
+// With a running instance, a namespaced policy in a namespace that
+// neither the input nor the instance has is refused (as kubectl apply);
+// offline it is not checked.
+func TestPolicyValidateNamespaceExists(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, doc string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ghost := write("ghost.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: ghost}
+spec: {podSelector: {}}
+`)
+	demo := write("demo.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: demo}
+spec: {endpointSelector: {}, ingress: [{}]}
+`)
+	ns := write("ns.yaml", `apiVersion: v1
+kind: Namespace
+metadata: {name: ghost}
+`)
+	out, err := runAgentCmd(t, "policy", "validate", "-f", ghost)
+	var ee *ExitError
+	if !errors.As(err, &ee) || !strings.Contains(out, `ERROR: `+ghost+`:doc 0: NetworkPolicy ghost/deny: metadata.namespace: namespaces "ghost" not found: neither in the input nor in the running instance "t"`) {
+		t.Errorf("unknown namespace with a running instance: %v\n%s", err, out)
+	}
+	if out, err := runAgentCmd(t, "policy", "validate", "-f", demo); err != nil {
+		t.Errorf("namespace of the instance: %v\n%s", err, out)
+	}
+	if out, err := runAgentCmd(t, "policy", "validate", "-f", ghost, "-f", ns); err != nil {
+		t.Errorf("namespace defined in the input: %v\n%s", err, out)
+	}
+	if out, err := runAgentCmd(t, "policy", "validate", "--offline", "-f", ghost); err != nil {
+		t.Errorf("--offline: %v\n%s", err, out)
+	}
+	// No instance running: offline, not checked.
+	var buf bytes.Buffer
+	if err := runPolicyValidate(&buf, &policyValidateOptions{files: []string{ghost}, output: "text",
+		inst: instanceFlags{instance: "t", runDir: t.TempDir(), stateRoot: t.TempDir()}}); err != nil {
+		t.Errorf("no instance: %v\n%s", err, buf.String())
+	}
+}

@@ -17,9 +17,12 @@ import (
 // Semantics (Cilium documentation and CRD reference):
 //   - A namespaced policy's endpointSelector applies in its namespace only;
 //     its peer selectors (fromEndpoints/toEndpoints) are confined to its
-//     namespace unless they name io.kubernetes.pod.namespace or a reserved:
-//     label. A clusterwide policy's peer selectors that don't name the
-//     namespace select pods of every namespace (never reserved identities).
+//     namespace unless they name io.kubernetes.pod.namespace, a namespace
+//     label (io.cilium.k8s.namespace.labels.*) or a reserved: label. A
+//     clusterwide policy's peer selectors that don't name the namespace
+//     select pods of every namespace. Peer selectors without a reserved:
+//     label select pods of this cluster only (never CIDR or reserved
+//     identities), as Cilium adds the cluster label to them.
 //   - A rule with a non-empty ingress or ingressDeny section puts the
 //     selected endpoints in ingress default deny unless
 //     enableDefaultDeny.ingress is false (same for egress). An empty list
@@ -95,6 +98,10 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 	if c.ns != "" {
 		subject = subject.And(nsIs(c.ns))
 	}
+	if len(r.Ingress) == 0 && len(r.IngressDeny) == 0 && len(r.Egress) == 0 && len(r.EgressDeny) == 0 {
+		// As Cilium's rule sanitiser: a rule without a section is refused.
+		return nil, fieldErrorf(c.path, "a rule needs at least one of ingress, ingressDeny, egress, egressDeny (Cilium rejects it)")
+	}
 	rule := &compiledRule{policy: c.cp.ref, index: index, path: c.path, subject: subject}
 
 	in := &rule.dirs[resolved.Ingress]
@@ -145,8 +152,8 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 
 // item compiles one ingress/egress element. Exactly one of in/eg is set.
 func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.IngressCommonRule, eg *api.EgressCommonRule,
-	fqdns []api.FQDNSelector, toPorts []api.PortRule, icmps []api.ICMPRule, dir resolved.Direction) (ruleItem, error) {
-	it := ruleItem{verdict: verdict, path: path}
+	fqdns []api.FQDNSelector, toPorts []api.PortRule, icmps []api.ICMPRule, dir resolved.Direction) (it ruleItem, err error) {
+	it = ruleItem{verdict: verdict, path: path}
 	// Peer fields of unsupported features (requires, nodes, groups, CIDR
 	// group references) are absent: compileCilium refused them first.
 	var (
@@ -165,6 +172,17 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 		prefix = "to"
 	}
 	hasL3 := len(endpoints) > 0 || len(cidrs) > 0 || len(cidrSets) > 0 || len(entities) > 0 || len(fqdns) > 0 || len(services) > 0
+	// An explicitly empty peer list ("toEndpoints: []", also for CIDR,
+	// CIDR sets and entities) selects nothing, and the element then
+	// selects no peer at all whatever else it lists: Cilium's engine
+	// (utils.mergeEndpointSelectors) drops such an element, while an
+	// absent list leaves a ports-only element applying to every peer.
+	// The element still counts as a section (default deny).
+	explicitEmpty := (endpoints != nil && len(endpoints) == 0) || (cidrs != nil && len(cidrs) == 0) ||
+		(cidrSets != nil && len(cidrSets) == 0) || (entities != nil && len(entities) == 0)
+	if explicitEmpty {
+		defer func() { it.peers, it.services = nil, nil }()
+	}
 	for j, svc := range services {
 		ref, err := c.serviceRef(fmt.Sprintf("%s.toServices[%d]", path, j), svc)
 		if err != nil {
@@ -250,7 +268,9 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			if l7 != nil {
 				return it, fieldErrorf(pp+".rules", "L7 rules need ports")
 			}
-			ports = []api.PortProtocol{{}}
+			// As Cilium's engine: a toPorts element without ports
+			// contributes no port (it matches no traffic).
+			continue
 		}
 		for k, port := range ports {
 			kp := fmt.Sprintf("%s.ports[%d]", pp, k)
@@ -258,17 +278,17 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			if err != nil {
 				return it, fieldErrorf(kp+".protocol", "%v", err)
 			}
-			spec := api.PortSpec{}
-			if port.Port != "" {
-				if spec, err = port.Parse(); err != nil {
-					field := kp + ".port"
-					if strings.HasPrefix(err.Error(), "endPort") {
-						field = kp + ".endPort" // the range's end is wrong, not the port
-					}
-					return it, fieldErrorf(field, "%v", err)
+			if strings.TrimSpace(string(port.Port)) == "" {
+				// Cilium's sanitiser: "port must be specified".
+				return it, fieldErrorf(kp+".port", "required (a number, \"0\" for every port, or a port name), as Cilium requires")
+			}
+			spec, err := port.Parse()
+			if err != nil {
+				field := kp + ".port"
+				if strings.HasPrefix(err.Error(), "endPort") {
+					field = kp + ".endPort" // the range's end is wrong, not the port
 				}
-			} else if port.EndPort != 0 {
-				return it, fieldErrorf(kp+".endPort", "set without port")
+				return it, fieldErrorf(field, "%v", err)
 			}
 			protos := []resolved.Protocol{proto}
 			if proto == resolved.ProtoAny {
@@ -309,6 +329,11 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 			// resolved table has no ICMP type field (see package doc).
 			it.ports = append(it.ports, portSpec{proto: proto})
 		}
+	}
+	if len(it.ports) == 0 {
+		// Only port rules without ports: the element matches no traffic
+		// (Cilium adds neither an L4 nor an L3-only filter for it).
+		it.peers, it.services, it.l3Only = nil, nil, true
 	}
 	return it, nil
 }
@@ -352,19 +377,43 @@ func parseCIDR(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// peerSelector applies Cilium's namespace confinement to a peer selector.
+// peerSelector applies Cilium's scoping to a peer selector (Cilium v1.20,
+// k8s/apis/cilium.io/utils getEndpointSelector): a selector on reserved
+// labels is left alone; otherwise a namespaced policy's selector is
+// confined to its namespace unless it names the namespace or a namespace
+// label, a clusterwide policy's selects pods only, and every such selector
+// selects pods of this cluster only (the cluster label, unless the
+// selector names it), so never CIDR or reserved identities.
 func (c *ciliumCompiler) peerSelector(es *api.EndpointSelector) (selector.Selector, error) {
 	s, err := selector.FromLabelSelector(&es.LabelSelector)
 	if err != nil {
 		return s, err
 	}
-	if s.HasSource(identity.SourceReserved) || s.HasKey(identity.LabelNamespace) {
+	if s.HasSource(identity.SourceReserved) {
 		return s, nil
 	}
-	if c.ns != "" {
-		return s.And(nsIs(c.ns)), nil
+	switch {
+	case s.HasKey(identity.LabelNamespace):
+	case c.ns == "":
+		s = s.And(isPod)
+	case namesNamespaceLabel(s):
+	default:
+		s = s.And(nsIs(c.ns))
 	}
-	return s.And(isPod), nil
+	if !s.HasKey(identity.LabelCluster) {
+		s = s.And(selector.Requirement{Source: identity.SourceK8s, Key: identity.LabelCluster, Op: selector.In, Values: []string{identity.DefaultClusterName}})
+	}
+	return s, nil
+}
+
+// namesNamespaceLabel: a requirement on io.cilium.k8s.namespace.labels.*.
+func namesNamespaceLabel(s selector.Selector) bool {
+	for _, r := range s.Requirements() {
+		if (r.Source == identity.SourceK8s || r.Source == identity.SourceAny) && strings.HasPrefix(r.Key, identity.LabelNamespacePrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func reservedSel(name string) selector.Selector {

@@ -20,13 +20,9 @@ package policy_test
 //     selectors only select addresses outside the cluster. The engine is
 //     compared to the matcher run with pod addresses that no ipBlock covers;
 //     cells where that changes the matcher's answer are counted.
-//  2. Egress named ports to destinations outside the cluster. An address
-//     outside the cluster has no named ports, so the matcher never matches
-//     one; the engine resolves an egress named port against the ports of
-//     every pod (Cilium's approach, since entries are per selector rather
-//     than per destination pod), which here means serve-80-tcp = TCP/80 to
-//     an allowed ipBlock too. The engine is compared to the matcher given
-//     the port's name on the model pods; changed cells are counted.
+// Egress named ports are not a difference: a named port resolves against
+// the destination pod's ports only, and an address outside the cluster has
+// none, in Kubernetes, cyclonus and Bulwark alike.
 // Every other cell must match exactly.
 
 import (
@@ -216,9 +212,7 @@ func (p cyPeer) String() string {
 
 // oracle asks the matcher. podIPs: give pods their real addresses (raw
 // cyclonus) or addresses no IPv4 ipBlock covers (Cilium semantics).
-// externalNames: name the destination port of an external destination as
-// the model pods name it (Cilium's egress named-port resolution).
-func (m *cyModel) oracle(pol *matcher.Policy, src, dst cyPeer, port int, proto corev1.Protocol, realPodIPs, externalNames bool) bool {
+func (m *cyModel) oracle(pol *matcher.Policy, src, dst cyPeer, port int, proto corev1.Protocol, realPodIPs bool) bool {
 	peer := func(p cyPeer, i int) *matcher.TrafficPeer {
 		if p.pod == nil {
 			return &matcher.TrafficPeer{IP: p.ip}
@@ -235,7 +229,7 @@ func (m *cyModel) oracle(pol *matcher.Policy, src, dst cyPeer, port int, proto c
 		return &matcher.TrafficPeer{IP: ip, Internal: &matcher.InternalPeer{PodLabels: p.pod.labels, NamespaceLabels: nsl, Namespace: p.pod.ns}}
 	}
 	name := ""
-	if dst.pod != nil || externalNames {
+	if dst.pod != nil {
 		name = fmt.Sprintf("serve-%d-%s", port, strings.ToLower(string(proto)))
 	}
 	tr := &matcher.Traffic{Source: peer(src, 0), Destination: peer(dst, 1), ResolvedPort: port, ResolvedPortName: name, Protocol: proto}
@@ -280,7 +274,7 @@ func TestCyclonusDifferential(t *testing.T) {
 	if len(cases) < 100 {
 		t.Fatalf("cyclonus generated only %d test cases", len(cases))
 	}
-	var cells, ipBlockDiffs, namedPortDiffs, steps int
+	var cells, ipBlockDiffs, steps int
 	for ci, tc := range cases {
 		model := newCyModel()
 		repo := policy.NewRepository(policy.Options{})
@@ -330,7 +324,7 @@ func TestCyclonusDifferential(t *testing.T) {
 							if fresh := engineVerdict(t, freshSnap, src, dst, port, proto); fresh != got {
 								t.Errorf("case %d %q step %d: %s -> %s %d/%s: incremental %v, rebuilt %v", ci, tc.Description, si, src, dst, port, proto, got, fresh)
 							}
-							want := model.oracle(oracle, src, dst, port, proto, false, true)
+							want := model.oracle(oracle, src, dst, port, proto, false)
 							if got != want {
 								failures++
 								if failures <= 5 {
@@ -339,13 +333,8 @@ func TestCyclonusDifferential(t *testing.T) {
 								}
 								continue
 							}
-							raw := model.oracle(oracle, src, dst, port, proto, true, false)
-							if raw != want {
-								if model.oracle(oracle, src, dst, port, proto, true, true) != want {
-									ipBlockDiffs++
-								} else {
-									namedPortDiffs++
-								}
+							if model.oracle(oracle, src, dst, port, proto, true) != want {
+								ipBlockDiffs++
 							}
 						}
 					}
@@ -356,8 +345,8 @@ func TestCyclonusDifferential(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("cyclonus: %d test cases, %d steps, %d cells compared; justified differences: %d ipBlock-vs-pod-IP cells, %d egress-named-port-to-external cells",
-		len(cases), steps, cells, ipBlockDiffs, namedPortDiffs)
+	t.Logf("cyclonus: %d test cases, %d steps, %d cells compared; justified differences: %d ipBlock-vs-pod-IP cells",
+		len(cases), steps, cells, ipBlockDiffs)
 	if cells == 0 {
 		t.Fatal("no cells compared")
 	}

@@ -17,7 +17,9 @@
 //   - Named ports resolve on the destination: for ingress, the endpoint's
 //     own container ports (so tables are per endpoint, shared between
 //     endpoints with the same identity and ports); for egress, the ports of
-//     that name on any pod (Cilium's approach).
+//     the destination pod, per destination identity as Cilium does (an
+//     identity whose pods disagree on a name matches none of its values;
+//     an address that is not a pod never matches a named port).
 //   - CIDR selectors select CIDR identities only: a pod address always
 //     carries its pod identity (Kubernetes leaves this open for ipBlock;
 //     Cilium and Bulwark never let an ipBlock select a pod). Every prefix a

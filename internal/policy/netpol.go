@@ -101,9 +101,12 @@ func compileNetworkPolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, erro
 	rule := &compiledRule{policy: ref, path: "spec", subject: subject.And(nsIs(np.Namespace))}
 	cp := &compiledPolicy{ref: ref, rules: []*compiledRule{rule}}
 
-	ingress, egress := false, len(np.Spec.Egress) > 0
-	if len(np.Spec.PolicyTypes) == 0 {
-		ingress = true
+	// Without policyTypes: Ingress, plus Egress when egress rules exist.
+	// With policyTypes: exactly the listed directions; a section for a
+	// direction that is not listed has no effect at all.
+	ingress, egress := true, len(np.Spec.Egress) > 0
+	if len(np.Spec.PolicyTypes) > 0 {
+		ingress, egress = false, false
 	}
 	for i, t := range np.Spec.PolicyTypes {
 		switch t {
@@ -115,34 +118,42 @@ func compileNetworkPolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, erro
 			return nil, fmt.Errorf("%s: %w", where, fieldErrorf(fmt.Sprintf("spec.policyTypes[%d]", i), "unknown type %q (Ingress or Egress)", t))
 		}
 	}
-	if ingress {
-		sec := &rule.dirs[resolved.Ingress]
-		sec.present, sec.defaultDeny = true, true
-		for i, r := range np.Spec.Ingress {
-			path := fmt.Sprintf("spec.ingress[%d]", i)
-			it, err := netpolItem(cp, np.Namespace, r.From, r.Ports, path, "from")
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			sec.items = append(sec.items, it)
+	// Sections of directions left out of policyTypes are still checked
+	// (the API server validates them) but add nothing.
+	in := &rule.dirs[resolved.Ingress]
+	in.present, in.defaultDeny = ingress, ingress
+	for i, r := range np.Spec.Ingress {
+		path := fmt.Sprintf("spec.ingress[%d]", i)
+		nc := len(cp.cidrs)
+		it, err := netpolItem(cp, np.Namespace, r.From, r.Ports, path, "from")
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
+		if !ingress {
+			cp.cidrs = cp.cidrs[:nc] // an ignored ipBlock names no prefix
+			continue
+		}
+		in.items = append(in.items, it)
 	}
-	if egress {
-		sec := &rule.dirs[resolved.Egress]
-		sec.present, sec.defaultDeny = true, true
-		for i, r := range np.Spec.Egress {
-			path := fmt.Sprintf("spec.egress[%d]", i)
-			it, err := netpolItem(cp, np.Namespace, r.To, r.Ports, path, "to")
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			for _, p := range it.ports {
-				if p.name != "" {
-					cp.egressNamed = true
-				}
-			}
-			sec.items = append(sec.items, it)
+	out := &rule.dirs[resolved.Egress]
+	out.present, out.defaultDeny = egress, egress
+	for i, r := range np.Spec.Egress {
+		path := fmt.Sprintf("spec.egress[%d]", i)
+		nc := len(cp.cidrs)
+		it, err := netpolItem(cp, np.Namespace, r.To, r.Ports, path, "to")
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
+		if !egress {
+			cp.cidrs = cp.cidrs[:nc]
+			continue
+		}
+		for _, p := range it.ports {
+			if p.name != "" {
+				cp.egressNamed = true
+			}
+		}
+		out.items = append(out.items, it)
 	}
 	return cp, nil
 }

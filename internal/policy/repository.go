@@ -75,6 +75,9 @@ type installedPolicy struct {
 	// servicePeers are the toServices peers of items, resolved against
 	// the Services present when the policy was (re)installed.
 	servicePeers map[*ruleItem][]peerSpec
+	// namedSelIDs are the derived egress named-port selectors (see
+	// namedport.go), by key; they follow the pods' named ports.
+	namedSelIDs map[string]resolved.SelectorID
 }
 
 // itemPeers returns an item's peers, toServices peers included.
@@ -130,7 +133,12 @@ type Repository struct {
 	// per-update work
 	pendIPCacheLocal *bool
 	dirty            map[EndpointKey]struct{}
-	namedChanged     bool
+	namedChanged     bool // the set of values some pod gives a port name changed
+	// namedIdents: identities whose pods (or their named ports) changed
+	// in this update: their membership in derived named-port selectors
+	// is recomputed (an identity's labels never change, so no other
+	// identity's membership can).
+	namedIdents map[identity.NumericIdentity]struct{}
 	// moved: endpoints whose address changed (reported even if their
 	// policy did not)
 	moved map[EndpointKey]bool
@@ -337,6 +345,7 @@ func (r *Repository) Delete(refs ...ObjectRef) (Change, error) {
 func (r *Repository) run(ops []op) Change {
 	r.dirty = map[EndpointKey]struct{}{}
 	r.namedChanged = false
+	r.namedIdents = map[identity.NumericIdentity]struct{}{}
 	r.unusedIDs = map[identity.NumericIdentity]struct{}{}
 	r.moved = map[EndpointKey]bool{}
 	selChanged := map[resolved.SelectorID]struct{}{}
@@ -348,8 +357,12 @@ func (r *Repository) run(ops []op) Change {
 		o.apply()
 	}
 	if r.namedChanged {
+		for _, ip := range r.policies {
+			r.syncNamedPeers(ip)
+		}
 		r.dirtyEgressNamedUsers()
 	}
+	r.refreshNamed(r.namedIdents)
 	r.collectIdentities()
 	r.revision++
 	var ch Change
@@ -521,6 +534,12 @@ func (r *Repository) relabel(ep *Endpoint) {
 }
 
 func (r *Repository) moveIdentity(old, n *Endpoint) {
+	if old != nil && hasNamedPort(old.Ports) {
+		r.namedIdents[old.Identity] = struct{}{}
+	}
+	if n != nil && hasNamedPort(n.Ports) {
+		r.namedIdents[n.Identity] = struct{}{}
+	}
 	if old != nil {
 		if m := r.byIdentity[old.Identity]; m != nil {
 			delete(m, old.Key)
@@ -671,6 +690,7 @@ func (r *Repository) setPolicy(cp *compiledPolicy) {
 		}
 		ip.selIDs[peer.key] = r.sels.acquire(peer, r.idLabels, r.fqdn)
 	}
+	r.syncNamedPeers(ip)
 	r.policies[key] = ip
 	r.indexPolicy(key, ip)
 	if old != nil {
@@ -725,6 +745,9 @@ func (r *Repository) indexPolicy(key string, ip *installedPolicy) {
 
 func (r *Repository) releaseInstalled(ip *installedPolicy) {
 	for _, id := range ip.selIDs {
+		r.sels.release(id)
+	}
+	for _, id := range ip.namedSelIDs {
 		r.sels.release(id)
 	}
 	for _, p := range ip.cp.cidrs {
@@ -888,4 +911,13 @@ func (r *Repository) rulesFor(id identity.NumericIdentity) []*compiledRule {
 	sortRules(rules)
 	r.identRules[id] = rules
 	return rules
+}
+
+func hasNamedPort(ports []NamedPort) bool {
+	for _, p := range ports {
+		if p.Name != "" {
+			return true
+		}
+	}
+	return false
 }

@@ -114,6 +114,26 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 					continue
 				}
 				for _, ps := range it.ports {
+					if ps.name != "" && d == resolved.Egress {
+						// Named on the destination: derived selectors
+						// (namedport.go), one per value pods give it.
+						if peer.fqdn != nil {
+							continue
+						}
+						for _, v := range r.namedValues(ps) {
+							id, ok := ip.namedSelIDs[namedPeer(peer, v).key]
+							if !ok {
+								continue
+							}
+							e := resolved.Entry{Peer: id, Proto: v.proto, PortLo: v.port, PortHi: v.port, Verdict: it.verdict}
+							if ps.l7 != nil {
+								e.Verdict = resolved.Redirect
+								e.L7 = ps.l7
+							}
+							add(e, rule.policy)
+						}
+						continue
+					}
 					r.expandPort(ps, d, ep, func(proto resolved.Protocol, lo, hi uint16) {
 						e := resolved.Entry{Peer: sel, Proto: proto, PortLo: lo, PortHi: hi, Verdict: it.verdict}
 						if ps.l7 != nil {
@@ -144,38 +164,19 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 }
 
 // expandPort emits the concrete (protocol, range) of a port spec. A named
-// port resolves, for ingress, against the endpoint's own container ports
-// (it is the destination); for egress, against the ports of that name on
-// every pod (Cilium's approach: the destination varies per peer, and the
-// table is per selector, not per peer pod).
+// port resolves against the endpoint's own container ports: expandPort
+// serves ingress, where the endpoint is the destination (egress named
+// ports resolve per destination through derived selectors, see
+// namedport.go).
 func (r *Repository) expandPort(ps portSpec, d resolved.Direction, ep *Endpoint, emit func(resolved.Protocol, uint16, uint16)) {
 	if ps.name == "" {
 		emit(ps.proto, ps.lo, ps.hi)
 		return
 	}
-	match := func(proto resolved.Protocol) bool { return ps.anyProto || ps.proto == proto }
-	if d == resolved.Ingress {
-		for _, p := range ep.Ports {
-			if p.Name == ps.name && match(p.Proto) {
-				emit(p.Proto, p.Port, p.Port)
-			}
+	for _, p := range ep.Ports {
+		if p.Name == ps.name && (ps.anyProto || ps.proto == p.Proto) {
+			emit(p.Proto, p.Port, p.Port)
 		}
-		return
-	}
-	vals := make([]namedPortValue, 0, len(r.namedPorts[ps.name]))
-	for v := range r.namedPorts[ps.name] {
-		if match(v.proto) {
-			vals = append(vals, v)
-		}
-	}
-	sort.Slice(vals, func(i, j int) bool {
-		if vals[i].proto != vals[j].proto {
-			return vals[i].proto < vals[j].proto
-		}
-		return vals[i].port < vals[j].port
-	})
-	for _, v := range vals {
-		emit(v.proto, v.port, v.port)
 	}
 }
 

@@ -11,12 +11,14 @@ import (
 	"github.com/bulwark-net/bulwark/internal/policy/selector"
 )
 
-// peerSpec is one peer of a rule: a label selector over identities, or an
-// FQDN selector over the names the DNS proxy learned.
+// peerSpec is one peer of a rule: a label selector over identities, an
+// FQDN selector over the names the DNS proxy learned, or a label selector
+// restricted to the pods with a named port value (see namedport.go).
 type peerSpec struct {
 	label selector.Selector
-	fqdn  *fqdnMatcher // set for toFQDNs peers
-	key   string       // canonical: equal keys select the same identities
+	fqdn  *fqdnMatcher  // set for toFQDNs peers
+	named *namedPortSel // set for derived egress named-port peers
+	key   string        // canonical: equal keys select the same identities
 }
 
 func labelPeer(s selector.Selector) peerSpec {
@@ -31,6 +33,13 @@ func fqdnPeer(m *fqdnMatcher) peerSpec {
 func (p peerSpec) String() string {
 	if p.fqdn != nil {
 		return "fqdn(" + p.fqdn.String() + ")"
+	}
+	if p.named != nil {
+		l := "all"
+		if !p.label.IsAll() {
+			l = p.label.String()
+		}
+		return "{" + l + "} with named port " + p.named.String()
 	}
 	if p.label.IsAll() {
 		return "{all}"
@@ -187,7 +196,7 @@ func (c *selectorCache) release(id resolved.SelectorID) {
 // matching it.
 func (c *selectorCache) addIdentity(id identity.NumericIdentity, ls identity.Labels) {
 	for _, e := range c.byID {
-		if e.peer.fqdn == nil && e.peer.label.Matches(ls) {
+		if e.peer.fqdn == nil && e.peer.named == nil && e.peer.label.Matches(ls) {
 			e.members[id] = struct{}{}
 			e.dirty = true
 			c.touch(e.id)
@@ -212,22 +221,69 @@ func (c *selectorCache) refreshFQDN(fq *fqdnState) {
 		if e.peer.fqdn == nil {
 			continue
 		}
-		want := fq.identitiesMatching(e.peer.fqdn)
-		if len(want) == len(e.members) {
-			same := true
-			for id := range want {
-				if _, ok := e.members[id]; !ok {
-					same = false
-					break
-				}
-			}
-			if same {
-				continue
+		c.setMembers(e, fq.identitiesMatching(e.peer.fqdn))
+	}
+}
+
+// setMembers replaces an entry's members, marking it changed if they differ.
+func (c *selectorCache) setMembers(e *selEntry, want map[identity.NumericIdentity]struct{}) {
+	if len(want) == len(e.members) {
+		same := true
+		for id := range want {
+			if _, ok := e.members[id]; !ok {
+				same = false
+				break
 			}
 		}
-		e.members = want
-		e.dirty = true
-		c.touch(e.id)
+		if same {
+			return
+		}
+	}
+	e.members = want
+	e.dirty = true
+	c.touch(e.id)
+}
+
+// acquireWith is acquire for a selector whose members are computed from
+// state other than labels (derived named-port peers).
+func (c *selectorCache) acquireWith(p peerSpec, members func(peerSpec) map[identity.NumericIdentity]struct{}) resolved.SelectorID {
+	if e, ok := c.byKey[p.key]; ok {
+		e.refs++
+		return e.id
+	}
+	h := keyHash(p.key)
+	e := &selEntry{id: c.pick(p.key, h), hash: h, peer: p, refs: 1, members: members(p), dirty: true, desc: p.String()}
+	delete(c.retired, e.id)
+	c.byKey[p.key] = e
+	c.byID[e.id] = e
+	c.touch(e.id)
+	return e.id
+}
+
+// updateComputed sets, for each entry for which member reports ok, the
+// membership of the identities ids as member says.
+func (c *selectorCache) updateComputed(ids map[identity.NumericIdentity]struct{}, member func(peerSpec, identity.NumericIdentity) (in, ok bool)) {
+	for _, e := range c.byID {
+		changed := false
+		for id := range ids {
+			in, ok := member(e.peer, id)
+			if !ok {
+				break
+			}
+			if _, was := e.members[id]; was == in {
+				continue
+			}
+			if in {
+				e.members[id] = struct{}{}
+			} else {
+				delete(e.members, id)
+			}
+			changed = true
+		}
+		if changed {
+			e.dirty = true
+			c.touch(e.id)
+		}
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // baseState: two namespaces with a frontend and a backend each.
@@ -176,8 +176,9 @@ kind: CiliumNetworkPolicy
 metadata: {name: red-confined, namespace: b}
 spec:
   endpointSelector: {matchLabels: {app: frontend}}
-  # Without a namespace requirement the selector stays in namespace b,
-  # where no namespace is labelled team=red (as in Cilium).
+  # A selector naming a namespace label is not confined to namespace b
+  # (Cilium v1.20: getEndpointSelector adds the policy's namespace only
+  # to selectors that name neither the namespace nor a namespace label).
   ingress: [{fromEndpoints: [{matchLabels: {k8s:io.cilium.k8s.namespace.labels.team: red}}]}]
 `, []flowCase{
 			{"b/frontend", "a/backend", 8080, "", "allowed", "frontends"},
@@ -185,7 +186,8 @@ spec:
 			{"192.0.2.7", "a/backend", 8080, "", "denied", "frontends"}, // {} in a CCNP: every pod, not the world
 			{"a/frontend", "b/backend", 9090, "", "allowed", "b/red-team"},
 			{"b/frontend", "b/backend", 9090, "", "denied", "b/red-team"},
-			{"a/frontend", "b/frontend", 80, "", "denied", "b/red-confined"},
+			{"a/frontend", "b/frontend", 80, "", "allowed", "b/red-confined"},
+			{"b/backend", "b/frontend", 80, "", "denied", "b/red-confined"},
 		}},
 
 		// Entities map to reserved identities; cluster is every pod.
@@ -304,6 +306,7 @@ metadata: {name: nothing, namespace: b}
 spec:
   endpointSelector: {matchLabels: {app: backend}}
   ingress: []
+  egress: [{toEntities: [all]}] # a rule needs a non-empty section
 `, []flowCase{
 			{"a/frontend", "a/backend", 8080, "", "denied", "a/isolate"},
 			{"a/frontend", "b/backend", 9090, "", "allowed", ""},

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // TraceState answers a TraceQuery from a policy state with the offline

@@ -17,7 +17,7 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/observer"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 )
 
 // stateSource serves pods as listed and traces with the offline checker

@@ -97,6 +97,11 @@ func TestSeedScenario(t *testing.T) {
 	}
 	s.ExpectHTTPBlocked("deploy/frontend", "http://backend:8080")
 	s.ExpectTCP("deploy/backend", "database", "5432", false)
+	// policy trace without -f explains it from the live pods.
+	fe, be := s.Pod("deploy/frontend"), s.Pod("deploy/backend")
+	if out := s.MustRun("policy", "trace", "--src-k8s-pod", "demo:"+fe.Name, "--dst-k8s-pod", "demo:"+be.Name, "--dport", "8080"); !strings.Contains(out, "Final verdict: DENIED") || !strings.Contains(out, "demo/default-deny-all") {
+		t.Errorf("live policy trace frontend -> backend:\n%s", out)
+	}
 
 	// Egress allowances: the intended paths open, the others stay shut.
 	s.MustRun("apply", "-f", "testdata/egress-allowances.yaml")

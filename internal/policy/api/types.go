@@ -6,7 +6,7 @@
 // These are our own structs (not Cilium's pkg/policy/api); their JSON field
 // names follow the cilium.io/v2 CRDs so every document that Cilium accepts
 // decodes here. The types carry no validation state: see
-// internal/policy/validate for what is rejected and why.
+// internal/offline/validate for what is rejected and why.
 package api
 
 import (

@@ -28,13 +28,13 @@ func TestSeedFrontendToBackend(t *testing.T) {
 		verdict, egress, ingress string
 		policies                 []string
 	}{
-		{"frontend to backend 8080", Flow{"demo/frontend-0", "demo/backend-0", 8080, "TCP"}, denied, denied, allowed,
+		{"frontend to backend 8080", Flow{Src: "demo/frontend-0", Dst: "demo/backend-0", Port: 8080, Protocol: "TCP"}, denied, denied, allowed,
 			[]string{"demo/default-deny-all"}},
-		{"backend to database 5432", Flow{"demo/backend-0", "demo/database-0", 5432, "TCP"}, denied, denied, allowed,
+		{"backend to database 5432", Flow{Src: "demo/backend-0", Dst: "demo/database-0", Port: 5432, Protocol: "TCP"}, denied, denied, allowed,
 			[]string{"demo/default-deny-all"}},
-		{"frontend to backend 9090", Flow{"demo/frontend-0", "demo/backend-0", 9090, "TCP"}, denied, denied, denied,
+		{"frontend to backend 9090", Flow{Src: "demo/frontend-0", Dst: "demo/backend-0", Port: 9090, Protocol: "TCP"}, denied, denied, denied,
 			[]string{"demo/default-deny-all", "demo/frontend-to-backend"}},
-		{"world to backend", Flow{"203.0.113.9", "demo/backend-0", 8080, "TCP"}, denied, allowed, denied,
+		{"world to backend", Flow{Src: "203.0.113.9", Dst: "demo/backend-0", Port: 8080, Protocol: "TCP"}, denied, allowed, denied,
 			[]string{"demo/default-deny-all", "demo/frontend-to-backend"}},
 	}
 	for _, c := range cases {

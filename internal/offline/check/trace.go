@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
 
@@ -128,4 +129,41 @@ func refList(refs []resolved.PolicyRef) string {
 		parts[i] = r.Kind + " " + r.String()
 	}
 	return strings.Join(parts, ", ")
+}
+
+// TraceQuery names the connection `policy trace` explains: each side a pod
+// ("NS/POD") or an identity (the first pod with it; an identity no pod has
+// is a peer outside the cluster).
+type TraceQuery struct {
+	Src, Dst                 string
+	SrcIdentity, DstIdentity identity.NumericIdentity
+	Port                     int
+	Protocol                 string
+}
+
+// Trace decides the query's connection and writes its explanation.
+func (s *State) Trace(w io.Writer, q TraceQuery) error {
+	peer := func(ref string, id identity.NumericIdentity, what string) (Peer, error) {
+		if ref != "" {
+			return s.Peer(ref)
+		}
+		p, err := s.IdentityPeer(id)
+		if err != nil {
+			return p, fmt.Errorf("%s: %w", what, err)
+		}
+		return p, nil
+	}
+	src, err := peer(q.Src, q.SrcIdentity, "source identity")
+	if err != nil {
+		return err
+	}
+	dst, err := peer(q.Dst, q.DstIdentity, "destination identity")
+	if err != nil {
+		return err
+	}
+	res, err := s.CheckPeers(src, dst, q.Port, q.Protocol)
+	if err != nil {
+		return err
+	}
+	return s.WriteTrace(w, res)
 }

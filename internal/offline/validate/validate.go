@@ -81,6 +81,15 @@ func (f Finding) String() string {
 type Options struct {
 	// NoLint turns the lint warnings off (validation only).
 	NoLint bool
+	// Namespaces, when not nil, are the namespaces that exist besides
+	// those the input defines (a running instance's): a namespaced policy
+	// in any other namespace is refused, as the API server refuses it
+	// ("namespaces "x" not found"). Nil (offline, no instance to ask):
+	// namespaces are not checked, as kubectl apply --dry-run=client.
+	Namespaces []string
+	// NamespacesFrom names where Namespaces came from, for messages
+	// (e.g. `instance "default"`).
+	NamespacesFrom string
 }
 
 // Run validates every object of set, turns decode errors and decoder
@@ -99,6 +108,9 @@ func Run(set *manifest.Set, decodeErrs manifest.Errors, opts Options) []Finding 
 			out = append(out, Object(o)...)
 		}
 		out = append(out, duplicates(set)...)
+		if opts.Namespaces != nil {
+			out = append(out, missingNamespaces(set, opts.Namespaces, opts.NamespacesFrom)...)
+		}
 		if !opts.NoLint {
 			out = append(out, Lint(set)...)
 		}
@@ -185,6 +197,35 @@ func (r *reporter) fieldErrors(rule string, errs field.ErrorList) {
 			Line: r.obj.FieldLine(e.Field), Message: msg, Rule: rule,
 		})
 	}
+}
+
+// missingNamespaces refuses namespaced policies whose namespace is neither
+// defined in the input nor among known.
+func missingNamespaces(set *manifest.Set, known []string, from string) []Finding {
+	exists := map[string]bool{}
+	for _, ns := range known {
+		exists[ns] = true
+	}
+	for _, o := range set.Objects {
+		if o.Kind == "Namespace" {
+			exists[o.Name] = true
+		}
+	}
+	var out []Finding
+	for _, o := range set.Objects {
+		if o.Kind != "NetworkPolicy" && o.Kind != "CiliumNetworkPolicy" {
+			continue
+		}
+		if o.Namespace == "" || exists[o.Namespace] {
+			continue
+		}
+		out = append(out, Finding{
+			Severity: Error, Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name,
+			Field: "metadata.namespace", Line: o.FieldLine("metadata.namespace"), Rule: "namespace",
+			Message: fmt.Sprintf("namespaces %q not found: neither in the input nor in %s (kubectl apply would fail the same way; add the Namespace)", o.Namespace, from),
+		})
+	}
+	return out
 }
 
 // duplicates reports objects defined twice (same kind, namespace, name).

@@ -51,6 +51,18 @@ func validateNetworkPolicy(r *reporter, np *networkingv1.NetworkPolicy) {
 		}
 		seen[t] = true
 	}
+	// A section of a direction policyTypes leaves out has no effect
+	// (Kubernetes), though Cilium enforces it: say so.
+	if len(np.Spec.PolicyTypes) > 0 {
+		if len(np.Spec.Ingress) > 0 && !seen[networkingv1.PolicyTypeIngress] {
+			r.warnf("policytypes-ignored-section", spec.Child("ingress"),
+				"ignored: policyTypes does not list Ingress, so these rules neither isolate nor allow anything (Cilium would still enforce them); add Ingress to policyTypes or remove the section")
+		}
+		if len(np.Spec.Egress) > 0 && !seen[networkingv1.PolicyTypeEgress] {
+			r.warnf("policytypes-ignored-section", spec.Child("egress"),
+				"ignored: policyTypes does not list Egress, so these rules neither isolate nor allow anything (Cilium would still enforce them); add Egress to policyTypes or remove the section")
+		}
+	}
 }
 
 func validateNetworkPolicyPort(r *reporter, p *field.Path, port *networkingv1.NetworkPolicyPort) {

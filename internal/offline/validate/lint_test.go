@@ -40,7 +40,7 @@ func lintRules(t *testing.T, doc string) []Finding {
 
 func hasLint(fs []Finding, rule, field, msg string) bool {
 	for _, f := range fs {
-		if f.Rule == rule && f.Severity == Warning && f.Field == field && strings.Contains(f.Message, msg) {
+		if f.Rule == rule && f.Severity == Warning && (field == "" || f.Field == field) && strings.Contains(f.Message, msg) {
 			return true
 		}
 	}
@@ -164,5 +164,88 @@ spec:
 	fs = lintRules(t, seedFile(t, "sample-app.yaml")+"\n---\n"+seedFile(t, "frontend-to-backend.yaml"))
 	if hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0]", "") {
 		t.Errorf("warning without default deny: %v", fs)
+	}
+}
+
+// Lint f from policy files alone (no pods in the input): the seed's
+// default-deny.yaml + frontend-to-backend.yaml warn, naming the egress
+// rule that is missing; an egress allow for the described frontend, or no
+// default deny, silences it.
+func TestLintIngressUnreachableWithoutPods(t *testing.T) {
+	base := seedFile(t, "default-deny.yaml") + "\n---\n" + seedFile(t, "frontend-to-backend.yaml")
+	fs := lintRules(t, base)
+	if !hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0].fromEndpoints[0]",
+		"a pod labelled app=frontend,tier=public in namespace demo is in egress default deny (through demo/default-deny-all) and no egress rule lets it reach pods labelled app=backend,tier=internal in namespace demo on TCP/8080; add an egress rule selecting {app=frontend,tier=public} with toEndpoints {app=backend,tier=internal} on TCP/8080") {
+		t.Errorf("no unreachable-ingress warning from policies alone: %v", fs)
+	}
+	egress := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-egress, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: backend}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+	if fs := lintRules(t, base+"\n---\n"+egress); hasLint(fs, "lint/ingress-unreachable", "", "") {
+		t.Errorf("warning despite an egress allow: %v", fs)
+	}
+	if fs := lintRules(t, seedFile(t, "frontend-to-backend.yaml")); hasLint(fs, "lint/ingress-unreachable", "", "") {
+		t.Errorf("warning without default deny: %v", fs)
+	}
+}
+
+// A NetworkPolicy section whose direction policyTypes leaves out is
+// ignored (Kubernetes): validate says so.
+func TestPolicyTypesIgnoredSection(t *testing.T) {
+	doc := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: demo}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress: [{}]
+  egress: [{to: [{podSelector: {}}]}]
+`
+	fs := lintRules(t, doc)
+	if !hasLint(fs, "policytypes-ignored-section", "spec.egress", "policyTypes does not list Egress") || hasLint(fs, "policytypes-ignored-section", "spec.ingress", "") {
+		t.Errorf("findings: %v", fs)
+	}
+}
+
+// A toPorts element without ports matches nothing: validate says so.
+func TestPortRuleWithoutPorts(t *testing.T) {
+	fs := lintRules(t, cnp("endpointSelector: {}\ningress:\n- fromEndpoints: [{}]\n  toPorts: [{}]\n"))
+	if !hasLint(fs, "lint/port-rule-without-ports", "spec.ingress[0].toPorts[0]", "matches no traffic") {
+		t.Errorf("findings: %v", fs)
+	}
+}
+
+// The same lint for a NetworkPolicy ingress allow, from policies alone: a
+// rule warns only when every peer it admits is blocked at its own egress.
+func TestLintNetworkPolicyIngressUnreachableWithoutPods(t *testing.T) {
+	allow := func(peerNS string) string {
+		return `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-client, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: client}}
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ` + peerNS + `}}
+      podSelector: {matchLabels: {app: probe}}
+    ports: [{port: 8080}]
+`
+	}
+	deny := seedFile(t, "default-deny.yaml")
+	fs := lintRules(t, deny+"\n---\n"+allow("demo"))
+	if !hasLint(fs, "lint/ingress-unreachable", "spec.ingress[0].from[0]", "a pod labelled app=client in namespace demo is in egress default deny (through demo/default-deny-all)") {
+		t.Errorf("both peers under default deny: %v", fs)
+	}
+	// A peer in a namespace without default deny reaches: no warning.
+	if fs := lintRules(t, deny+"\n---\n"+allow("tools")); hasLint(fs, "lint/ingress-unreachable", "", "") {
+		t.Errorf("a peer reaches: %v", fs)
 	}
 }

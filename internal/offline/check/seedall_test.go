@@ -16,10 +16,10 @@ func TestAllSeedsTogether(t *testing.T) {
 		verdict  string
 		policies string
 	}{
-		{Flow{"demo/frontend-0", "8.8.8.8", 443, "TCP"}, allowed, "global-deny-external-access"},
-		{Flow{"demo/backend-0", "10.1.2.3", 5432, "TCP"}, allowed, "global-deny-external-access"},
-		{Flow{"demo/frontend-0", "demo/backend-0", 8080, "TCP"}, denied, "demo/allow-dns,demo/default-deny-all,global-deny-external-access"},
-		{Flow{"demo/backend-0", "demo/database-0", 5432, "TCP"}, denied, "demo/allow-dns,demo/default-deny-all,demo/dns-egress-policy,global-deny-external-access"},
+		{Flow{Src: "demo/frontend-0", Dst: "8.8.8.8", Port: 443, Protocol: "TCP"}, allowed, "global-deny-external-access"},
+		{Flow{Src: "demo/backend-0", Dst: "10.1.2.3", Port: 5432, Protocol: "TCP"}, allowed, "global-deny-external-access"},
+		{Flow{Src: "demo/frontend-0", Dst: "demo/backend-0", Port: 8080, Protocol: "TCP"}, denied, "demo/allow-dns,demo/default-deny-all,global-deny-external-access"},
+		{Flow{Src: "demo/backend-0", Dst: "demo/database-0", Port: 5432, Protocol: "TCP"}, denied, "demo/allow-dns,demo/default-deny-all,demo/dns-egress-policy,global-deny-external-access"},
 	} {
 		res, err := st.Check(c.flow)
 		if err != nil {

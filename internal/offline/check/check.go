@@ -20,6 +20,9 @@ type Flow struct {
 	Dst      string `json:"dst"`      // "NS/POD" or an IP literal
 	Port     int    `json:"port"`     // destination port
 	Protocol string `json:"protocol"` // TCP, UDP or SCTP (default TCP)
+	// Expect is the verdict the flow should get ("allowed" or "denied"),
+	// or "" for none.
+	Expect string `json:"expect,omitempty"`
 }
 
 // Result is the verdict of a flow, in the output format of
@@ -33,6 +36,7 @@ type Result struct {
 	Egress   string   `json:"egress"`  // verdict of the source's egress policy
 	Ingress  string   `json:"ingress"` // verdict of the destination's ingress policy
 	Policies []string `json:"policies"`
+	Expect   string   `json:"expect,omitempty"` // repeated from the flow
 
 	// Details for trace and tests (not serialised).
 	SrcPeer, DstPeer Peer               `json:"-"`
@@ -150,7 +154,7 @@ func (s *State) CheckPeers(src, dst Peer, port int, protocol string) (Result, er
 }
 
 func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, protoName string) Result {
-	res := Result{Src: f.Src, Dst: f.Dst, Port: f.Port, Protocol: protoName, SrcPeer: src, DstPeer: dst,
+	res := Result{Src: f.Src, Dst: f.Dst, Port: f.Port, Protocol: protoName, Expect: f.Expect, SrcPeer: src, DstPeer: dst,
 		Egress: allowed, Ingress: allowed, Verdict: allowed, Policies: []string{}}
 	if src.Endpoint != nil && dst.Endpoint != nil && src.Endpoint.Key == dst.Endpoint.Key {
 		return res
@@ -199,6 +203,9 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 	}
 	return res
 }
+
+// Unexpected reports whether a result contradicts its flow's "expect".
+func (r Result) Unexpected() bool { return r.Expect != "" && r.Expect != r.Verdict }
 
 // LineError is a bad line of a flows file.
 type LineError struct {
@@ -260,6 +267,7 @@ func parseFlow(b []byte) (Flow, error) {
 		Dst      *string          `json:"dst"`
 		Port     *json.RawMessage `json:"port"`
 		Protocol *string          `json:"protocol"`
+		Expect   *string          `json:"expect"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return Flow{}, fmt.Errorf("not a JSON object: %v", err)
@@ -276,6 +284,12 @@ func parseFlow(b []byte) (Flow, error) {
 	f.Src, f.Dst = *raw.Src, *raw.Dst
 	if raw.Protocol != nil {
 		f.Protocol = *raw.Protocol
+	}
+	if raw.Expect != nil {
+		if *raw.Expect != allowed && *raw.Expect != denied {
+			return f, fmt.Errorf(`"expect" must be "allowed" or "denied", got %q`, *raw.Expect)
+		}
+		f.Expect = *raw.Expect
 	}
 	if err := json.Unmarshal(*raw.Port, &f.Port); err != nil {
 		var s string

@@ -6,8 +6,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/bulwark-net/bulwark/internal/offline/check"
 	"github.com/bulwark-net/bulwark/internal/policy/api"
-	"github.com/bulwark-net/bulwark/internal/policy/check"
 )
 
 // maxReachChecks bounds the flows evaluated per ingress rule.
@@ -16,7 +16,7 @@ const maxReachChecks = 256
 // lintUnreachableIngress (lint f): an ingress allow (fromEndpoints on some
 // ports) that can never take effect, because every peer it admits is in
 // egress default deny and no egress rule lets that peer reach the selected
-// pods on those ports. It asks the policy engine (internal/policy/check) for
+// pods on those ports. It asks the policy engine (internal/offline/check) for
 // the verdict of each peer → pod flow the rule is about: the rule is
 // flagged when its own side allows at least one such flow but no flow is
 // allowed end to end. Rules without ports (L3-only) or with only named
@@ -24,7 +24,7 @@ const maxReachChecks = 256
 // engine (validation reports why).
 func (l *linter) lintUnreachableIngress() []Finding {
 	if !l.havePods {
-		return nil
+		return l.lintUnreachableIngressBySelectors()
 	}
 	state, err := check.FromSet(l.set)
 	if err != nil {

@@ -28,6 +28,10 @@ func validatePortRule(r *reporter, p *field.Path, pr *api.PortRule, ctx portCont
 	if len(pr.Ports) > maxPorts {
 		r.errorf("port", p.Child("ports"), "too many ports, the max is %d", maxPorts)
 	}
+	if len(pr.Ports) == 0 && !hasL7 {
+		r.warnf("lint/port-rule-without-ports", p,
+			"a toPorts element without ports matches no traffic (Cilium's engine adds no filter for it; it does not mean every port): list ports, or use port \"0\" for every port")
+	}
 	zeroPort := false
 	for j, pp := range pr.Ports {
 		pp := pp
