@@ -23,7 +23,7 @@ func TestHubbleTLS(t *testing.T) {
 	p := testListenPaths(t)
 	on := true
 	addr := "127.0.0.1:0"
-	cfg, err := wantedListenConfig(p, Options{HubbleAddr: &addr, HubbleTLS: &on})
+	cfg, err := wantedListenConfig(p, Options{HubbleAddr: &addr, MetricsAddr: &addr, HubbleTLS: &on})
 	if err != nil {
 		t.Fatal(err)
 	}
