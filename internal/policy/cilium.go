@@ -227,7 +227,11 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 				return it, fieldErrorf(fmt.Sprintf("%s.toFQDNs[%d]", path, j), "exactly one of matchName and matchPattern must be set")
 			}
 		}
-		it.peers = append(it.peers, fqdnPeer(newFQDNMatcher(names, patterns)))
+		m, err := newFQDNMatcher(names, patterns)
+		if err != nil {
+			return it, fieldErrorf(path+".toFQDNs", "%v", err)
+		}
+		it.peers = append(it.peers, fqdnPeer(m))
 	}
 
 	hasL4 := len(toPorts) > 0 || len(icmps) > 0
