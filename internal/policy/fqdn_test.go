@@ -148,4 +148,3 @@ func TestFQDNInvalidPatternRefused(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
-
