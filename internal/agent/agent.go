@@ -29,6 +29,7 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/fqdn"
 	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
 
@@ -52,6 +53,9 @@ type Options struct {
 	// instance (datapath.Options.DisableLocalDelivery); nil keeps the
 	// instance's setting, on by default. It persists like IPv6.
 	LocalDelivery *bool
+	// FQDN bounds and times the names pods learn through the DNS proxy
+	// (zero values: fqdn's defaults).
+	FQDN fqdn.Options
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

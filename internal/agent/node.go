@@ -44,6 +44,8 @@ type node struct {
 	nodeIP    netip.Addr
 	events    *eventPump
 	views     eventViews // what the observer resolves events with; see publishEventView
+	fqdn      *fqdnLearner
+	fqdnStop  func() // stops the FQDN expiry loop (it saves the cache)
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -124,6 +126,9 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 			}
 		}
 	}
+	// What pods learned through the DNS proxy is enforced again before
+	// the first Sync (sandbox.New may sync for a rebuilt DNS pod).
+	n.fqdn = newFQDNLearner(n, &a.mu, a.opts.FQDN)
 	sb, err := sandbox.New(sandbox.Options{
 		Instance:  p.Instance,
 		StateRoot: p.RunRoot,
@@ -143,6 +148,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	}
 	n.nodeIP = sb.State().NodeIP
 	n.events = startEventPump(ctx, n, a.opts)
+	n.fqdnStop = n.fqdn.start(ctx)
 	return n, nil
 }
 
@@ -151,6 +157,9 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 func datapathPinDir(p Paths) string { return filepath.Join(p.PinDir, "datapath") }
 
 func (n *node) close() {
+	if n.fqdnStop != nil {
+		n.fqdnStop()
+	}
 	if n.events != nil {
 		n.events.stop()
 	}
@@ -163,6 +172,9 @@ func (n *node) close() {
 // destroy removes everything of the instance: pods, namespaces, the
 // datapath's programs and pins, the state.
 func (n *node) destroy() error {
+	if n.fqdnStop != nil {
+		n.fqdnStop()
+	}
 	if n.events != nil {
 		n.events.stop()
 	}
@@ -407,9 +419,27 @@ func (n *node) beforeUp(p sandbox.PodInfo) (err error) {
 }
 
 // syncDatapath pushes the repository's current state into the datapath for
-// every attached endpoint. Whatever the outcome, the observer's view is
-// then republished: callers change attachments just before syncing.
+// every attached endpoint and persists the numbering. Whatever the
+// outcome, the observer's view is then republished: callers change
+// attachments just before syncing.
 func (n *node) syncDatapath() error {
+	if err := n.syncTables(); err != nil {
+		return err
+	}
+	n.persistNumbering()
+	return nil
+}
+
+// syncedRevision is the repository revision the datapath holds.
+func (n *node) syncedRevision() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.syncedRev
+}
+
+// syncTables is syncDatapath without persisting the numbering (the FQDN
+// path persists it in the background).
+func (n *node) syncTables() error {
 	defer n.publishEventView()
 	snap := n.repo.Snapshot()
 	n.mu.Lock()
@@ -442,7 +472,6 @@ func (n *node) syncDatapath() error {
 		n.loaded[id] = true
 	}
 	n.mu.Unlock()
-	n.persistNumbering()
 	return nil
 }
 
