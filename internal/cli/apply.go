@@ -11,6 +11,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/agent"
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
+	"github.com/bulwark-net/bulwark/internal/policy/validate"
 )
 
 // readDocuments reads every manifest file under paths ("-" is stdin) and
@@ -113,10 +114,31 @@ func newChangeCmd(use, short string, del bool) *cobra.Command {
 				return err
 			}
 			printChanges(cmd.OutOrStdout(), resp.Changes)
+			if !del {
+				warnApplied(cmd.ErrOrStderr(), docs)
+			}
 			return nil
 		},
 	}
 	inst.register(cmd)
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	return cmd
+}
+
+// applyWarnings are the lint rules apply repeats after applying: policies
+// that are in force but can never allow what they name.
+var applyWarnings = map[string]bool{"lint/fqdn-without-dns-rules": true}
+
+// warnApplied prints the applyWarnings findings of the applied documents
+// (linted on their own, without the instance's other objects).
+func warnApplied(w io.Writer, docs []agentapi.Document) {
+	objs, err := agent.DecodeDocuments(docs, false)
+	if err != nil {
+		return
+	}
+	for _, f := range validate.Lint(manifest.NewSet(objs...)) {
+		if applyWarnings[f.Rule] {
+			fmt.Fprintf(w, "warning: %s\n", f)
+		}
+	}
 }
