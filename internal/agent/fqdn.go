@@ -37,7 +37,10 @@ type fqdnLearner struct {
 	path  string
 	dirty atomic.Bool
 
-	stopped atomic.Bool // the node is closing: no more syncs
+	stopped atomic.Bool   // the node is closing: no more syncs
+	publish chan struct{} // a sync happened: republish the event view
+
+	syncCount atomic.Int64 // datapath syncs the FQDN path ran
 
 	// lastLearn is the latency of the last Learn (ns), for status.
 	lastLearn atomic.Int64
@@ -48,7 +51,7 @@ func (n *node) fqdnFile() string { return filepath.Join(n.paths.StateDir, "fqdn.
 // newFQDNLearner restores the persisted cache into the repository. Called
 // before the node's first datapath sync.
 func newFQDNLearner(n *node, syncs sync.Locker, opts fqdn.Options) *fqdnLearner {
-	l := &fqdnLearner{n: n, syncs: syncs, cache: fqdn.New(opts), path: n.fqdnFile()}
+	l := &fqdnLearner{n: n, syncs: syncs, cache: fqdn.New(opts), path: n.fqdnFile(), publish: make(chan struct{}, 1)}
 	if err := l.cache.Load(l.path); err != nil {
 		// Not fatal: pods re-resolve; until then their connections to
 		// names they learned before are denied (fail closed).
@@ -112,7 +115,17 @@ func (l *fqdnLearner) syncTo(rev uint64) error {
 	if l.n.syncedRevision() >= rev {
 		return nil // another sync took our change along
 	}
-	return l.n.syncTables()
+	l.syncCount.Add(1)
+	if err := l.n.loadTables(); err != nil {
+		return err
+	}
+	// The observer learns the new identities' labels right after the
+	// answer is released, off the DNS path.
+	select {
+	case l.publish <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // run expires addresses and persists the cache until ctx ends. An expired
@@ -124,6 +137,9 @@ func (l *fqdnLearner) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-l.publish:
+			l.n.publishEventView()
+			continue
 		case <-t.C:
 		}
 		if names := l.cache.Expire(time.Now(), l.inUse()); len(names) > 0 {

@@ -441,6 +441,12 @@ func (n *node) syncedRevision() uint64 {
 // path persists it in the background).
 func (n *node) syncTables() error {
 	defer n.publishEventView()
+	return n.loadTables()
+}
+
+// loadTables is syncTables without republishing the observer's view (the
+// FQDN path republishes it after releasing the answer).
+func (n *node) loadTables() error {
 	snap := n.repo.Snapshot()
 	n.mu.Lock()
 	eps := map[uint32]*resolved.EndpointPolicy{}
@@ -452,9 +458,7 @@ func (n *node) syncTables() error {
 	}
 	n.mu.Unlock()
 	ipc := map[netip.Prefix]identity.NumericIdentity{}
-	for _, e := range snap.IPCache.Entries() {
-		ipc[e.Prefix] = e.Identity
-	}
+	snap.IPCache.Range(func(p netip.Prefix, id identity.NumericIdentity) { ipc[p] = id })
 	if n.nodeIP.IsValid() {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}
