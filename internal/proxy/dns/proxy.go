@@ -280,4 +280,3 @@ func answerOf(name string, m *dns.Msg) Answer {
 	}
 	return a
 }
-
