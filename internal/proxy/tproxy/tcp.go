@@ -130,7 +130,9 @@ func Listen(opts Options) (*Listener, error) {
 		lc := net.ListenConfig{Control: transparent(false)}
 		var err error
 		v4, v6, port, err = listenPair(opts.Port, opts.NoIPv6, "tcp",
-			func(network, addr string) (net.Listener, error) { return lc.Listen(context.Background(), network, addr) },
+			func(network, addr string) (net.Listener, error) {
+				return lc.Listen(context.Background(), network, addr)
+			},
 			func(l net.Listener) uint16 { return uint16(l.Addr().(*net.TCPAddr).Port) },
 			func(l net.Listener) { l.Close() })
 		return err
