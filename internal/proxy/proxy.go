@@ -130,9 +130,9 @@ type Record struct {
 	// lists the policies of every Stage).
 	Direction  resolved.Direction
 	EndpointID uint32
-	Latency  time.Duration
-	HTTP     *HTTP
-	DNS      *DNS
+	Latency    time.Duration
+	HTTP       *HTTP
+	DNS        *DNS
 }
 
 // Recorder receives Records. It must not block (drop and count instead).
