@@ -44,7 +44,9 @@ func TestParseSeedEnvoyConfig(t *testing.T) {
 
 // Everything Bulwark would not honour is refused with its field.
 func TestParseEnvoyConfigRefusals(t *testing.T) {
-	res := func(m map[string]any) map[string]any { return m["spec"].(map[string]any)["resources"].([]any)[0].(map[string]any) }
+	res := func(m map[string]any) map[string]any {
+		return m["spec"].(map[string]any)["resources"].([]any)[0].(map[string]any)
+	}
 	hcm := func(m map[string]any) map[string]any {
 		return res(m)["filter_chains"].([]any)[0].(map[string]any)["filters"].([]any)[0].(map[string]any)["typed_config"].(map[string]any)
 	}
