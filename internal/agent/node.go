@@ -44,6 +44,7 @@ type node struct {
 	nodeIP    netip.Addr
 	events    *eventPump
 	views     eventViews // what the observer resolves events with; see publishEventView
+	l7        *l7Proxies // nil when the proxies could not start: redirects drop
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -143,6 +144,17 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	}
 	n.nodeIP = sb.State().NodeIP
 	n.events = startEventPump(ctx, n, a.opts)
+	lo := l7Options{NodeNetns: n.nodeNetns, Record: n.recordL7}
+	if n.events.metrics != nil {
+		lo.Registerer = n.events.metrics.Registry()
+	}
+	if n.l7, err = startL7(n.log, lo); err != nil {
+		// Not fatal: without a proxy every redirect drops (rule zero).
+		n.log.Error("L7 proxy not started: L7 rules drop their traffic", "err", err)
+		n.events.errors = append(n.events.errors, "L7 proxy: "+err.Error())
+		n.l7 = nil
+	}
+	n.publishEventView()
 	return n, nil
 }
 
@@ -151,6 +163,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 func datapathPinDir(p Paths) string { return filepath.Join(p.PinDir, "datapath") }
 
 func (n *node) close() {
+	n.l7.close()
 	if n.events != nil {
 		n.events.stop()
 	}
@@ -163,6 +176,7 @@ func (n *node) close() {
 // destroy removes everything of the instance: pods, namespaces, the
 // datapath's programs and pins, the state.
 func (n *node) destroy() error {
+	n.l7.close()
 	if n.events != nil {
 		n.events.stop()
 	}
@@ -429,7 +443,8 @@ func (n *node) syncDatapath() error {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}
 	ipc[netip.PrefixFrom(sandbox.Gateway, 32)] = identity.Host
-	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision}
+	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision,
+		ProxyPort: n.l7.proxyPort}
 	if err := n.dp.Sync(st); err != nil {
 		return fmt.Errorf("load datapath: %w", err)
 	}

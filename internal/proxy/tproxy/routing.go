@@ -25,19 +25,20 @@ const (
 
 // EnsureRouting installs, in the namespace at nsPath ("" = the caller's),
 // the rule and routes that deliver packets marked for the proxy locally.
-// Idempotent: what exists is kept.
-func EnsureRouting(nsPath string) error {
+// Idempotent: what exists is kept. ipv6 is false when the namespace has
+// IPv6 turned off (only the IPv4 rule and route are installed).
+func EnsureRouting(nsPath string) (ipv6 bool, err error) {
 	h, close, err := handleAt(nsPath)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer close()
 	lo, err := h.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("tproxy routing: find lo: %w", err)
+		return false, fmt.Errorf("tproxy routing: find lo: %w", err)
 	}
 	if err := h.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("tproxy routing: set lo up: %w", err)
+		return false, fmt.Errorf("tproxy routing: set lo up: %w", err)
 	}
 	// A packet forwarded by the node towards a pod whose own hook
 	// hairpins it to the proxy (local delivery off, or a source outside
@@ -46,20 +47,28 @@ func EnsureRouting(nsPath string) error {
 	// sysctl covers IPv6 too.
 	if nsPath != "" {
 		if err := netns.WriteSysctl(nsPath, "net/ipv4/ip_early_demux", "0"); err != nil {
-			return fmt.Errorf("tproxy routing: %w", err)
+			return false, fmt.Errorf("tproxy routing: %w", err)
 		}
 	} else if err := os.WriteFile("/proc/sys/net/ipv4/ip_early_demux", []byte("0"), 0o644); err != nil {
-		return fmt.Errorf("tproxy routing: sysctl ip_early_demux=0: %w", err)
+		return false, fmt.Errorf("tproxy routing: sysctl ip_early_demux=0: %w", err)
 	}
+	ipv6 = true
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
 		if err := h.RuleAdd(proxyRule(fam)); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("tproxy routing: add %s rule: %w", famName(fam), err)
+			return false, fmt.Errorf("tproxy routing: add %s rule: %w", famName(fam), err)
 		}
 		if err := h.RouteReplace(localRoute(fam, lo.Attrs().Index)); err != nil {
-			return fmt.Errorf("tproxy routing: add %s local route to table %d: %w", famName(fam), RouteTable, err)
+			if fam == unix.AF_INET6 && errors.Is(err, unix.EACCES) {
+				// IPv6 is disabled in the namespace: no IPv6 packet
+				// reaches a pod, none needs the route.
+				h.RuleDel(proxyRule(fam))
+				ipv6 = false
+				continue
+			}
+			return false, fmt.Errorf("tproxy routing: add %s local route to table %d: %w", famName(fam), RouteTable, err)
 		}
 	}
-	return nil
+	return ipv6, nil
 }
 
 // RemoveRouting removes what EnsureRouting installed in the namespace at

@@ -53,8 +53,8 @@ func ids(a netip.Addr) identity.NumericIdentity {
 func TestRoutingIsIdempotentAndRemovable(t *testing.T) {
 	ns := testNetns(t)
 	for range 2 {
-		if err := EnsureRouting(ns); err != nil {
-			t.Fatal(err)
+		if v6, err := EnsureRouting(ns); err != nil || !v6 {
+			t.Fatalf("ipv6 %v: %v", v6, err)
 		}
 	}
 	name := strings.TrimPrefix(ns, "/run/netns/")
