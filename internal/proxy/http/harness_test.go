@@ -132,6 +132,8 @@ type env struct {
 }
 
 type envOptions struct {
+	// dst, when set, is the flows' destination instead of the echo backend.
+	dst        netip.AddrPort
 	policy     *proxy.Policy
 	grpc       http.Handler
 	rateLimits RateLimitSource
@@ -145,6 +147,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.proxy = p
+	if o.dst.IsValid() {
+		e.backend.addr = o.dst
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

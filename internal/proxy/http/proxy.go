@@ -473,6 +473,11 @@ func (p *Proxy) serveH2CUpgrade(w http.ResponseWriter, r *http.Request, cs *conn
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
+	// Stream 1 answers the upgrade request itself: it is forwarded as a
+	// plain request, never as an upgrade again.
+	for _, k := range []string{"Upgrade", "Connection", "Http2-Settings"} {
+		r.Header.Del(k)
+	}
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return

@@ -27,16 +27,20 @@ import (
 	"github.com/bulwark-net/bulwark/internal/proxy"
 )
 
-// seedPolicy compiles seed documents with the real engine and returns the
+// seedPolicy compiles seed documents (file names under testdata/seed, or
+// inline YAML) with the real engine and returns the
 // proxy Policy of the flow src -> dst:port (ingress rules of dst).
 func seedPolicy(t *testing.T, src, dst string, port int, files ...string) *proxy.Policy {
 	t.Helper()
 	var objs []*manifest.Object
 	for _, f := range files {
-		path := filepath.Join("..", "..", "..", "testdata", "seed", f)
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
+		path, data := "inline.yaml", []byte(f)
+		if strings.HasSuffix(f, ".yaml") {
+			path = filepath.Join("..", "..", "..", "testdata", "seed", f)
+			var err error
+			if data, err = os.ReadFile(path); err != nil {
+				t.Fatal(err)
+			}
 		}
 		o, errs := manifest.Decode(path, data)
 		if len(errs) > 0 {
