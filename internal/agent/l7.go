@@ -229,14 +229,11 @@ func (v *l7View) stage(k stageKey, pol *resolved.EndpointPolicy) stageResult {
 	return r
 }
 
-// recordL7 takes the proxies' Records (it must not block): the upstream
-// reply time of each response goes to cilium_proxy_upstream_reply_seconds.
+// recordL7 takes the proxies' Records (it must not block): each becomes a
+// Hubble L7 flow, and the observer's metrics sink counts it (requests by
+// outcome, cilium_proxy_upstream_reply_seconds).
 func (n *node) recordL7(r proxy.Record) {
-	p := n.events
-	if p == nil || p.metrics == nil {
-		return
-	}
-	if r.Type == proxy.Response && r.HTTP != nil && r.Latency > 0 {
-		p.metrics.ProxyUpstreamReply("http", r.Latency)
+	if p := n.events; p != nil && p.obs != nil {
+		p.obs.HandleL7(r)
 	}
 }
