@@ -45,7 +45,8 @@ type node struct {
 	events    *eventPump
 	views     eventViews // what the observer resolves events with; see publishEventView
 	fqdn      *fqdnLearner
-	fqdnStop  func() // stops the FQDN expiry loop (it saves the cache)
+	fqdnStop  func()     // stops the FQDN expiry loop (it saves the cache)
+	l7        *l7Proxies // nil when the proxies could not start: redirects drop
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -149,6 +150,17 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	n.nodeIP = sb.State().NodeIP
 	n.events = startEventPump(ctx, n, a.opts)
 	n.fqdnStop = n.fqdn.start(ctx)
+	lo := l7Options{NodeNetns: n.nodeNetns, Record: n.recordL7, Learn: n.fqdn.Learn}
+	if n.events.metrics != nil {
+		lo.Registerer = n.events.metrics.Registry()
+	}
+	if n.l7, err = startL7(n.log, lo); err != nil {
+		// Not fatal: without a proxy every redirect drops (rule zero).
+		n.log.Error("L7 proxy not started: L7 rules drop their traffic", "err", err)
+		n.events.errors = append(n.events.errors, "L7 proxy: "+err.Error())
+		n.l7 = nil
+	}
+	n.publishEventView()
 	return n, nil
 }
 
@@ -157,6 +169,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 func datapathPinDir(p Paths) string { return filepath.Join(p.PinDir, "datapath") }
 
 func (n *node) close() {
+	n.l7.close()
 	if n.fqdnStop != nil {
 		n.fqdnStop()
 	}
@@ -172,6 +185,7 @@ func (n *node) close() {
 // destroy removes everything of the instance: pods, namespaces, the
 // datapath's programs and pins, the state.
 func (n *node) destroy() error {
+	n.l7.close()
 	if n.fqdnStop != nil {
 		n.fqdnStop()
 	}
@@ -463,7 +477,8 @@ func (n *node) loadTables() error {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}
 	ipc[netip.PrefixFrom(sandbox.Gateway, 32)] = identity.Host
-	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision}
+	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision,
+		ProxyPort: n.l7.proxyPort}
 	if err := n.dp.Sync(st); err != nil {
 		return fmt.Errorf("load datapath: %w", err)
 	}

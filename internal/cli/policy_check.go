@@ -88,7 +88,7 @@ func runPolicyCheck(stdin io.Reader, stdout io.Writer, o policyCheckOptions) err
 		}
 		v := strings.ToUpper(r.Verdict)
 		if r.Proxy && r.Verdict == "allowed" {
-			v += " (L7 proxy)"
+			v += " (L7 rules apply)"
 		}
 		_, err := fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\n", r.Src, r.Dst, strconv.Itoa(r.Port), r.Protocol, r.Egress, r.Ingress, v, pols)
 		return err

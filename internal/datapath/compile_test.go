@@ -52,7 +52,8 @@ func TestCompiledTablesAgreeWithResolvedLookup(t *testing.T) {
 			return dp
 		}
 		pol := &resolved.EndpointPolicy{Identity: 999, Ingress: mk(), Egress: mk()}
-		st := State{Endpoints: map[uint32]*resolved.EndpointPolicy{1: pol}, Selectors: sels}
+		st := State{Endpoints: map[uint32]*resolved.EndpointPolicy{1: pol}, Selectors: sels,
+			ProxyPort: func(uint32, resolved.Direction, *resolved.Entry) uint16 { return 15001 }}
 		c, err := Compile(st)
 		if err != nil {
 			t.Fatal(err)

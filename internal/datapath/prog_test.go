@@ -63,6 +63,8 @@ func fixtureState() State {
 				{Peer: selB, Proto: resolved.ProtoTCP, PortLo: 8080, PortHi: 8080, Verdict: resolved.Deny, Origin: ref("deny-b")},
 				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 9090, PortHi: 9090, Verdict: resolved.Redirect, Origin: ref("l7"),
 					L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}},
+				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 9091, PortHi: 9091, Verdict: resolved.Redirect, Origin: ref("l7-noproxy"),
+					L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}},
 				{Peer: selB, Proto: resolved.ProtoAny, PortLo: 53, PortHi: 53, Verdict: resolved.Allow, Origin: ref("dns")},
 				{Peer: selAB, Proto: resolved.ProtoICMP, Verdict: resolved.Allow, Origin: ref("ping")},
 				{Peer: selAB, Proto: resolved.ProtoICMPv6, Verdict: resolved.Allow, Origin: ref("ping")},
@@ -92,6 +94,9 @@ func fixtureState() State {
 		},
 		Revision: 1,
 		ProxyPort: func(epID uint32, dir resolved.Direction, e *resolved.Entry) uint16 {
+			if e.Origin[0].Name == "l7-noproxy" {
+				return 0 // no proxy for this rule: its flows drop
+			}
 			return 15001
 		},
 	}
@@ -155,6 +160,7 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 		{"deny wins in range (B 8080)", resolved.Ingress, tcp(peerB, 8080), resolved.Deny},
 		{"A 8080 allowed by range", resolved.Ingress, tcp(peerA, 8080), resolved.Allow},
 		{"redirect 9090", resolved.Ingress, tcp(peerA, 9090), resolved.Redirect},
+		{"redirect without a proxy 9091 drops", resolved.Ingress, tcp(peerA, 9091), resolved.Deny},
 		{"proto any port 53 udp", resolved.Ingress, l4(peerB, resolved.ProtoUDP, 53), resolved.Allow},
 		{"proto any port 53 tcp", resolved.Ingress, l4(peerB, resolved.ProtoTCP, 53), resolved.Allow},
 		{"proto any port 53 sctp", resolved.Ingress, l4(peerB, resolved.ProtoSCTP, 53), resolved.Allow},
@@ -190,13 +196,20 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			port := c.pkt.dport
 			goRef := pol.Dir(c.dir).Lookup(st.Selectors, peer, c.pkt.proto, port)
 			dpRef := comp.ReferenceLookup(testEP, c.dir, peer, c.pkt.proto, port)
-			if goRef.Verdict != c.want || dpRef.Verdict != c.want {
+			wantResolved := c.want
+			if dpRef.Reason == event.ReasonProxyUnavailable {
+				wantResolved = resolved.Redirect // the engine redirects; without a proxy the datapath drops
+			}
+			if goRef.Verdict != wantResolved || dpRef.Verdict != c.want {
 				t.Fatalf("reference verdicts: resolved %s, datapath reference %s; want %s", goRef.Verdict, dpRef.Verdict, c.want)
 			}
 			ret := run(t, dp, c.dir, c.pkt)
 			wantRet := uint32(tcActOK)
-			if c.want == resolved.Deny {
+			switch c.want {
+			case resolved.Deny:
 				wantRet = tcActShot
+			case resolved.Redirect:
+				wantRet = tcActRedirect // ingress: hairpinned to the proxy
 			}
 			if ret != wantRet {
 				t.Fatalf("kernel returned %d, want %d", ret, wantRet)
@@ -599,8 +612,8 @@ func TestRedirectSetsProxyMark(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ret != tcActOK {
-			t.Fatalf("packet %d: verdict %d", i, ret)
+		if ret != tcActRedirect {
+			t.Fatalf("packet %d: verdict %d, want the hairpin to the proxy", i, ret)
 		}
 		if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark != want {
 			t.Fatalf("packet %d: mark %#x, want %#x", i, mark, want)

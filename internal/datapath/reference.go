@@ -19,7 +19,8 @@ type RefDecision struct {
 // peer in ascending order, per selector the longest port prefix under the
 // packet's protocol, else (not for TCP, UDP, SCTP, ICMP) under protocol 0; the strongest
 // verdict wins (deny > redirect > allow), first found on a tie; no match =
-// the direction's default.
+// the direction's default. A redirect without a proxy port is a drop
+// (ReasonProxyUnavailable), as the program decides it.
 func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer identity.NumericIdentity,
 	proto resolved.Protocol, port uint16) RefDecision {
 	ep := c.Endpoints[epID]
@@ -63,6 +64,12 @@ func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer ide
 	switch best.Verdict {
 	case resolved.Deny:
 		best.Reason = event.ReasonPolicyDenyRule
+	case resolved.Redirect:
+		if best.ProxyPort == 0 {
+			// Rule zero: no proxy to enforce the L7 rules, the flow drops
+			// (the program's handle_full, after policy_lookup).
+			best.Verdict, best.Reason = resolved.Deny, event.ReasonProxyUnavailable
+		}
 	case resolved.None:
 		enforced := ep.EnforceIngress
 		if dir == resolved.Egress {

@@ -48,6 +48,9 @@ func DropReasonCode(r event.DropReason) flowpb.DropReason {
 		return flowpb.DropReason_UNKNOWN_CONNECTION_TRACKING_STATE
 	case event.ReasonUnknownEndpoint:
 		return flowpb.DropReason_NO_MATCHING_LOCAL_CONTAINER_FOUND
+	case event.ReasonProxyUnavailable:
+		// Cilium's drop when its BPF TPROXY finds no proxy socket.
+		return flowpb.DropReason_SOCKET_LOOKUP_FAILED
 	}
 	return flowpb.DropReason_DROP_REASON_UNKNOWN
 }
@@ -64,6 +67,8 @@ func CiliumDropReasonText(code flowpb.DropReason) string {
 		return "No configuration available to perform policy decision"
 	case flowpb.DropReason_INVALID_PACKET_DROPPED:
 		return "Invalid packet"
+	case flowpb.DropReason_SOCKET_LOOKUP_FAILED:
+		return "Proxy socket lookup failed"
 	case flowpb.DropReason_UNKNOWN_CONNECTION_TRACKING_STATE:
 		return "Unknown connection tracking state"
 	case flowpb.DropReason_NO_MATCHING_LOCAL_CONTAINER_FOUND:
@@ -250,7 +255,8 @@ func (c *converter) attachPolicies(ev *event.Event, f *flowpb.Flow) {
 	denied := ev.Verdict == event.Dropped || ev.Verdict == event.Audit
 	if ev.Verdict == event.Dropped {
 		switch ev.Reason {
-		case event.ReasonPolicyDenied, event.ReasonPolicyDenyRule, event.ReasonRevoked:
+		case event.ReasonPolicyDenied, event.ReasonPolicyDenyRule, event.ReasonRevoked,
+			event.ReasonProxyUnavailable: // the L7 rule no proxy enforces
 		default:
 			return // not a policy decision
 		}

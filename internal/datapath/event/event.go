@@ -74,6 +74,10 @@ const (
 	ReasonCTInvalid        DropReason = 6 // conntrack state invalid
 	ReasonUnknownEndpoint  DropReason = 7 // packet on an interface with no endpoint record
 	ReasonRevoked          DropReason = 8 // an established connection lost its allow
+	// ReasonProxyUnavailable: the policy sends the flow to an L7 proxy and
+	// none is listening (no proxy port, or no socket found for it). Rule
+	// zero: an L7 rule that no proxy enforces drops its traffic.
+	ReasonProxyUnavailable DropReason = 9
 )
 
 var reasonDesc = map[DropReason]string{
@@ -85,6 +89,7 @@ var reasonDesc = map[DropReason]string{
 	ReasonCTInvalid:        "CT_INVALID",
 	ReasonUnknownEndpoint:  "UNKNOWN_ENDPOINT",
 	ReasonRevoked:          "POLICY_REVOKED",
+	ReasonProxyUnavailable: "PROXY_UNAVAILABLE",
 }
 
 // Description is the upper-case name used in flows and metrics labels.

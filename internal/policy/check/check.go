@@ -38,7 +38,7 @@ type Result struct {
 	SrcPeer, DstPeer Peer               `json:"-"`
 	EgressDecision   *resolved.Decision `json:"-"` // nil: no policy on that side
 	IngressDecision  *resolved.Decision `json:"-"`
-	Proxy            bool               `json:"-"` // allowed through the L7 proxy
+	Proxy            bool               `json:"-"` // L4 allowed; requests are judged by L7 rules (the proxy)
 }
 
 // Peer is one side of a flow.

@@ -86,7 +86,7 @@ func (s *State) describeDecision(b *strings.Builder, what string, self, peer Pee
 	case d.Default:
 		fmt.Fprintf(b, "ALLOWED (no policy selects %s for %s)\n", self, dir)
 	default:
-		v := map[resolved.Verdict]string{resolved.Allow: "ALLOWED", resolved.Deny: "DENIED (deny wins)", resolved.Redirect: "ALLOWED through the L7 proxy"}[d.Verdict]
+		v := map[resolved.Verdict]string{resolved.Allow: "ALLOWED", resolved.Deny: "DENIED (deny wins)", resolved.Redirect: "L4 ALLOWED, each request judged by the L7 rules below (the proxy enforces them; with no proxy running the connection is dropped)"}[d.Verdict]
 		fmt.Fprintf(b, "%s by %s\n", v, refList(d.Policies(dp)))
 		for _, e := range d.Matched {
 			fmt.Fprintf(b, "    matched: %s %s %s from %s\n", e.Verdict, s.Snap.Selectors.Describe(e.Peer), portText(e), refList(e.Origin))

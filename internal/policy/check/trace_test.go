@@ -24,7 +24,7 @@ func TestTraceSeed(t *testing.T) {
 		"k8s:app=frontend",
 		"Egress of demo/frontend-0 to identity",
 		"DENIED by default deny: no rule allows it; default deny set by NetworkPolicy demo/default-deny-all",
-		"ALLOWED through the L7 proxy by CiliumNetworkPolicy demo/frontend-to-backend, CiliumNetworkPolicy demo/l7-http-policy",
+		"L4 ALLOWED, each request judged by the L7 rules below (the proxy enforces them; with no proxy running the connection is dropped) by CiliumNetworkPolicy demo/frontend-to-backend, CiliumNetworkPolicy demo/l7-http-policy",
 		"Final verdict: DENIED",
 	} {
 		if !strings.Contains(out, want) {

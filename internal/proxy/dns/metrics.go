@@ -8,12 +8,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics of the DNS proxy. A nil *Metrics counts nothing.
+// Metrics of the DNS proxy. A nil *Metrics counts nothing. The Records
+// feed the Cilium-compatible L7 series (cilium_policy_l7_total with
+// proxy_type fqdn, cilium_proxy_upstream_reply_seconds) in
+// internal/metrics; these add what only the proxy knows.
 type Metrics struct {
 	requests *prometheus.CounterVec   // bulwark_dns_proxy_requests_total{verdict}
 	latency  *prometheus.HistogramVec // bulwark_dns_proxy_latency_seconds{stage}
-	// Cilium's name: cilium_proxy_upstream_reply_seconds{error,protocol_l7,scope}
-	cilium *prometheus.HistogramVec
 }
 
 // latencyBuckets cover 50 µs .. 5 s.
@@ -29,23 +30,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"verdict"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "bulwark_dns_proxy_latency_seconds",
-			Help:    "Time the DNS proxy added: total (query in to answer out) and datapath (allowing the answer's addresses before release).",
+			Help:    "DNS proxy time by stage: total (query in to answer out), upstream (the server's reply) and datapath (allowing the answer's addresses before release).",
 			Buckets: latencyBuckets,
 		}, []string{"stage"}),
-		cilium: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cilium_proxy_upstream_reply_seconds",
-			Help:    "Seconds waited for upstream server to reply to a request (Cilium compatible; scope totalTime, upstreamTime, policyGenerationTime).",
-			Buckets: latencyBuckets,
-		}, []string{"error", "protocol_l7", "scope"}),
 	}
 	var err error
 	if m.requests, err = register(reg, m.requests); err != nil {
 		return nil, err
 	}
 	if m.latency, err = register(reg, m.latency); err != nil {
-		return nil, err
-	}
-	if m.cilium, err = register(reg, m.cilium); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -73,15 +66,9 @@ func (m *Metrics) request(verdict string, total, learn time.Duration) {
 	m.requests.WithLabelValues(verdict).Inc()
 	if total > 0 {
 		m.latency.WithLabelValues("total").Observe(total.Seconds())
-		errLabel := ""
-		if verdict == "error" {
-			errLabel = "error"
-		}
-		m.cilium.WithLabelValues(errLabel, "dns", "totalTime").Observe(total.Seconds())
 	}
 	if learn > 0 {
 		m.latency.WithLabelValues("datapath").Observe(learn.Seconds())
-		m.cilium.WithLabelValues("", "dns", "policyGenerationTime").Observe(learn.Seconds())
 	}
 }
 
@@ -89,5 +76,5 @@ func (m *Metrics) upstream(d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.cilium.WithLabelValues("", "dns", "upstreamTime").Observe(d.Seconds())
+	m.latency.WithLabelValues("upstream").Observe(d.Seconds())
 }

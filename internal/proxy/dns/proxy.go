@@ -101,6 +101,7 @@ func New(opts Options) (*Proxy, error) {
 // decision of one query.
 type decision struct {
 	allowed  bool
+	stage    proxy.Stage // the one that denied, else the last one
 	reason   string
 	policies []string
 	learners []uint32 // egress endpoints that learn the answer
@@ -141,6 +142,7 @@ func (p *Proxy) decide(f proxy.Flow, name string) decision {
 	}
 	var d decision
 	for _, st := range pol.Stages {
+		d.stage = st
 		d.policies = append(d.policies, st.Policies...)
 		if st.Rules == nil || len(st.Rules.DNS) == 0 {
 			d.reason = fmt.Sprintf("endpoint %d %s: no DNS rule on this port", st.EndpointID, st.Direction)
@@ -181,7 +183,7 @@ func (p *Proxy) Handle(ctx context.Context, f proxy.Flow, q *dns.Msg) *dns.Msg {
 	qtypes := []string{dns.TypeToString[q.Question[0].Qtype]}
 	rec.DNS = &proxy.DNS{Query: name, QTypes: qtypes}
 	d := p.decide(f, name)
-	rec.Policies = d.policies
+	rec.Policies, rec.Direction, rec.EndpointID = d.policies, d.stage.Direction, d.stage.EndpointID
 	if !d.allowed {
 		rec.Verdict, rec.Reason = proxy.Dropped, d.reason
 		rec.DNS.RCode = p.opts.DeniedRcode
@@ -192,7 +194,8 @@ func (p *Proxy) Handle(ctx context.Context, f proxy.Flow, q *dns.Msg) *dns.Msg {
 	rec.Verdict = proxy.Forwarded
 	p.record(rec)
 
-	resp := proxy.Record{Flow: f, Type: proxy.Response, Policies: d.policies, DNS: &proxy.DNS{Query: name, QTypes: qtypes}}
+	resp := proxy.Record{Flow: f, Type: proxy.Response, Policies: d.policies, Direction: d.stage.Direction, EndpointID: d.stage.EndpointID,
+		DNS: &proxy.DNS{Query: name, QTypes: qtypes}}
 	upStart := time.Now()
 	ans, err := p.opts.Upstream.Exchange(ctx, f, q)
 	upstream := time.Since(upStart)
