@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -11,8 +12,10 @@ import (
 	"time"
 
 	"github.com/bulwark-net/bulwark/internal/fqdn"
+	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/proxy"
 	dnsproxy "github.com/bulwark-net/bulwark/internal/proxy/dns"
+	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
 
 // fqdnLearner is the agent's FQDN update hook (dnsproxy.LearnFunc): what
@@ -119,8 +122,10 @@ func (l *fqdnLearner) syncTo(rev uint64) error {
 	if err := l.n.loadTables(); err != nil {
 		return err
 	}
-	// The observer learns the new identities' labels right after the
-	// answer is released, off the DNS path.
+	// The L7 proxies must see the learned addresses' identities before
+	// the pod connects (an L7 rule on a toFQDNs peer); the observer
+	// learns their labels right after, off the DNS path.
+	l.n.publishL7View()
 	select {
 	case l.publish <- struct{}{}:
 	default:
@@ -203,4 +208,26 @@ func (l *fqdnLearner) start(ctx context.Context) func() {
 		l.dirty.Store(true)
 		l.save()
 	}
+}
+
+// publishL7View gives the L7 proxies the synced state (what
+// publishEventView also does, without rebuilding the observer's view).
+func (n *node) publishL7View() {
+	n.mu.Lock()
+	snap := n.snap
+	attached := maps.Clone(n.attached)
+	n.mu.Unlock()
+	if n.l7 == nil || snap == nil {
+		return
+	}
+	v := &l7View{snap: snap, ids: map[policy.EndpointKey]uint32{}, hostAddr: map[netip.Addr]bool{sandbox.Gateway: true},
+		stages: map[stageKey]stageResult{}}
+	if n.nodeIP.IsValid() {
+		v.hostAddr[n.nodeIP] = true
+	}
+	for id, key := range attached {
+		ns, name := splitKey(key)
+		v.ids[policy.EndpointKey{Namespace: ns, Name: name}] = id
+	}
+	n.l7.policies.publish(v)
 }

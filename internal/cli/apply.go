@@ -138,7 +138,7 @@ func warnApplied(w io.Writer, docs []agentapi.Document) {
 	}
 	for _, f := range validate.Lint(manifest.NewSet(objs...)) {
 		if applyWarnings[f.Rule] {
-			fmt.Fprintf(w, "warning: %s\n", f)
+			fmt.Fprintln(w, f)
 		}
 	}
 }
