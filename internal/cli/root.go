@@ -42,6 +42,7 @@ func NewRootCmd() *cobra.Command {
 		newStatusCmd(),
 		newUpCmd(),
 		newVersionCmd(),
+		newWorldCmd(),
 		newWorkloadCmd(), // hidden: sandbox pod process
 	)
 	return root

@@ -116,22 +116,7 @@ func TestDNSProxyFQDN(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)
-	pid, _ := agent.RunningPID(s.Paths())
-	if pid == 0 {
-		t.Fatal("no agent pid")
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if p, _ := agent.RunningPID(s.Paths()); p == 0 {
-			break
-		}
-		if i > 100 {
-			t.Fatalf("agent %d still holds its lock after SIGKILL", pid)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	killAgent(t, s)
 	// No proxy: DNS fails closed (no answer), never unfiltered.
 	if got := dnsRcode(t, s, be, "www.googleapis.com"); got != "-1" {
 		t.Errorf("DNS with the agent down: rcode %s, want no answer", got)
@@ -164,4 +149,65 @@ func TestDNSProxyFQDN(t *testing.T) {
 		}
 	}
 	s.ExpectTCP(be, "api.github.com", "443", true)
+}
+
+// TestWorldAddToRunningInstance: 'bulwark world add' gives a running
+// instance new world names and wildcard test zones (resolvable at once,
+// served on 80 and 443); 'world remove' takes them away; the set persists
+// across an agent restart.
+func TestWorldAddToRunningInstance(t *testing.T) {
+	t.Parallel()
+	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "dnsw"})
+	s.MustRun("up", "-f", sandboxtest.Seed(t, "sample-app.yaml"))
+	const fe = "deploy/frontend"
+	if s.Resolves(fe, "api.github.com") {
+		t.Fatal("api.github.com resolves before it was added")
+	}
+	out := s.MustRun("world", "add", "api.github.com", "*.test.example")
+	if !strings.Contains(out, "*.test.example") || !strings.Contains(out, "api.github.com") {
+		t.Fatalf("world add: %s", out)
+	}
+	for _, name := range []string{"api.github.com", "a.test.example", "deep.b.test.example"} {
+		for _, port := range []string{"80", "443"} {
+			s.ExpectHTTP(fe, "http://"+name+":"+port+"/", "pod=world")
+		}
+	}
+	if s.Resolves(fe, "test.example") {
+		t.Error("the zone's own name resolves; only names under it should")
+	}
+	s.MustRun("world", "remove", "api.github.com")
+	if s.Resolves(fe, "api.github.com") {
+		t.Error("api.github.com still resolves after world remove")
+	}
+	if _, _, code := s.Run("world", "add", "*.cluster.local"); code == 0 {
+		t.Error("a zone over the cluster domain was accepted")
+	}
+	killAgent(t, s)
+	s.MustRun("up")
+	if out := s.MustRun("world", "list"); !strings.Contains(out, "*.test.example") || strings.Contains(out, "api.github.com") {
+		t.Errorf("world after a restart: %s", out)
+	}
+	s.ExpectHTTP(fe, "http://again.test.example:443/", "pod=world")
+}
+
+// killAgent kills the instance's agent (SIGKILL: no clean shutdown) and
+// waits until its lock is free.
+func killAgent(t *testing.T, s *sandboxtest.Instance) {
+	t.Helper()
+	pid, _ := agent.RunningPID(s.Paths())
+	if pid == 0 {
+		t.Fatal("no agent pid")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if p, _ := agent.RunningPID(s.Paths()); p == 0 {
+			return
+		}
+		if i > 100 {
+			t.Fatalf("agent %d still holds its lock after SIGKILL", pid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
