@@ -153,8 +153,10 @@ func (p *testProxy) saw(flow string) bool {
 // addresses, for an ingress rule (the destination's) and an egress rule (the
 // source's), IPv4 and IPv6, local delivery on and off; the proxy's upstream
 // connection is judged by the destination's ingress as the original source
-// (the identity in its mark) and never redirected again; with no listener
-// the connection is dropped (PROXY_UNAVAILABLE), never passed.
+// (the identity in its mark) and never redirected again; a UDP datagram
+// reaches a transparent UDP socket with its original destination and the
+// answer comes back from it (the DNS proxy's way); with no listener the
+// connection or datagram is dropped (PROXY_UNAVAILABLE), never passed.
 func TestL7RedirectThroughTransparentProxy(t *testing.T) {
 	for _, off := range []bool{false, true} {
 		t.Run(fmt.Sprintf("local-delivery-off=%v", off), func(t *testing.T) {
@@ -165,17 +167,21 @@ func TestL7RedirectThroughTransparentProxy(t *testing.T) {
 }
 
 // l7State: B's ingress redirects 8080 from A (L7) and allows 9090; A's
-// egress redirects 9090-9091 towards B (L7); B's ingress does not allow
-// 9091. port gives the proxy port (nil: no proxy).
-func l7State(tp *topology, port func() uint16) State {
+// egress redirects 9090-9091 towards B (L7) and UDP 5353 (DNS rules); B's
+// ingress does not allow 9091. port gives the proxy port of a protocol
+// (nil: no proxy).
+func l7State(tp *topology, port func(resolved.Protocol) uint16) State {
 	st := dualStack(tp, e2eState(tp, []uint16{9090}, false))
 	l7 := &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}
 	st.Endpoints[2].Ingress.Entries = append(st.Endpoints[2].Ingress.Entries, resolved.Entry{Peer: e2eSelA, Proto: resolved.ProtoTCP,
 		PortLo: 8080, PortHi: 8080, Verdict: resolved.Redirect, Origin: ref("b-l7"), L7: l7})
 	st.Endpoints[1].Egress.Entries = append(st.Endpoints[1].Egress.Entries, resolved.Entry{Peer: e2eSelB, Proto: resolved.ProtoTCP,
 		PortLo: 9090, PortHi: 9091, Verdict: resolved.Redirect, Origin: ref("a-l7"), L7: l7})
+	st.Endpoints[1].Egress.Entries = append(st.Endpoints[1].Egress.Entries, resolved.Entry{Peer: e2eSelB, Proto: resolved.ProtoUDP,
+		PortLo: 5353, PortHi: 5353, Verdict: resolved.Redirect, Origin: ref("a-dns"),
+		L7: &resolved.L7Rules{DNS: []resolved.DNSRule{{MatchPattern: "*"}}}})
 	if port != nil {
-		st.ProxyPort = func(uint32, resolved.Direction, *resolved.Entry) uint16 { return port() }
+		st.ProxyPort = func(_ uint32, _ resolved.Direction, e *resolved.Entry) uint16 { return port(e.Proto) }
 	}
 	return st
 }
@@ -188,7 +194,13 @@ func testL7Redirect(t *testing.T, localDeliveryOff bool) {
 		t.Fatal("connected to an L7 port with no proxy port")
 	}
 	proxy := startTestProxy(t, tp, l7State(tp, nil).IPCache)
-	st := l7State(tp, func() uint16 { return proxy.port })
+	udp := startTestUDPProxy(t, nsPath(tp.node))
+	st := l7State(tp, func(p resolved.Protocol) uint16 {
+		if p == resolved.ProtoUDP {
+			return udp.port
+		}
+		return proxy.port
+	})
 	st.Revision = 2
 	if err := dp.Sync(st); err != nil {
 		t.Fatal(err)
@@ -228,9 +240,24 @@ func testL7Redirect(t *testing.T, localDeliveryOff bool) {
 			c.Close()
 		}
 	}
+	// UDP (the DNS proxy's way): the datagram reaches the proxy's
+	// transparent socket with its original destination, and the answer
+	// comes back from that destination. B's own server on 5353 never sees
+	// it.
+	tp.listenUDP(1, 5353)
+	for _, dst := range []netip.Addr{b.addr, b.addr6} {
+		to := netip.AddrPortFrom(dst, 5353)
+		if got, err := tp.udpAsk(0, to, "q"); err != nil || got != "proxied q to "+to.String() {
+			t.Fatalf("udp to %s: answer %q (%v), want it from the proxy", to, got, err)
+		}
+	}
 	drainEvents(events)
 	// No listener: redirected connections are dropped, never passed.
 	proxy.stop()
+	udp.stop()
+	if got, err := tp.udpAsk(0, netip.AddrPortFrom(b.addr, 5353), "q"); err == nil {
+		t.Fatalf("udp with no proxy socket answered %q", got)
+	}
 	for _, port := range []uint16{8080, 9090} {
 		if c, err := tp.dialTCP(0, 1, int(port)); err == nil {
 			c.Close()
@@ -246,4 +273,140 @@ func testL7Redirect(t *testing.T, localDeliveryOff bool) {
 	if !slices.Contains(reasons, event.ReasonProxyUnavailable) {
 		t.Fatalf("no PROXY_UNAVAILABLE drop without a listener: %v", reasons)
 	}
+}
+
+// testUDPProxy is a transparent UDP socket in the node namespace that
+// answers "proxied <msg> to <original destination>" from that destination.
+type testUDPProxy struct {
+	conns []*net.UDPConn
+	port  uint16
+}
+
+func startTestUDPProxy(t *testing.T, node string) *testUDPProxy {
+	p := &testUDPProxy{}
+	ctl := func(v6 bool) func(string, string, syscall.RawConn) error {
+		return func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				lvl, tr, orig := unix.SOL_IP, unix.IP_TRANSPARENT, unix.IP_RECVORIGDSTADDR
+				if v6 {
+					lvl, tr, orig = unix.SOL_IPV6, unix.IPV6_TRANSPARENT, unix.IPV6_RECVORIGDSTADDR
+				}
+				if serr = unix.SetsockoptInt(int(fd), lvl, tr, 1); serr == nil {
+					serr = unix.SetsockoptInt(int(fd), lvl, orig, 1)
+				}
+				if serr == nil {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				}
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	listen := func(network, addr string) (*net.UDPConn, error) {
+		var c *net.UDPConn
+		err := inNetNS(node, func() error {
+			lc := net.ListenConfig{Control: ctl(network == "udp6")}
+			pc, err := lc.ListenPacket(t.Context(), network, addr)
+			if err == nil {
+				c = pc.(*net.UDPConn)
+			}
+			return err
+		})
+		return c, err
+	}
+	c4, err := listen("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.port = uint16(c4.LocalAddr().(*net.UDPAddr).Port)
+	c6, err := listen("udp6", fmt.Sprintf("[::]:%d", p.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.conns = []*net.UDPConn{c4, c6}
+	t.Cleanup(p.stop)
+	for _, c := range p.conns {
+		go func() {
+			buf, oob := make([]byte, 1500), make([]byte, 128)
+			for {
+				n, oobn, _, src, err := c.ReadMsgUDPAddrPort(buf, oob)
+				if err != nil {
+					return
+				}
+				dst, ok := origDstOf(oob[:oobn])
+				if !ok {
+					continue
+				}
+				network := "udp4"
+				if dst.Addr().Is6() {
+					network = "udp6"
+				}
+				reply, err := listen(network, dst.String())
+				if err != nil {
+					continue
+				}
+				reply.WriteToUDPAddrPort([]byte(fmt.Sprintf("proxied %s to %s", buf[:n], dst)), src)
+				reply.Close()
+			}
+		}()
+	}
+	return p
+}
+
+func (p *testUDPProxy) stop() {
+	for _, c := range p.conns {
+		c.Close()
+	}
+}
+
+func origDstOf(oob []byte) (netip.AddrPort, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	for _, m := range msgs {
+		d := m.Data
+		switch {
+		case m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(d) >= 8:
+			a, _ := netip.AddrFromSlice(d[4:8])
+			return netip.AddrPortFrom(a, uint16(d[2])<<8|uint16(d[3])), true
+		case m.Header.Level == unix.SOL_IPV6 && m.Header.Type == unix.IPV6_ORIGDSTADDR && len(d) >= 24:
+			a, _ := netip.AddrFromSlice(d[8:24])
+			return netip.AddrPortFrom(a, uint16(d[2])<<8|uint16(d[3])), true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// udpAsk sends msg from pod i to to and returns the answer, which must come
+// from to.
+func (tp *topology) udpAsk(i int, to netip.AddrPort, msg string) (string, error) {
+	var pc *net.UDPConn
+	err := inNetNS(nsPath(tp.pods[i].ns), func() error {
+		c, err := net.ListenPacket("udp", ":0")
+		if err == nil {
+			pc = c.(*net.UDPConn)
+		}
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer pc.Close()
+	pc.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := pc.WriteToUDPAddrPort([]byte(msg), to); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 1500)
+	n, from, err := pc.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return "", err
+	}
+	if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != to {
+		return "", fmt.Errorf("answer from %s, want from %s", from, to)
+	}
+	return string(buf[:n]), nil
 }

@@ -1,12 +1,26 @@
 package e2e
 
 import (
+	"context"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
 	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/sandbox"
+	"github.com/bulwark-net/bulwark/internal/sandbox/netns"
+	"github.com/bulwark-net/bulwark/internal/sandbox/workload"
 	"github.com/bulwark-net/bulwark/test/sandboxtest"
 )
 
@@ -147,5 +161,76 @@ func testL7HTTP(t *testing.T, s *sandboxtest.Instance, base string) {
 	}
 	if got := curlCodes(s, fe, nil, base+"/api/items"); got != "403:1" {
 		t.Errorf("after the restart, GET /api/items without the header: %q, want 403:1", got)
+	}
+}
+
+// TestL7GRPCPolicyEnforced: the seed's l7-grpc-policy.yaml through the
+// transparent proxy, with a grpc-go client in the client pod: the allowed
+// methods and the health check answer, any other method gets
+// PERMISSION_DENIED on the same connection, another pod is dropped at L3.
+func TestL7GRPCPolicyEnforced(t *testing.T) {
+	t.Parallel()
+	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "l7g"})
+	s.MustRun("up", "-f", sandboxtest.Seed(t, "sample-app.yaml"), "-f", "testdata/grpc-pods.yaml")
+	s.MustRun("apply", "-f", sandboxtest.Seed(t, "l7-grpc-policy.yaml"))
+	server := s.Pod("grpc-backend")
+	target := net.JoinHostPort(server.IPs[0].String(), "9090")
+	dial := func(from sandbox.PodInfo) *grpc.ClientConn {
+		cc, err := grpc.NewClient("passthrough:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				var c net.Conn
+				err := netns.Do(from.NetnsPath, func() error {
+					var err error
+					c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+					return err
+				})
+				return c, err
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return cc
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cc := dial(s.Pod("grpc-client"))
+	var out structpb.Struct
+	if err := cc.Invoke(ctx, workload.MethodGetUser, wrapperspb.String("7"), &out); err != nil || out.GetFields()["user"].GetStringValue() != "7" {
+		t.Fatalf("GetUser: %v %v", &out, err)
+	}
+	if err := cc.Invoke(ctx, workload.MethodListUsers, &emptypb.Empty{}, &out); err != nil {
+		t.Fatalf("ListUsers: %v", err)
+	}
+	if r, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health Check: %v %v", r, err)
+	}
+	if err := cc.Invoke(ctx, "/api.v1.UserService/DeleteUser", wrapperspb.String("7"), &out); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("DeleteUser: %v, want PermissionDenied", err)
+	}
+	if _, err := healthpb.NewHealthClient(cc).List(ctx, &healthpb.HealthListRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("health List: %v, want PermissionDenied", err)
+	}
+	if err := cc.Invoke(ctx, workload.MethodGetUser, wrapperspb.String("8"), &out); err != nil {
+		t.Fatalf("GetUser after denials: %v", err)
+	}
+	// Another pod: dropped at L3 (no connection, the call times out).
+	short, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel2()
+	if err := dial(s.Pod("deploy/frontend")).Invoke(short, workload.MethodGetUser, wrapperspb.String("7"), &out); status.Code(err) == codes.OK || status.Code(err) == codes.PermissionDenied {
+		t.Fatalf("frontend -> grpc-backend: %v, want no connection", err)
+	}
+
+	// The calls are Hubble L7 flows: observe --protocol http shows them.
+	flows := s.MustRun("observe", "--protocol", "http", "--last", "100", "-o", "json")
+	var allowed, denied bool
+	for _, line := range strings.Split(flows, "\n") {
+		line = strings.ReplaceAll(line, " ", "") // protojson varies its spacing
+		allowed = allowed || strings.Contains(line, `"verdict":"FORWARDED"`) && strings.Contains(line, "/api.v1.UserService/GetUser")
+		denied = denied || strings.Contains(line, `"verdict":"DROPPED"`) && strings.Contains(line, "/api.v1.UserService/DeleteUser") &&
+			strings.Contains(line, `"ingressDeniedBy":[{"name":"grpc-policy","namespace":"demo"`)
+	}
+	if !allowed || !denied {
+		t.Errorf("observe --protocol http: forwarded GetUser flow %v, dropped DeleteUser flow denied by demo/grpc-policy %v", allowed, denied)
 	}
 }
