@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,6 +48,8 @@ type node struct {
 	fqdn      *fqdnLearner
 	fqdnStop  func()     // stops the FQDN expiry loop (it saves the cache)
 	l7        *l7Proxies // nil when the proxies could not start: redirects drop
+	// ipcacheHint is the size of the last ipcache pushed.
+	ipcacheHint atomic.Int64
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -471,8 +474,9 @@ func (n *node) loadTables() error {
 		}
 	}
 	n.mu.Unlock()
-	ipc := map[netip.Prefix]identity.NumericIdentity{}
+	ipc := make(map[netip.Prefix]identity.NumericIdentity, n.ipcacheHint.Load()+2)
 	snap.IPCache.Range(func(p netip.Prefix, id identity.NumericIdentity) { ipc[p] = id })
+	n.ipcacheHint.Store(int64(len(ipc))) // sizes the next map (no rehash while it grows)
 	if n.nodeIP.IsValid() {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -103,6 +104,10 @@ func equalFold(a, b string) bool {
 	return true
 }
 
+// datagramBufs are read buffers of the largest datagram (not a global
+// setting: a pool of scratch memory).
+var datagramBufs = sync.Pool{New: func() any { b := make([]byte, 65535); return &b }}
+
 // writeMsg writes one message: a datagram, or a length-prefixed message
 // on a stream.
 func writeMsg(w io.Writer, stream bool, b []byte) error {
@@ -123,12 +128,13 @@ func writeMsg(w io.Writer, stream bool, b []byte) error {
 // readMsg reads one message (see writeMsg).
 func readMsg(r io.Reader, stream bool) ([]byte, error) {
 	if !stream {
-		buf := make([]byte, 65535)
-		n, err := r.Read(buf)
+		bp := datagramBufs.Get().(*[]byte)
+		defer datagramBufs.Put(bp)
+		n, err := r.Read(*bp)
 		if err != nil {
 			return nil, err
 		}
-		return buf[:n], nil
+		return append([]byte(nil), (*bp)[:n]...), nil
 	}
 	var l [2]byte
 	if _, err := io.ReadFull(r, l[:]); err != nil {
