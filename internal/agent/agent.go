@@ -56,6 +56,9 @@ type Options struct {
 	// FQDN bounds and times the names pods learn through the DNS proxy
 	// (zero values: fqdn's defaults).
 	FQDN fqdn.Options
+	// DNSReject, when set, is how the DNS proxy answers denied queries
+	// ("refused" or "nxdomain"); it persists like IPv6.
+	DNSReject string
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

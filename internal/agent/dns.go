@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
+
+	mdns "github.com/miekg/dns"
 
 	"github.com/bulwark-net/bulwark/internal/proxy"
 	dnsproxy "github.com/bulwark-net/bulwark/internal/proxy/dns"
@@ -107,6 +110,18 @@ func (s *dnsServer) serveTCP(ctx context.Context) {
 			s.p.ServeConn(ctx, c, f)
 		}()
 	}
+}
+
+// dnsRejectRcode maps a --dns-reject-response value to its rcode ("":
+// REFUSED).
+func dnsRejectRcode(v string) (int, error) {
+	switch strings.ToLower(v) {
+	case "", "refused":
+		return mdns.RcodeRefused, nil
+	case "nxdomain", "nameerror":
+		return mdns.RcodeNameError, nil
+	}
+	return 0, fmt.Errorf("dns reject response %q: refused or nxdomain", v)
 }
 
 func (s *dnsServer) close() {

@@ -154,6 +154,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	n.events = startEventPump(ctx, n, a.opts)
 	n.fqdnStop = n.fqdn.start(ctx)
 	lo := l7Options{NodeNetns: n.nodeNetns, Record: n.recordL7, Learn: n.fqdn.Learn}
+	lo.DNSDeniedRcode, _ = dnsRejectRcode(cfg.DNSReject) // checked by wantedSandboxConfig
 	if n.events.metrics != nil {
 		lo.Registerer = n.events.metrics.Registry()
 	}

@@ -88,7 +88,15 @@ func newAgentCmd() *cobra.Command {
 	cmd.Flags().StringVar(&opts.MetricsAddr, "metrics-listen", "127.0.0.1:9962", "Prometheus listen address (empty: off)")
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
+	registerDNSRejectFlag(cmd, &opts.DNSReject)
 	return cmd
+}
+
+// registerDNSRejectFlag adds --dns-reject-response (Cilium's
+// --tofqdns-dns-reject-response-code).
+func registerDNSRejectFlag(cmd *cobra.Command, v *string) {
+	cmd.Flags().StringVar(v, "dns-reject-response", "",
+		"how the DNS proxy answers queries no rules.dns allows: refused (default) or nxdomain (the instance keeps the setting)")
 }
 
 // registerLocalDeliveryFlag adds --local-delivery (on for a new instance;
