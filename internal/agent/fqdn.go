@@ -133,6 +133,24 @@ func (l *fqdnLearner) syncTo(rev uint64) error {
 	return nil
 }
 
+// forgetEndpoint drops what a removed pod learned from the cache and the
+// repository, without syncing the datapath (its caller, holding the
+// change lock, does).
+func (l *fqdnLearner) forgetEndpoint(ep uint32) {
+	names := l.cache.ForgetEndpoint(ep)
+	if len(names) == 0 {
+		return
+	}
+	set := make(map[string][]netip.Addr, len(names))
+	for _, nm := range names {
+		set[nm] = l.cache.Addresses(nm)
+	}
+	if _, err := l.n.repo.SetFQDNs(set); err != nil {
+		l.n.log.Warn("forget learned FQDNs", "endpoint", ep, "err", err)
+	}
+	l.dirty.Store(true)
+}
+
 // run expires addresses and persists the cache until ctx ends. An expired
 // address stays while a tracked connection still uses it.
 func (l *fqdnLearner) run(ctx context.Context) {

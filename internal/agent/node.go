@@ -524,6 +524,9 @@ func splitKey(k string) (string, string) {
 func (n *node) removePod(p sandbox.PodInfo) error {
 	key := p.Key()
 	defer n.publishEventView() // the attachment and endpoint ID go
+	if id, ok := n.ids.lookup(key); ok && n.fqdn != nil {
+		n.fqdn.forgetEndpoint(id) // the sync below takes it along
+	}
 	if _, err := n.repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}); err != nil {
 		n.log.Debug("pod not in repository", "pod", key, "err", err)
 	}
