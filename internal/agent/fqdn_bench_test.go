@@ -190,7 +190,7 @@ func benchServer(b *testing.B) netip.AddrPort {
 
 // benchNode is the agent's node with a real datapath (own pins) and a
 // repository holding a toFQDNs policy for a pod, without a sandbox.
-func benchNode(b *testing.B) (*node, *fqdnLearner) {
+func benchNode(b testing.TB, opts ...fqdn.Options) (*node, *fqdnLearner) {
 	sfx := make([]byte, 4)
 	rand.Read(sfx)
 	pin := "/sys/fs/bpf/bulwark-bench-dns-" + hex.EncodeToString(sfx)
@@ -222,7 +222,11 @@ func benchNode(b *testing.B) (*node, *fqdnLearner) {
 	if err := n.syncTables(); err != nil {
 		b.Fatal(err)
 	}
-	return n, newFQDNLearner(n, &sync.Mutex{}, fqdn.Options{MaxNamesPerEndpoint: envInt("BULWARK_BENCH_DNS_MAX_NAMES", 0)})
+	o := fqdn.Options{MaxNamesPerEndpoint: envInt("BULWARK_BENCH_DNS_MAX_NAMES", 0)}
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	return n, newFQDNLearner(n, &sync.Mutex{}, o)
 }
 
 type staticPolicy struct{ st proxy.Stage }
