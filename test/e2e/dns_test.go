@@ -13,28 +13,38 @@ import (
 	"github.com/bulwark-net/bulwark/test/sandboxtest"
 )
 
-// dnsQuery asks the pod's nameserver for name over UDP with a raw query
-// (python3 from the host, in the pod's network namespace) and returns the
-// answer's rcode, or -1 when no answer came within a second.
+// dnsQueryPy asks the pod's nameserver (or the server given) for name over
+// UDP or TCP with a raw query (python3 from the host, in the pod's network
+// namespace) and prints the answer's rcode, or -1 when no answer came
+// within a second.
 const dnsQueryPy = `
 import socket, struct, sys
-name = sys.argv[1]
+name, proto = sys.argv[1], sys.argv[2]
+server = sys.argv[3] if len(sys.argv) > 3 else [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
 q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
 q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
-ns = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(1)
-s.sendto(q, (ns, 53))
 try:
-    r = s.recv(4096)
+    if proto == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1)
+        s.sendto(q, (server, 53))
+        r = s.recv(4096)
+    else:
+        s = socket.create_connection((server, 53), timeout=1)
+        s.settimeout(1)
+        s.sendall(struct.pack(">H", len(q)) + q)
+        r = s.recv(4096)[2:]
     print(r[3] & 15)
-except socket.timeout:
+except OSError:
     print(-1)
 `
 
-func dnsRcode(t *testing.T, s *sandboxtest.Instance, from, name string) string {
+func dnsRcode(t *testing.T, s *sandboxtest.Instance, from, name string, args ...string) string {
 	t.Helper()
-	out, _ := s.Exec(from, "python3", "-c", dnsQueryPy, name)
+	if len(args) == 0 {
+		args = []string{"udp"}
+	}
+	out, _ := s.Exec(from, append([]string{"python3", "-c", dnsQueryPy, name}, args...)...)
 	return strings.TrimSpace(out)
 }
 
@@ -93,9 +103,15 @@ func TestDNSProxyFQDN(t *testing.T) {
 	if got := dnsRcode(t, s, be, "api.github.com"); got != "0" {
 		t.Errorf("api.github.com: rcode %s, want 0 (NOERROR)", got)
 	}
-	// In toFQDNs but not in rules.dns: refused, never resolved.
-	if got := dnsRcode(t, s, be, "www.googleapis.com"); got != "5" {
-		t.Errorf("www.googleapis.com: rcode %s, want 5 (REFUSED)", got)
+	// In toFQDNs but not in rules.dns: refused, never resolved (UDP and
+	// TCP both pass the proxy).
+	for _, proto := range []string{"udp", "tcp"} {
+		if got := dnsRcode(t, s, be, "api.github.com", proto); got != "0" {
+			t.Errorf("api.github.com over %s: rcode %s, want 0 (NOERROR)", proto, got)
+		}
+		if got := dnsRcode(t, s, be, "www.googleapis.com", proto); got != "5" {
+			t.Errorf("www.googleapis.com over %s: rcode %s, want 5 (REFUSED)", proto, got)
+		}
 	}
 	if s.Resolves(be, "www.googleapis.com") {
 		t.Error("www.googleapis.com resolves although no DNS rule allows it")
