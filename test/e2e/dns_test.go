@@ -131,6 +131,10 @@ func TestDNSProxyFQDN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dnsFlows := s.MustRun("observe", "--namespace", "demo", "--protocol", "dns", "--last", "1000", "-o", "compact")
+	if want := "DNS Answer \"" + ip.String() + "\" TTL: "; !strings.Contains(dnsFlows, want) || !strings.Contains(dnsFlows, "(Proxy api.github.com. A)") {
+		t.Errorf("observe --protocol dns has no answer flow %q for api.github.com:\n%s", want, dnsFlows)
+	}
 	time.Sleep(1500 * time.Millisecond)
 	killAgent(t, s)
 	// No proxy: DNS fails closed (no answer), never unfiltered.
