@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/netip"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,7 +26,11 @@ import (
 // Invariants:
 //   - Learn returns only when the datapath has synced a repository
 //     revision at least as new as the one holding the answer's addresses
-//     (a concurrent Learn's sync counts: syncs coalesce).
+//     (a concurrent Learn's sync counts: syncs coalesce). It takes the
+//     node's sync lock only, never the agent's change lock: an apply in
+//     progress delays an answer by one sync at most, and shutting down
+//     (which holds the change lock while the proxies drain) cannot
+//     deadlock with it.
 //   - The repository's learned names are always the cache's union over
 //     endpoints (SetFQDNs with the cache's addresses of each changed name).
 //   - Restart: the cache is persisted (every second when changed, and on
@@ -35,7 +38,6 @@ import (
 //     sync, so the restarted agent enforces what pods already learned.
 type fqdnLearner struct {
 	n     *node
-	syncs sync.Locker // the agent's change lock: datapath syncs never run concurrently
 	cache *fqdn.Cache
 	path  string
 	dirty atomic.Bool
@@ -53,8 +55,8 @@ func (n *node) fqdnFile() string { return filepath.Join(n.paths.StateDir, "fqdn.
 
 // newFQDNLearner restores the persisted cache into the repository. Called
 // before the node's first datapath sync.
-func newFQDNLearner(n *node, syncs sync.Locker, opts fqdn.Options) *fqdnLearner {
-	l := &fqdnLearner{n: n, syncs: syncs, cache: fqdn.New(opts), path: n.fqdnFile(), publish: make(chan struct{}, 1)}
+func newFQDNLearner(n *node, opts fqdn.Options) *fqdnLearner {
+	l := &fqdnLearner{n: n, cache: fqdn.New(opts), path: n.fqdnFile(), publish: make(chan struct{}, 1)}
 	if err := l.cache.Load(l.path); err != nil {
 		// Not fatal: pods re-resolve; until then their connections to
 		// names they learned before are denied (fail closed).
@@ -107,25 +109,16 @@ func (l *fqdnLearner) apply(names []string) error {
 
 // syncTo returns once the datapath holds revision rev or newer.
 func (l *fqdnLearner) syncTo(rev uint64) error {
-	if l.n.syncedRevision() >= rev {
-		return nil
-	}
-	l.syncs.Lock()
-	defer l.syncs.Unlock()
 	if l.stopped.Load() {
 		return errors.New("agent stopping")
 	}
-	if l.n.syncedRevision() >= rev {
-		return nil // another sync took our change along
-	}
-	l.syncCount.Add(1)
-	if err := l.n.loadTables(); err != nil {
+	synced, err := l.n.syncAtLeast(rev)
+	if err != nil || !synced {
 		return err
 	}
-	// The L7 proxies must see the learned addresses' identities before
-	// the pod connects (an L7 rule on a toFQDNs peer); the observer
-	// learns their labels right after, off the DNS path.
-	l.n.publishL7View()
+	l.syncCount.Add(1)
+	// The observer learns the new identities' labels right after, off
+	// the DNS path (the L7 proxies' view was published by the sync).
 	select {
 	case l.publish <- struct{}{}:
 	default:
@@ -171,13 +164,11 @@ func (l *fqdnLearner) run(ctx context.Context) {
 			}
 			l.dirty.Store(true)
 		}
-		// Under the change lock: the numbering files are also written
-		// by syncs.
-		l.syncs.Lock()
+		// The numbering files are also written by syncs: each write
+		// is a complete file renamed into place, the last one wins.
 		if !l.stopped.Load() {
 			l.save()
 		}
-		l.syncs.Unlock()
 	}
 }
 
@@ -214,9 +205,9 @@ func (l *fqdnLearner) save() {
 	l.n.persistNumbering()
 }
 
-// start runs the expiry loop. The returned function, called with the
-// agent's change lock held (as node.close is), stops it without waiting
-// (the loop may be waiting for that lock) and saves the cache.
+// start runs the expiry loop. The returned function stops it (without
+// waiting: node.close runs it with the agent's change lock held) and
+// saves the cache.
 func (l *fqdnLearner) start(ctx context.Context) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	go l.run(ctx)

@@ -226,7 +226,7 @@ func benchNode(b testing.TB, opts ...fqdn.Options) (*node, *fqdnLearner) {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	return n, newFQDNLearner(n, &sync.Mutex{}, o)
+	return n, newFQDNLearner(n, o)
 }
 
 type staticPolicy struct{ st proxy.Stage }

@@ -48,6 +48,10 @@ type node struct {
 	fqdn      *fqdnLearner
 	fqdnStop  func()     // stops the FQDN expiry loop (it saves the cache)
 	l7        *l7Proxies // nil when the proxies could not start: redirects drop
+	// syncMu orders datapath syncs: the snapshot each pushes, and
+	// syncedRev, only move forward. Apart from the agent's change lock,
+	// so that the DNS proxy's FQDN syncs never wait for a whole change.
+	syncMu sync.Mutex
 	// ipcacheHint is the size of the last ipcache pushed.
 	ipcacheHint atomic.Int64
 
@@ -132,7 +136,7 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	}
 	// What pods learned through the DNS proxy is enforced again before
 	// the first Sync (sandbox.New may sync for a rebuilt DNS pod).
-	n.fqdn = newFQDNLearner(n, &a.mu, a.opts.FQDN)
+	n.fqdn = newFQDNLearner(n, a.opts.FQDN)
 	sb, err := sandbox.New(sandbox.Options{
 		Instance:  p.Instance,
 		StateRoot: p.RunRoot,
@@ -465,6 +469,38 @@ func (n *node) syncTables() error {
 // loadTables is syncTables without republishing the observer's view (the
 // FQDN path republishes it after releasing the answer).
 func (n *node) loadTables() error {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	return n.loadTablesLocked()
+}
+
+// syncAtLeast loads the tables unless the datapath already holds
+// repository revision rev or newer (a sync that ran meanwhile took it
+// along); synced says whether it loaded.
+func (n *node) syncAtLeast(rev uint64) (synced bool, err error) {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	if n.syncedRevision() >= rev {
+		return false, nil
+	}
+	return true, n.loadTablesLocked()
+}
+
+// loadTablesLocked pushes the current snapshot; syncMu held. On success
+// the L7 proxies see the synced state before syncMu is released, so that
+// whoever finds its revision synced (syncAtLeast) also finds it there:
+// a learned address's identity is known to the proxies before its DNS
+// answer is released.
+func (n *node) loadTablesLocked() error {
+	if err := n.pushTables(); err != nil {
+		return err
+	}
+	n.publishL7View()
+	return nil
+}
+
+// pushTables is loadTablesLocked without publishing.
+func (n *node) pushTables() error {
 	snap := n.repo.Snapshot()
 	n.mu.Lock()
 	eps := map[uint32]*resolved.EndpointPolicy{}
