@@ -205,6 +205,7 @@ func (n *node) publishEventView() {
 	n.mu.Lock()
 	snap := n.snap
 	attached := maps.Clone(n.attached)
+	dpPolicies, dpSelectors, dpLimits := n.dpPolicies, n.dpSelectors, n.dpLimits
 	n.mu.Unlock()
 	in := eventViewInput{Snap: snap, Attached: attached, Rules: n.views.rules}
 	if n.ids != nil {
@@ -216,7 +217,10 @@ func (n *node) publishEventView() {
 	n.views.cur.Store(buildEventView(in, n.views.cur.Load()))
 	if n.l7 != nil && snap != nil {
 		v := &l7View{snap: snap, ids: map[policy.EndpointKey]uint32{}, hostAddr: map[netip.Addr]bool{sandbox.Gateway: true},
-			stages: map[stageKey]stageResult{}}
+			policies: dpPolicies, selectors: dpSelectors, limits: dpLimits, stages: map[stageKey]stageResult{}}
+		if v.selectors == nil {
+			v.selectors = snap.Selectors
+		}
 		if n.nodeIP.IsValid() {
 			v.hostAddr[n.nodeIP] = true
 		}

@@ -60,7 +60,7 @@ func startL7(log *slog.Logger, o l7Options) (*l7Proxies, error) {
 		return nil, err
 	}
 	l.http, err = httpproxy.New(httpproxy.Options{
-		Policies: l.policies, Dialer: l.dialer, Record: o.Record, Registerer: o.Registerer,
+		Policies: l.policies, Dialer: l.dialer, Record: o.Record, Registerer: o.Registerer, RateLimits: l.policies,
 	})
 	if err != nil {
 		l.ln.Close()
@@ -128,6 +128,11 @@ type l7View struct {
 	snap     *policy.Snapshot
 	ids      map[policy.EndpointKey]uint32 // attached endpoints
 	hostAddr map[netip.Addr]bool           // the node's addresses (reserved:host)
+	// policies and selectors are what the datapath was given: the
+	// snapshot's, with the rate-limited ports redirected (ratelimit.go).
+	policies  map[uint32]*resolved.EndpointPolicy
+	selectors resolved.SelectorSet
+	limits    rlTargets
 
 	mu     sync.Mutex
 	stages map[stageKey]stageResult
@@ -183,11 +188,11 @@ func (p *l7Policies) PolicyFor(f proxy.Flow) (proxy.Policy, bool) {
 			continue
 		}
 		id, attached := v.ids[key]
-		ep := v.snap.Endpoints[key]
-		if !attached || ep == nil || ep.Policy == nil {
+		epPol := v.policies[id]
+		if !attached || epPol == nil {
 			return proxy.Policy{}, false // not enforced yet: fail closed
 		}
-		r := v.stage(stageKey{ep: id, dir: side.dir, peer: side.peer, proto: f.Protocol, port: f.Dst.Port()}, ep.Policy)
+		r := v.stage(stageKey{ep: id, dir: side.dir, peer: side.peer, proto: f.Protocol, port: f.Dst.Port()}, epPol)
 		switch r.verdict {
 		case resolved.Deny:
 			return proxy.Policy{}, false
@@ -209,7 +214,7 @@ func (v *l7View) stage(k stageKey, pol *resolved.EndpointPolicy) stageResult {
 		return r
 	}
 	dp := pol.Dir(k.dir)
-	d := dp.Lookup(v.snap.Selectors, k.peer, k.proto, k.port)
+	d := dp.Lookup(v.selectors, k.peer, k.proto, k.port)
 	r := stageResult{verdict: d.Verdict}
 	if d.Verdict == resolved.Redirect {
 		rules := d.L7
