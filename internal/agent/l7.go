@@ -33,8 +33,13 @@ type l7Proxies struct {
 	ln       *tproxy.Listener
 	dialer   *tproxy.Dialer
 	http     *httpproxy.Proxy
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// dnsPort is the DNS proxy's port, 0 while none runs (DNS rules then
+	// drop). The DNS proxy listens with tproxy.ListenUDP and tproxy.Listen
+	// (TCP) on one port in the node namespace and sets it with
+	// setDNSPort before the next sync.
+	dnsPort atomic.Uint32
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // l7Options configure startL7.
@@ -95,16 +100,19 @@ func (l *l7Proxies) serve(ctx context.Context) {
 
 // proxyPort is the datapath's ProxyPortFunc: HTTP rules (and a redirect
 // without rules of another kind) go to the HTTP proxy; DNS rules to the
-// DNS proxy, which is not running here (0: the datapath drops them).
+// DNS proxy (0 while none runs: the datapath drops them).
 func (l *l7Proxies) proxyPort(_ uint32, _ resolved.Direction, e *resolved.Entry) uint16 {
 	if l == nil || e.L7 == nil {
 		return 0
 	}
 	if len(e.L7.DNS) > 0 && len(e.L7.HTTP) == 0 {
-		return 0
+		return uint16(l.dnsPort.Load())
 	}
 	return l.ln.Port()
 }
+
+// setDNSPort tells the datapath's next sync where the DNS proxy listens.
+func (l *l7Proxies) setDNSPort(port uint16) { l.dnsPort.Store(uint32(port)) }
 
 func (l *l7Proxies) close() {
 	if l == nil {
