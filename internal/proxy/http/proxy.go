@@ -172,7 +172,9 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 	defer p.releasePool(pl)
 	p.m.conns.Inc()
 	defer p.m.conns.Dec()
-	tc := &trackedConn{Conn: client, done: make(chan struct{}), state: &connState{flow: f, pool: pl}}
+	cs := &connState{ctx: ctx, flow: f, pool: pl}
+	defer cs.closeUpstream1()
+	tc := &trackedConn{Conn: client, done: make(chan struct{}), state: cs}
 	select {
 	case p.ln.ch <- tc:
 	case <-p.ln.closed:
@@ -191,9 +193,14 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 
 // connState is what the handler knows of a client connection.
 type connState struct {
+	ctx      context.Context // ServeConn's: dials end with it
 	flow     proxy.Flow
 	pool     *pool
 	upgraded atomic.Bool // switched to HTTP/2 by an h2c Upgrade
+	// up is the HTTP/1.1 upstream connection (see forward1); only the
+	// goroutine serving the client connection's current request uses it,
+	// and ServeConn closes it once the client connection is done.
+	up *upstream1
 }
 
 type connKey struct{}
@@ -210,6 +217,7 @@ type reqState struct {
 	actions     []headerAction
 	rec         proxy.Record // the request record (verdict Forwarded)
 	forwardedAt time.Time
+	upConn      atomic.Pointer[net.Conn] // forward1's upstream connection, for cancellation
 }
 
 func isGRPC(r *http.Request) bool {
@@ -308,6 +316,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// needs one. An h2c-upgraded client may talk to an HTTP/1 backend.
 		h2Upstream: grpc || (r.ProtoMajor == 2 && !cs.upgraded.Load()),
 	}
+	if r.ProtoMajor == 1 && !st.h2Upstream && !isUpgrade(r) {
+		p.forward1(w, r, st)
+		return
+	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, st)))
 }
 
@@ -375,10 +387,13 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (p *Proxy) modifyResponse(resp *http.Response) error {
-	st, ok := resp.Request.Context().Value(reqKey{}).(*reqState)
-	if !ok {
-		return nil
+	if st, ok := resp.Request.Context().Value(reqKey{}).(*reqState); ok {
+		p.recordResponse(st, resp)
 	}
+	return nil
+}
+
+func (p *Proxy) recordResponse(st *reqState, resp *http.Response) {
 	now := time.Now()
 	rec := st.rec
 	rec.Type, rec.Time, rec.Latency, rec.Reason = proxy.Response, now, now.Sub(st.forwardedAt), ""
@@ -387,7 +402,6 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	h.Headers = nil
 	rec.HTTP = &h
 	p.record(rec)
-	return nil
 }
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
@@ -396,6 +410,12 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
+	p.answerUpstreamError(w, r, st, err)
+}
+
+// answerUpstreamError answers 503 (gRPC: UNAVAILABLE) for a request the
+// upstream did not answer, and records it.
+func (p *Proxy) answerUpstreamError(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
 	rec := st.rec
 	rec.Type, rec.Time, rec.Verdict = proxy.Response, time.Now(), proxy.Error
 	if !st.forwardedAt.IsZero() {
