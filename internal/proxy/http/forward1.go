@@ -208,13 +208,28 @@ func (cs *connState) upstream1(p *Proxy, st *reqState) (*upstream1, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", cs.flow.Dst, err)
 	}
-	cs.up = &upstream1{conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(c)
+	cs.up = &upstream1{conn: c, br: br, bw: bw}
 	return cs.up, nil
 }
 
+// Buffers of closed upstream connections are reused: with a new client
+// connection per request they would otherwise be most of the garbage.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
 func (cs *connState) closeUpstream1() {
-	if cs.up != nil {
-		cs.up.conn.Close()
+	if up := cs.up; up != nil {
+		up.conn.Close()
+		up.br.Reset(nil)
+		up.bw.Reset(nil)
+		readers.Put(up.br)
+		writers.Put(up.bw)
 		cs.up = nil
 	}
 }

@@ -121,6 +121,11 @@ func New(o Options) (*Proxy, error) {
 		IdleTimeout:       10 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnState: func(c net.Conn, state http.ConnState) {
+			if tc, ok := c.(*trackedConn); ok && (state == http.StateClosed || state == http.StateHijacked) {
+				tc.state.closeUpstream1()
+			}
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*trackedConn); ok {
 				return context.WithValue(ctx, connKey{}, tc.state)
@@ -173,7 +178,6 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 	p.m.conns.Inc()
 	defer p.m.conns.Dec()
 	cs := &connState{ctx: ctx, flow: f, pool: pl}
-	defer cs.closeUpstream1()
 	tc := &trackedConn{Conn: client, done: make(chan struct{}), state: cs}
 	select {
 	case p.ln.ch <- tc:
@@ -197,9 +201,9 @@ type connState struct {
 	flow     proxy.Flow
 	pool     *pool
 	upgraded atomic.Bool // switched to HTTP/2 by an h2c Upgrade
-	// up is the HTTP/1.1 upstream connection (see forward1); only the
-	// goroutine serving the client connection's current request uses it,
-	// and ServeConn closes it once the client connection is done.
+	// up is the HTTP/1.1 upstream connection (see forward1). Only the
+	// server's goroutine of this (HTTP/1, never hijacked) connection uses
+	// it: its requests, then the ConnState hook that closes it.
 	up *upstream1
 }
 
@@ -316,7 +320,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// needs one. An h2c-upgraded client may talk to an HTTP/1 backend.
 		h2Upstream: grpc || (r.ProtoMajor == 2 && !cs.upgraded.Load()),
 	}
-	if r.ProtoMajor == 1 && !st.h2Upstream && !isUpgrade(r) {
+	if r.ProtoMajor == 1 && !cs.upgraded.Load() && !st.h2Upstream && !isUpgrade(r) {
 		p.forward1(w, r, st)
 		return
 	}
