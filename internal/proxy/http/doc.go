@@ -34,7 +34,10 @@
 // the next request is denied and the connection closed.
 //
 // Paths are normalised and the normalised path is what the backend
-// receives (Cilium's default since CVE-2021-29492): percent-encoded
+// receives (Cilium's default since CVE-2021-29492, Envoy's normalize_path
+// and merge_slashes; where Cilium answers an encoded slash with a redirect
+// to the unescaped path, UNESCAPE_AND_REDIRECT, Bulwark decodes it and
+// forwards, deciding on the decoded path either way): percent-encoded
 // unreserved characters and encoded slashes (%2F, %2f) are decoded, other
 // escapes kept with upper-case hex, repeated slashes merged, dot segments
 // removed. Targets the proxy cannot read the way every backend would
