@@ -111,6 +111,9 @@ func (p *Proxy) forward1(w http.ResponseWriter, r *http.Request, st *reqState) {
 		h[k] = vs
 	}
 	removeHopHeaders(h)
+	if _, ok := h["Content-Type"]; !ok {
+		h["Content-Type"] = nil // no sniffed type the backend did not send
+	}
 	if len(resp.Trailer) > 0 {
 		names := make([]string, 0, len(resp.Trailer))
 		for k := range resp.Trailer {
