@@ -9,6 +9,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/metrics"
+	httpproxy "github.com/bulwark-net/bulwark/internal/proxy/http"
 )
 
 // DecodeDocuments decodes every document and, with validate, checks it as
@@ -33,6 +34,12 @@ func DecodeDocuments(docs []agentapi.Document, validate bool) ([]*manifest.Objec
 		if u, ok := o.Obj.(*manifest.Unsupported); ok {
 			if u.Refused && validate {
 				errs = append(errs, &manifest.Error{Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name, Reason: u.Note})
+			}
+			if u.IsEnvoyConfig() && validate {
+				if _, err := httpproxy.ParseEnvoyConfig(u.Raw); err != nil {
+					errs = append(errs, &manifest.Error{Source: o.Source, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name,
+						Reason: "not enforceable as written, refused rather than ignored: " + err.Error()})
+				}
 			}
 			continue
 		}
@@ -80,7 +87,7 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 	var resp agentapi.ApplyResponse
 	for _, o := range objs {
 		ch := agentapi.ObjectChange{APIVersion: o.APIVersion, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name, Source: o.Source.String()}
-		if u, ok := o.Obj.(*manifest.Unsupported); ok {
+		if u, ok := o.Obj.(*manifest.Unsupported); ok && !u.IsEnvoyConfig() {
 			ch.Action = "ignored (" + u.Note + ")"
 			resp.Changes = append(resp.Changes, ch)
 			continue

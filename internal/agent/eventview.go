@@ -11,7 +11,6 @@ import (
 	"github.com/bulwark-net/bulwark/internal/observer"
 	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
-	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
 
 // eventView is the observer's lookup table for one published state of the
@@ -214,16 +213,5 @@ func (n *node) publishEventView() {
 		in.Identities = n.repo.Allocator().All()
 	}
 	n.views.cur.Store(buildEventView(in, n.views.cur.Load()))
-	if n.l7 != nil && snap != nil {
-		v := &l7View{snap: snap, ids: map[policy.EndpointKey]uint32{}, hostAddr: map[netip.Addr]bool{sandbox.Gateway: true},
-			stages: map[stageKey]stageResult{}}
-		if n.nodeIP.IsValid() {
-			v.hostAddr[n.nodeIP] = true
-		}
-		for id, key := range attached {
-			ns, name := splitKey(key)
-			v.ids[policy.EndpointKey{Namespace: ns, Name: name}] = id
-		}
-		n.l7.policies.publish(v)
-	}
+	n.publishL7View()
 }

@@ -219,18 +219,22 @@ func (l *fqdnLearner) start(ctx context.Context) func() {
 	}
 }
 
-// publishL7View gives the L7 proxies the synced state (what
-// publishEventView also does, without rebuilding the observer's view).
+// publishL7View gives the L7 proxies the synced state: the snapshot, and
+// the policies and selectors the datapath was given.
 func (n *node) publishL7View() {
 	n.mu.Lock()
 	snap := n.snap
 	attached := maps.Clone(n.attached)
+	dpPolicies, dpSelectors, dpLimits := n.dpPolicies, n.dpSelectors, n.dpLimits
 	n.mu.Unlock()
 	if n.l7 == nil || snap == nil {
 		return
 	}
 	v := &l7View{snap: snap, ids: map[policy.EndpointKey]uint32{}, hostAddr: map[netip.Addr]bool{sandbox.Gateway: true},
-		stages: map[stageKey]stageResult{}}
+		policies: dpPolicies, selectors: dpSelectors, limits: dpLimits, stages: map[stageKey]stageResult{}}
+	if v.selectors == nil {
+		v.selectors = snap.Selectors
+	}
 	if n.nodeIP.IsValid() {
 		v.hostAddr[n.nodeIP] = true
 	}

@@ -35,8 +35,11 @@ type l7Proxies struct {
 	dialer   *tproxy.Dialer
 	http     *httpproxy.Proxy
 	dns      *dnsServer // nil when it could not start: DNS redirects drop
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// dnsPort is the DNS proxy's port, 0 while none runs (DNS rules then
+	// drop); setDNSPort sets it before the next sync.
+	dnsPort atomic.Uint32
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // l7Options configure startL7.
@@ -66,7 +69,7 @@ func startL7(log *slog.Logger, o l7Options) (*l7Proxies, error) {
 		return nil, err
 	}
 	l.http, err = httpproxy.New(httpproxy.Options{
-		Policies: l.policies, Dialer: l.dialer, Record: o.Record, Registerer: o.Registerer,
+		Policies: l.policies, Dialer: l.dialer, Record: o.Record, Registerer: o.Registerer, RateLimits: l.policies,
 	})
 	if err != nil {
 		l.ln.Close()
@@ -80,6 +83,8 @@ func startL7(log *slog.Logger, o l7Options) (*l7Proxies, error) {
 	if l.dns, err = startDNS(log, l, o, !ipv6); err != nil {
 		// Not fatal: DNS redirects get port 0 and drop (rule zero).
 		log.Error("DNS proxy not started: DNS rules drop their traffic", "err", err)
+	} else {
+		l.setDNSPort(l.dns.port)
 	}
 	log.Info("L7 proxy listening", "http-port", l.ln.Port())
 	return l, nil
@@ -105,19 +110,19 @@ func (l *l7Proxies) serve(ctx context.Context) {
 
 // proxyPort is the datapath's ProxyPortFunc: HTTP rules (and a redirect
 // without rules of another kind) go to the HTTP proxy; DNS rules to the
-// DNS proxy (0 when it did not start: the datapath drops them).
+// DNS proxy (0 while none runs: the datapath drops them).
 func (l *l7Proxies) proxyPort(_ uint32, _ resolved.Direction, e *resolved.Entry) uint16 {
 	if l == nil || e.L7 == nil {
 		return 0
 	}
 	if len(e.L7.DNS) > 0 && len(e.L7.HTTP) == 0 {
-		if l.dns == nil {
-			return 0
-		}
-		return l.dns.port
+		return uint16(l.dnsPort.Load())
 	}
 	return l.ln.Port()
 }
+
+// setDNSPort tells the datapath's next sync where the DNS proxy listens.
+func (l *l7Proxies) setDNSPort(port uint16) { l.dnsPort.Store(uint32(port)) }
 
 func (l *l7Proxies) close() {
 	if l == nil {
@@ -142,6 +147,11 @@ type l7View struct {
 	snap     *policy.Snapshot
 	ids      map[policy.EndpointKey]uint32 // attached endpoints
 	hostAddr map[netip.Addr]bool           // the node's addresses (reserved:host)
+	// policies and selectors are what the datapath was given: the
+	// snapshot's, with the rate-limited ports redirected (ratelimit.go).
+	policies  map[uint32]*resolved.EndpointPolicy
+	selectors resolved.SelectorSet
+	limits    rlTargets
 
 	mu     sync.Mutex
 	stages map[stageKey]stageResult
@@ -197,11 +207,11 @@ func (p *l7Policies) PolicyFor(f proxy.Flow) (proxy.Policy, bool) {
 			continue
 		}
 		id, attached := v.ids[key]
-		ep := v.snap.Endpoints[key]
-		if !attached || ep == nil || ep.Policy == nil {
+		epPol := v.policies[id]
+		if !attached || epPol == nil {
 			return proxy.Policy{}, false // not enforced yet: fail closed
 		}
-		r := v.stage(stageKey{ep: id, dir: side.dir, peer: side.peer, proto: f.Protocol, port: f.Dst.Port()}, ep.Policy)
+		r := v.stage(stageKey{ep: id, dir: side.dir, peer: side.peer, proto: f.Protocol, port: f.Dst.Port()}, epPol)
 		switch r.verdict {
 		case resolved.Deny:
 			return proxy.Policy{}, false
@@ -223,7 +233,7 @@ func (v *l7View) stage(k stageKey, pol *resolved.EndpointPolicy) stageResult {
 		return r
 	}
 	dp := pol.Dir(k.dir)
-	d := dp.Lookup(v.snap.Selectors, k.peer, k.proto, k.port)
+	d := dp.Lookup(v.selectors, k.peer, k.proto, k.port)
 	r := stageResult{verdict: d.Verdict}
 	if d.Verdict == resolved.Redirect {
 		rules := d.L7

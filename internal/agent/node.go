@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +55,7 @@ type node struct {
 	syncMu sync.Mutex
 	// ipcacheHint is the size of the last ipcache pushed.
 	ipcacheHint atomic.Int64
+	rl          rateLimits
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -64,7 +66,13 @@ type node struct {
 	problems  map[string]string         // desired pod key → why it does not run
 	desired   map[string]bool           // desired pod keys (DNS pod included)
 	lastSet   *manifest.Set             // desired objects of the last reconcile
-	policies  int
+	rlSet     *manifest.Set             // desired objects of the current reconcile (rate limits)
+	// What the last successful sync gave the datapath: the snapshot's
+	// policies with rate-limited ports redirected, and its selectors.
+	dpPolicies  map[uint32]*resolved.EndpointPolicy
+	dpSelectors resolved.SelectorSet
+	dpLimits    rlTargets
+	policies    int
 }
 
 func (n *node) identitiesFile() string { return filepath.Join(n.paths.StateDir, "identities.json") }
@@ -518,7 +526,29 @@ func (n *node) pushTables() error {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}
 	ipc[netip.PrefixFrom(sandbox.Gateway, 32)] = identity.Host
-	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision,
+	// CiliumEnvoyConfig rate limits: their backends' ports go to the proxy.
+	n.mu.Lock()
+	rlSet := n.rlSet
+	n.mu.Unlock()
+	var sels resolved.SelectorSet = snap.Selectors
+	limits := n.rl.targets(rlSet, snap, func(what string, err error) { n.log.Error("rate limit not enforced", "config", what, "err", err) })
+	if len(limits) > 0 {
+		var all []identity.NumericIdentity
+		for id := range n.repo.Allocator().All() {
+			all = append(all, id)
+		}
+		slices.Sort(all)
+		sels = rlSelectors{SelectorSet: snap.Selectors, all: all}
+		n.mu.Lock()
+		for id, key := range n.attached {
+			ns, name := splitKey(key)
+			if ports := limits[policy.EndpointKey{Namespace: ns, Name: name}]; len(ports) > 0 && eps[id] != nil {
+				eps[id] = withRateLimitRedirects(eps[id], ports)
+			}
+		}
+		n.mu.Unlock()
+	}
+	st := datapath.State{Endpoints: eps, Selectors: sels, IPCache: ipc, Revision: snap.Revision,
 		ProxyPort: n.l7.proxyPort}
 	if err := n.dp.Sync(st); err != nil {
 		return fmt.Errorf("load datapath: %w", err)
@@ -526,6 +556,7 @@ func (n *node) pushTables() error {
 	n.addRules(n.dp.Compiled())
 	n.mu.Lock()
 	n.snap = snap
+	n.dpPolicies, n.dpSelectors, n.dpLimits = eps, sels, limits
 	n.syncedRev = snap.Revision
 	n.loaded = map[uint32]bool{}
 	for id := range eps {
@@ -586,6 +617,9 @@ func (n *node) removePod(p sandbox.PodInfo) error {
 
 // reconcile converges the machine to set.
 func (n *node) reconcile(set *manifest.Set) error {
+	n.mu.Lock()
+	n.rlSet = set
+	n.mu.Unlock()
 	start := time.Now()
 	defer func() { n.log.Debug("reconciled", "took", time.Since(start), "revision", n.dp.Revision()) }()
 	var errs []error

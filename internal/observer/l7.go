@@ -1,7 +1,7 @@
 package observer
 
 import (
-	"strconv"
+	"fmt"
 	"strings"
 	"time"
 
@@ -127,9 +127,10 @@ func (c *converter) toL7Flow(r *proxy.Record) *flowpb.Flow {
 			h.Headers = append(h.Headers, &flowpb.HTTPHeader{Key: hd.Key, Value: hd.Value})
 		}
 		l7.Record = &flowpb.Layer7_Http{Http: h}
+		// Cilium's Hubble parser's summaries: the stock hubble CLI prints them.
 		f.Summary = r.HTTP.Protocol + " " + r.HTTP.Method + " " + r.HTTP.URL
 		if reply {
-			f.Summary = r.HTTP.Protocol + " " + strconv.Itoa(r.HTTP.Code) + " " + r.HTTP.Method + " " + r.HTTP.URL
+			f.Summary = fmt.Sprintf("%s %d %dms (%s %s)", r.HTTP.Protocol, r.HTTP.Code, r.Latency.Milliseconds(), r.HTTP.Method, r.HTTP.URL)
 		}
 	case r.DNS != nil:
 		d := &flowpb.DNS{Query: r.DNS.Query, Qtypes: r.DNS.QTypes, Rcode: uint32(r.DNS.RCode), Ttl: r.DNS.TTL, ObservationSource: "proxy"}
@@ -137,9 +138,14 @@ func (c *converter) toL7Flow(r *proxy.Record) *flowpb.Flow {
 			d.Ips = append(d.Ips, ip.String())
 		}
 		l7.Record = &flowpb.Layer7_Dns{Dns: d}
-		f.Summary = "DNS Query " + r.DNS.Query + " " + strings.Join(r.DNS.QTypes, ",")
+		qtypes := strings.Join(r.DNS.QTypes, ",")
+		f.Summary = "DNS Query " + r.DNS.Query + " " + qtypes
 		if reply {
-			f.Summary = "DNS Answer " + strings.Join(d.Ips, ",") + " TTL: " + strconv.Itoa(int(r.DNS.TTL)) + " (Proxy " + r.DNS.Query + " " + strings.Join(r.DNS.QTypes, ",") + ")"
+			answer := fmt.Sprintf("%q", strings.Join(d.Ips, ","))
+			if r.DNS.RCode != 0 {
+				answer = "RCode: " + dnsRcodeName(r.DNS.RCode)
+			}
+			f.Summary = fmt.Sprintf("DNS Answer %s TTL: %d (Proxy %s %s)", answer, r.DNS.TTL, r.DNS.Query, qtypes)
 		}
 	}
 	f.L7 = l7
@@ -173,4 +179,21 @@ func (c *converter) attachL7Policies(r *proxy.Record, f *flowpb.Flow) {
 	default:
 		f.IngressAllowedBy = pols
 	}
+}
+
+// dnsRcodeName names a DNS response code as Hubble's summaries do.
+func dnsRcodeName(rcode int) string {
+	switch rcode {
+	case 1:
+		return "Format Error"
+	case 2:
+		return "Server Failure"
+	case 3:
+		return "Non-Existent Domain"
+	case 4:
+		return "Not Implemented"
+	case 5:
+		return "Query Refused"
+	}
+	return fmt.Sprintf("%d", rcode)
 }

@@ -2,6 +2,7 @@ package observer
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +123,32 @@ func TestL7Filters(t *testing.T) {
 				t.Errorf("%s: matched %v", tt.name, got[i].GetSummary())
 			}
 		}
+	}
+}
+
+// The stock hubble CLI reads L7 flows and filters them with its own L7
+// flags.
+func TestStockHubbleCLIL7(t *testing.T) {
+	bin := stockHubble(t)
+	o := newTestObserver(t, 0)
+	o.HandleL7(httpRecord(proxy.Request, proxy.Forwarded, "GET", "http://backend:8080/health", 0))
+	o.HandleL7(httpRecord(proxy.Response, proxy.Forwarded, "GET", "http://backend:8080/health", 200))
+	o.HandleL7(httpRecord(proxy.Request, proxy.Dropped, "DELETE", "http://backend:8080/api/v1/users", 0))
+	o.HandleL7(httpRecord(proxy.Response, proxy.Dropped, "DELETE", "http://backend:8080/api/v1/users", 403))
+	_, _, sock := startServer(t, o)
+	server := "unix://" + sock
+
+	denied := runHubble(t, bin, "observe", "--server", server, "--protocol", "http", "--http-status", "403", "--print-policy-names")
+	if lines := strings.Split(strings.TrimSpace(denied), "\n"); len(lines) != 1 ||
+		!strings.Contains(lines[0], "demo/frontend-7d4b9c:40000 (ID:1001) <- demo/backend-5f6a8b:8080 (ID:1002) http-response DROPPED (HTTP/1.1 403 1ms (DELETE http://backend:8080/api/v1/users))") {
+		t.Errorf("hubble observe --http-status 403:\n%s", denied)
+	}
+	reqs := parseJSONFlows(t, runHubble(t, bin, "observe", "--server", server, "-o", "json", "--http-method", "GET", "--type", "l7"))
+	if len(reqs) != 2 || reqs[0].GetL7().GetHttp().GetUrl() != "http://backend:8080/health" || reqs[1].GetL7().GetHttp().GetCode() != 200 {
+		t.Errorf("hubble observe --http-method GET: %v", reqs)
+	}
+	paths := runHubble(t, bin, "observe", "--server", server, "--http-path", "^/api/", "--print-policy-names")
+	if !strings.Contains(paths, "http-request DROPPED (HTTP/1.1 DELETE http://backend:8080/api/v1/users)") || strings.Contains(paths, "/health") {
+		t.Errorf("hubble observe --http-path ^/api/:\n%s", paths)
 	}
 }

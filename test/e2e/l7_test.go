@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,8 +35,26 @@ func curlCodes(s *sandboxtest.Instance, from string, args []string, urls ...stri
 	for _, u := range urls {
 		cmd = append(cmd, "-o", "/dev/null", u)
 	}
-	out, _ := s.Exec(from, cmd...)
+	var out string
+	if ns, pod, ok := strings.Cut(from, "/"); ok && ns != "deploy" && ns != "pod" {
+		out = execIn(s, ns, pod, cmd...) // outside demo
+	} else {
+		out, _ = s.Exec(from, cmd...)
+	}
 	return strings.TrimSpace(out)
+}
+
+// execIn runs a command in a pod of any namespace (what 'bulwark exec'
+// runs) and returns its combined output.
+func execIn(s *sandboxtest.Instance, ns, pod string, cmd ...string) string {
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if _, err := sandbox.Exec(ctx, sandbox.ExecOptions{Instance: s.Name, Namespace: ns, Target: pod, Command: cmd,
+		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out}); err != nil {
+		return "exec failed: " + err.Error()
+	}
+	return out.String()
 }
 
 // TestL7HTTPPoliciesEnforced: the seed's l7-http-policy.yaml and
@@ -232,5 +252,46 @@ func TestL7GRPCPolicyEnforced(t *testing.T) {
 	}
 	if !allowed || !denied {
 		t.Errorf("observe --protocol http: forwarded GetUser flow %v, dropped DeleteUser flow denied by demo/grpc-policy %v", allowed, denied)
+	}
+}
+
+// TestRateLimitEnforced: the seed's rate-limiting-policy.yaml, applied
+// unchanged (its CiliumEnvoyConfig included), on the workload it names:
+// requests within the token bucket get 200, beyond it 429 on the same
+// connection; the CNP's L7 rule still answers 403 off /api/; another pod is
+// dropped at L3.
+func TestRateLimitEnforced(t *testing.T) {
+	t.Parallel()
+	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "l7rl"})
+	s.MustRun("up", "-f", "testdata/rate-limit-app.yaml")
+	s.MustRun("apply", "-f", sandboxtest.Seed(t, "rate-limiting-policy.yaml"))
+	const fe = "backend/frontend"
+	if got := curlCodes(s, fe, nil, "http://api-server.backend:8080/health"); got != "403:1" {
+		t.Errorf("GET /health: %q, want 403:1 (the CNP allows /api/ only)", got)
+	}
+	// The bucket starts full (max_tokens 100) and refills 100 per second:
+	// requests on one connection until the first 429. Every request until
+	// then got 200, at least max_tokens of them, and the connection stays.
+	out := execIn(s, "backend", "frontend",
+		"curl", "-s", "-m", "60", "-o", "/dev/null", "-w", "%{http_code} ", "http://api-server.backend:8080/api/[1-3000]")
+	codes := strings.Fields(out)
+	first429 := slices.Index(codes, "429")
+	if first429 < 0 {
+		t.Fatalf("no 429 in %d requests: %q", len(codes), out)
+	}
+	if first429 < 100 {
+		t.Errorf("first 429 after %d requests, want at least max_tokens (100)", first429)
+	}
+	for i, c := range codes[:first429] {
+		if c != "200" {
+			t.Fatalf("request %d before the limit: %s", i, c)
+		}
+	}
+	if n := len(codes); n != 3000 {
+		t.Errorf("%d answers to 3000 requests", n)
+	}
+	// Another pod of the namespace: dropped at L3.
+	if got := curlCodes(s, "backend/other", nil, "http://api-server.backend:8080/api/x"); !strings.HasPrefix(got, "000") {
+		t.Errorf("other -> api-server: %q, want no answer (dropped)", got)
 	}
 }

@@ -295,10 +295,14 @@ func EventDescription(f *flowpb.Flow) string {
 		case f.GetL7().GetDns() != nil:
 			kind = "dns"
 		}
+		typ := "-request"
 		if f.GetL7().GetType() == flowpb.L7FlowType_RESPONSE {
-			return kind + "-response"
+			typ = "-response"
 		}
-		return kind + "-request"
+		if src := f.GetL7().GetDns().GetObservationSource(); src != "" {
+			typ += " " + src // as hubble: "dns-request proxy"
+		}
+		return kind + typ
 	case observer.MonitorTypeTrace:
 		if f.GetTraceObservationPoint() == flowpb.TraceObservationPoint_FROM_ENDPOINT {
 			return "from-endpoint"
@@ -349,6 +353,9 @@ func PolicyNames(f *flowpb.Flow) string {
 // api.github.com. A" and "DNS Answer "1.2.3.4" TTL: 60 (Proxy
 // api.github.com. A)" for DNS.
 func Summary(f *flowpb.Flow) string {
+	if s := f.GetSummary(); s != "" {
+		return s // the server's, as the stock hubble CLI prints it
+	}
 	l7 := f.GetL7()
 	resp := l7.GetType() == flowpb.L7FlowType_RESPONSE
 	if h := l7.GetHttp(); h != nil {

@@ -34,7 +34,10 @@
 // the next request is denied and the connection closed.
 //
 // Paths are normalised and the normalised path is what the backend
-// receives (Cilium's default since CVE-2021-29492): percent-encoded
+// receives (Cilium's default since CVE-2021-29492, Envoy's normalize_path
+// and merge_slashes; where Cilium answers an encoded slash with a redirect
+// to the unescaped path, UNESCAPE_AND_REDIRECT, Bulwark decodes it and
+// forwards, deciding on the decoded path either way): percent-encoded
 // unreserved characters and encoded slashes (%2F, %2f) are decoded, other
 // escapes kept with upper-case hex, repeated slashes merged, dot segments
 // removed. Targets the proxy cannot read the way every backend would
@@ -46,10 +49,15 @@
 // proxy always re-frames the request it forwards, so the backend reads
 // exactly the requests the rules decided.
 //
-// Upstream: one pool per (original source address, source identity,
-// original destination), dialled through the Dialer as the original
-// source; HTTP/1 clients are forwarded over HTTP/1.1, prior-knowledge
-// HTTP/2 clients and gRPC over h2c. Every request yields a Request Record
+// Upstream, always dialled through the Dialer as the original source to
+// the original destination: an HTTP/1.1 client connection gets its own
+// upstream connection (dialled on its first allowed request; the backend
+// sees one connection per client connection, as without the proxy; a
+// request is written and answered on the handler's goroutine). HTTP/2
+// clients by prior knowledge and gRPC share one h2c pool per (original
+// source address, source identity, original destination); h2c-upgraded
+// clients are forwarded over HTTP/1.1 except gRPC. WebSocket upgrades an
+// HTTP rule allows are tunnelled (frames are not inspected, as in Cilium). Every request yields a Request Record
 // and a Response Record (code, upstream latency); header values named in
 // Options.RedactHeaders, or whose name contains token, secret, password or
 // key, are recorded as HUBBLE_REDACTED.

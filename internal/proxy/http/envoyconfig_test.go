@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/bulwark-net/bulwark/internal/manifest"
 )
 
 func seedCEC(t *testing.T) map[string]any {
@@ -92,4 +94,27 @@ func TestParseEnvoyConfigRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The raw document the manifest decoder keeps for a CiliumEnvoyConfig is
+// what ParseEnvoyConfig reads.
+func TestParseEnvoyConfigFromManifest(t *testing.T) {
+	path := filepath.Join("..", "..", "..", "testdata", "seed", "rate-limiting-policy.yaml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, _ := manifest.Decode(path, data)
+	for _, o := range objs {
+		u, ok := o.Obj.(*manifest.Unsupported)
+		if !ok || u.Kind != "CiliumEnvoyConfig" {
+			continue
+		}
+		c, err := ParseEnvoyConfig(u.Raw)
+		if err != nil || c.Bucket.MaxTokens != 100 || c.Bucket.FillInterval != time.Second {
+			t.Fatalf("%+v %v", c, err)
+		}
+		return
+	}
+	t.Fatal("the decoder kept no CiliumEnvoyConfig")
 }

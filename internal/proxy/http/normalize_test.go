@@ -1,6 +1,9 @@
 package httpproxy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestNormalizeTarget(t *testing.T) {
 	tests := []struct{ in, path, query string }{
@@ -30,4 +33,35 @@ func TestNormalizeTarget(t *testing.T) {
 			t.Errorf("%q: accepted as %q %q", bad, p, q)
 		}
 	}
+}
+
+// FuzzNormalizeTarget: normalisation never panics, and what it returns is
+// already normal (idempotent): no repeated slashes, no dot segments, no
+// decodable escapes left for a backend to decode differently.
+func FuzzNormalizeTarget(f *testing.F) {
+	for _, s := range []string{"/", "/a/../b", "//x/./y/", "/%2e%2E/%2F", "/a%2fb?c=%2F", "http://h/p/../q", "/%C3%A9", "/a/b/.."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		p, q, err := normalizeTarget(in)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") {
+			t.Fatalf("%q -> %q", in, p)
+		}
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("%q -> %q keeps a dot segment", in, p)
+			}
+		}
+		target := p
+		if q != "" {
+			target += "?" + q
+		}
+		p2, q2, err := normalizeTarget(target)
+		if err != nil || p2 != p || q2 != q {
+			t.Fatalf("%q -> %q %q, again -> %q %q %v", in, p, q, p2, q2, err)
+		}
+	})
 }

@@ -121,6 +121,11 @@ func New(o Options) (*Proxy, error) {
 		IdleTimeout:       10 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnState: func(c net.Conn, state http.ConnState) {
+			if tc, ok := c.(*trackedConn); ok && (state == http.StateClosed || state == http.StateHijacked) {
+				tc.state.closeUpstream1()
+			}
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*trackedConn); ok {
 				return context.WithValue(ctx, connKey{}, tc.state)
@@ -172,7 +177,8 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 	defer p.releasePool(pl)
 	p.m.conns.Inc()
 	defer p.m.conns.Dec()
-	tc := &trackedConn{Conn: client, done: make(chan struct{}), state: &connState{flow: f, pool: pl}}
+	cs := &connState{ctx: ctx, flow: f, pool: pl}
+	tc := &trackedConn{Conn: client, done: make(chan struct{}), state: cs}
 	select {
 	case p.ln.ch <- tc:
 	case <-p.ln.closed:
@@ -191,9 +197,14 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 
 // connState is what the handler knows of a client connection.
 type connState struct {
+	ctx      context.Context // ServeConn's: dials end with it
 	flow     proxy.Flow
 	pool     *pool
 	upgraded atomic.Bool // switched to HTTP/2 by an h2c Upgrade
+	// up is the HTTP/1.1 upstream connection (see forward1). Only the
+	// server's goroutine of this (HTTP/1, never hijacked) connection uses
+	// it: its requests, then the ConnState hook that closes it.
+	up *upstream1
 }
 
 type connKey struct{}
@@ -210,6 +221,7 @@ type reqState struct {
 	actions     []headerAction
 	rec         proxy.Record // the request record (verdict Forwarded)
 	forwardedAt time.Time
+	upConn      atomic.Pointer[net.Conn] // forward1's upstream connection, for cancellation
 }
 
 func isGRPC(r *http.Request) bool {
@@ -308,6 +320,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// needs one. An h2c-upgraded client may talk to an HTTP/1 backend.
 		h2Upstream: grpc || (r.ProtoMajor == 2 && !cs.upgraded.Load()),
 	}
+	if r.ProtoMajor == 1 && !cs.upgraded.Load() && !st.h2Upstream && !isUpgrade(r) {
+		p.forward1(w, r, st)
+		return
+	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, st)))
 }
 
@@ -375,10 +391,13 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (p *Proxy) modifyResponse(resp *http.Response) error {
-	st, ok := resp.Request.Context().Value(reqKey{}).(*reqState)
-	if !ok {
-		return nil
+	if st, ok := resp.Request.Context().Value(reqKey{}).(*reqState); ok {
+		p.recordResponse(st, resp)
 	}
+	return nil
+}
+
+func (p *Proxy) recordResponse(st *reqState, resp *http.Response) {
 	now := time.Now()
 	rec := st.rec
 	rec.Type, rec.Time, rec.Latency, rec.Reason = proxy.Response, now, now.Sub(st.forwardedAt), ""
@@ -387,7 +406,6 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	h.Headers = nil
 	rec.HTTP = &h
 	p.record(rec)
-	return nil
 }
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
@@ -396,6 +414,12 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
+	p.answerUpstreamError(w, r, st, err)
+}
+
+// answerUpstreamError answers 503 (gRPC: UNAVAILABLE) for a request the
+// upstream did not answer, and records it.
+func (p *Proxy) answerUpstreamError(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
 	rec := st.rec
 	rec.Type, rec.Time, rec.Verdict = proxy.Response, time.Now(), proxy.Error
 	if !st.forwardedAt.IsZero() {

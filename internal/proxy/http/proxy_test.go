@@ -262,8 +262,7 @@ func TestUpstreamDown(t *testing.T) {
 	}
 	dead := netip.MustParseAddrPort(l.Addr().String())
 	l.Close()
-	e := newEnv(t, envOptions{policy: ingress("demo/p", resolved.HTTPRule{})})
-	e.backend.addr = dead // flows of new connections go to a closed port
+	e := newEnv(t, envOptions{dst: dead, policy: ingress("demo/p", resolved.HTTPRule{})})
 	code, _ := e.curl(e.url("/x"))
 	if code != "503" {
 		t.Fatalf("got %s, want 503", code)

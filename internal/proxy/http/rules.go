@@ -86,8 +86,11 @@ func compileRule(h resolved.HTTPRule) (rule, error) {
 		r.conds = append(r.conds, headerCond{name: http.CanonicalHeaderKey(name), value: value, present: !hasValue})
 	}
 	for _, m := range h.HeaderMatches {
-		c := headerCond{name: http.CanonicalHeaderKey(m.Name), value: m.Value, present: m.Value == ""}
+		// As Cilium: FAIL without a value requires presence; an action
+		// without a value compares against the empty value.
+		c := headerCond{name: http.CanonicalHeaderKey(m.Name), value: m.Value}
 		if m.Mismatch == resolved.MismatchFail {
+			c.present = m.Value == ""
 			r.conds = append(r.conds, c)
 			continue
 		}
@@ -196,17 +199,11 @@ func applyActions(actions []headerAction, h http.Header) (mismatched []string) {
 		mismatched = append(mismatched, a.name+" ("+string(a.action)+")")
 		switch a.action {
 		case resolved.MismatchAdd:
-			if a.value != "" {
-				h.Add(a.name, a.value)
-			}
+			h.Add(a.name, a.value)
 		case resolved.MismatchDelete:
 			h.Del(a.name)
 		case resolved.MismatchReplace:
-			if a.value != "" {
-				h.Set(a.name, a.value)
-			} else {
-				h.Del(a.name)
-			}
+			h.Set(a.name, a.value)
 		}
 	}
 	return mismatched
