@@ -23,7 +23,7 @@ func TestPolicyValidateSeed(t *testing.T) {
 		"INFO: " + seedPath + "/rate-limiting-policy.yaml:doc 1: CiliumEnvoyConfig backend/rate-limit-config:",
 		"29 documents (",
 		"WARNING: " + seedPath + "/frontend-to-backend.yaml:doc 0: CiliumNetworkPolicy demo/frontend-to-backend: spec.ingress[0]: this ingress allow never takes effect",
-		"0 errors, 11 warnings",
+		"0 errors, 12 warnings",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
