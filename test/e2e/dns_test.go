@@ -53,9 +53,9 @@ func dnsRcode(t *testing.T, s *sandboxtest.Instance, from, name string, args ...
 // rules.dns, so nothing is learned); with rules.dns added, names the
 // rules allow resolve through the DNS proxy and their addresses are
 // allowed on 443 before the answer reaches the pod (the first connect
-// works), not on 80; other names get REFUSED (a DROPPED DNS flow); learned
-// addresses survive an agent restart; an expired TTL removes access for
-// new connections.
+// works), not on 80; other names get REFUSED (a DROPPED DNS flow; NXDOMAIN
+// with --dns-reject-response nxdomain); learned addresses survive an agent
+// restart; an expired TTL removes access for new connections.
 func TestDNSProxyFQDN(t *testing.T) {
 	t.Parallel()
 	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "dns"})
@@ -145,7 +145,8 @@ func TestDNSProxyFQDN(t *testing.T) {
 	if got := dnsRcode(t, s, be, "www.googleapis.com"); got != "-1" {
 		t.Errorf("DNS with the agent down: rcode %s, want no answer", got)
 	}
-	s.MustRun("up")
+	// The restart also switches denied answers to NXDOMAIN.
+	s.MustRun("up", "--dns-reject-response", "nxdomain")
 	ok := false
 	for i := 0; i < 20 && !ok; i++ { // the new agent may still be syncing
 		ok = s.TCP(be, ip.String(), "443")
@@ -155,6 +156,9 @@ func TestDNSProxyFQDN(t *testing.T) {
 	}
 	if !ok {
 		t.Errorf("after the restart, %s:443 (learned before it) is denied", ip)
+	}
+	if got := dnsRcode(t, s, be, "www.googleapis.com"); got != "3" {
+		t.Errorf("www.googleapis.com with --dns-reject-response nxdomain: rcode %s, want 3 (NXDOMAIN)", got)
 	}
 
 	// 4. Expiry: TTL 5s (the sandbox DNS), then the grace; afterwards a
