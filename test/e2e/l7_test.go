@@ -123,6 +123,15 @@ func testL7HTTP(t *testing.T, s *sandboxtest.Instance, base string) {
 	if got := curlCodes(s, fe, nil, base+"/admin/secret", base+"/health", base+"/admin/x", base+"/api/v1/x"); got != "403:1 200:0 403:0 200:0" {
 		t.Errorf("keep-alive across denials: %q, want 403:1 200:0 403:0 200:0 (one connection)", got)
 	}
+	// Many short connections that the proxy closes first: a client port
+	// reused right after still reaches the proxy (no TIME_WAIT socket of
+	// the old connection swallows the new SYN).
+	s.Exec(fe, "wrk", "-t1", "-c4", "-d3s", "-H", "Connection: close", base+"/health")
+	for i := range 20 {
+		if got := curlCodes(s, fe, nil, base+"/health"); got != "200:1" {
+			t.Fatalf("new connection %d after a burst of short ones: %q, want 200:1", i, got)
+		}
+	}
 	// A peer the policy does not name is dropped at L3: no connection.
 	if got := curlCodes(s, "deploy/database", nil, base+"/health"); got != "000:0" && got != "000:1" {
 		t.Errorf("database -> backend: %q, want no answer (dropped)", got)

@@ -45,12 +45,23 @@ func EnsureRouting(nsPath string) (ipv6 bool, err error) {
 	// the node) must not be early-demuxed to the proxy's socket on its
 	// way in: the forward path drops packets that carry a socket. The
 	// sysctl covers IPv6 too.
-	if nsPath != "" {
-		if err := netns.WriteSysctl(nsPath, "net/ipv4/ip_early_demux", "0"); err != nil {
-			return false, fmt.Errorf("tproxy routing: %w", err)
+	//
+	// A connection the proxy closes first leaves a TIME_WAIT socket under
+	// the client's original tuple. A new SYN from the client reusing that
+	// port would be looked up to it, and the kernel's TIME_WAIT handling
+	// then looks for a listener on the original destination port (the
+	// iptables TPROXY target redirects that case; bpf_sk_assign cannot):
+	// the SYN would be lost. The node namespace keeps no TIME_WAIT sockets
+	// (tcp_max_tw_buckets=0); its only TCP endpoints are the agent's
+	// proxies, on a single machine where delayed duplicates do not occur.
+	for key, value := range map[string]string{"net/ipv4/ip_early_demux": "0", "net/ipv4/tcp_max_tw_buckets": "0"} {
+		if nsPath != "" {
+			if err := netns.WriteSysctl(nsPath, key, value); err != nil {
+				return false, fmt.Errorf("tproxy routing: %w", err)
+			}
+		} else if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
+			return false, fmt.Errorf("tproxy routing: sysctl %s=%s: %w", key, value, err)
 		}
-	} else if err := os.WriteFile("/proc/sys/net/ipv4/ip_early_demux", []byte("0"), 0o644); err != nil {
-		return false, fmt.Errorf("tproxy routing: sysctl ip_early_demux=0: %w", err)
 	}
 	ipv6 = true
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
