@@ -58,7 +58,19 @@ const struct bw_event *bw_event_type_anchor __attribute__((unused));
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+/* skb marks. A pod cannot set one: a veth crossing network namespaces
+ * clears the mark, so only the node's own stack (the agent's proxy, the
+ * programs here) sets them.
+ *  TO_PROXY:   the packet is for the L7 proxy listening on the port in the
+ *              upper 16 bits; the agent's policy routing rule (fwmark
+ *              0x200/0xf00) makes such packets local.
+ *  FROM_PROXY: a packet of the proxy's upstream connection; it carries the
+ *              original source's identity (upper 16 bits, low 8 bits, bits
+ *              12-15 for bits 24-27), which the destination's ingress
+ *              policy judges instead of the proxy's address. */
+#define MARK_MAGIC_MASK 0x0F00
 #define PROXY_MARK_MAGIC 0x0200
+#define PROXY_IDENTITY_MAGIC 0x0E00
 
 #define barrier() asm volatile("" ::: "memory")
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
@@ -107,6 +119,21 @@ static __always_inline int is_icmp(__u8 proto)
 
 /* Protocols whose tables always hold the ProtoAny entries folded in: a
  * miss under their own number is final (one LPM lookup per selector). */
+static __always_inline int is_to_proxy_mark(__u32 mark)
+{
+	return (mark & 0xffff) == PROXY_MARK_MAGIC && (mark >> 16);
+}
+
+/* proxy_identity reports whether mark is the proxy's upstream mark, and
+ * its source identity. */
+static __always_inline int proxy_identity(__u32 mark, __u32 *id)
+{
+	if ((mark & MARK_MAGIC_MASK) != PROXY_IDENTITY_MAGIC)
+		return 0;
+	*id = (mark >> 16) | ((mark & 0xff) << 16) | (((mark >> 12) & 0xf) << 24);
+	return 1;
+}
+
 static __always_inline int has_own_entries(__u8 proto)
 {
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP ||
@@ -261,6 +288,67 @@ static __always_inline __u32 ipcache_identity(const __u8 addr[16])
 	__builtin_memcpy(k.addr, addr, 16);
 	struct bw_ipcache_value *v = bpf_map_lookup_elem(&bw_ipcache, &k);
 	return v ? v->identity : 2; /* miss: reserved:world */
+}
+
+/* assign_proxy hands the packet to the L7 proxy whose port is in its
+ * TO_PROXY mark, as Cilium's BPF TPROXY does: to the proxy's socket of this
+ * connection when there is one (TCP: established or mid-handshake), else
+ * to the proxy's transparent listener (TCP) or socket (UDP), bound to the
+ * wildcard address on that port in this (the node's) namespace. Returns 0
+ * when the packet is assigned, else nonzero: the caller drops it (nothing
+ * listens, or the helper refused). Only valid at tc ingress. */
+static __noinline int assign_proxy(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u16 port = skb->mark >> 16;
+	struct bpf_sock_tuple t = {};
+	__u32 len;
+	if (!port)
+		return -1;
+	if (p->is_ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = p->dport;
+		len = sizeof(t.ipv6);
+	} else {
+		__builtin_memcpy(&t.ipv4.saddr, &p->saddr[12], 4);
+		__builtin_memcpy(&t.ipv4.daddr, &p->daddr[12], 4);
+		t.ipv4.sport = p->sport;
+		t.ipv4.dport = p->dport;
+		len = sizeof(t.ipv4);
+	}
+	struct bpf_sock *sk = 0;
+	if (p->proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+			bpf_sk_release(sk);
+			sk = 0;
+		}
+	}
+	if (!sk) {
+		/* the proxy's wildcard socket on its port */
+		if (p->is_ipv6) {
+			__builtin_memset(t.ipv6.daddr, 0, 16);
+			t.ipv6.dport = bpf_htons(port);
+		} else {
+			t.ipv4.daddr = 0;
+			t.ipv4.dport = bpf_htons(port);
+		}
+		if (p->proto == IPPROTO_TCP) {
+			sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+			if (sk && sk->state != BPF_TCP_LISTEN) {
+				bpf_sk_release(sk);
+				sk = 0;
+			}
+		} else if (p->proto == IPPROTO_UDP) {
+			sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		}
+	}
+	if (!sk)
+		return -1;
+	long r = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return r ? -1 : 0;
 }
 
 struct decision {
@@ -463,6 +551,21 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 ifindex, __u8 dir, 
 	return TC_ACT_SHOT;
 }
 
+/* drop_no_proxy drops a packet that a policy sends to an L7 proxy when no
+ * proxy socket takes it: rule zero, an L7 rule no proxy enforces drops its
+ * traffic. */
+static __noinline int drop_no_proxy(struct __sk_buff *skb, __u32 ifindex, __u8 dir, const struct pkt *p,
+				    const struct bw_ct_entry *ct)
+{
+	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
+	struct decision d = { .verdict = BW_VERDICT_REDIRECT, .proxy_port = skb->mark >> 16,
+			      .rule_id = ct ? ct->rule_id : 0 };
+	__u32 peer_id = ct ? ct->peer_identity : ipcache_identity(dir == BW_EGRESS ? p->daddr : p->saddr);
+	skb->mark = 0;
+	return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, p, ep ? ep->endpoint_id : 0,
+		    ep ? ep->identity : 0, peer_id, &d, 0);
+}
+
 /* ct_lifetime is the entry's lifetime in seconds. */
 static __always_inline __u64 ct_lifetime(__u8 proto, const struct bw_ct_entry *ct)
 {
@@ -546,14 +649,19 @@ static __noinline int icmp_error_related(struct __sk_buff *skb, const struct pkt
 /* established passes a packet of a tracked flow whose verdict is current:
  * it records TCP progress and refreshes the expiry, writing the shared
  * entry only when something changes (both directions of a flow hit the
- * same entry, often from different CPUs). A packet for local delivery that
- * the flow redirects to a proxy is DEFERred, untouched. */
-static __always_inline int established(struct __sk_buff *skb, const __u8 dir, const struct pkt *p,
+ * same entry, often from different CPUs). A packet the flow redirects to
+ * a proxy is marked for it and, at tc ingress (the source's hook, or local
+ * delivery), assigned to the proxy's socket or dropped when there is none;
+ * at the destination's hook (tc egress) the caller hairpins it. */
+static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const struct pkt *p,
 				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz,
 				       const __u8 deliver)
 {
-	if (deliver && ct->verdict == BW_VERDICT_REDIRECT && !is_reply)
-		return DEFER;
+	if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
+		redirect_to_proxy(skb, ct->proxy_port);
+		if ((dir == BW_EGRESS || deliver) && assign_proxy(skb, p))
+			return drop_no_proxy(skb, ifindex, dir, p, ct);
+	}
 	if (p->proto == IPPROTO_TCP) {
 		if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && !is_reply) {
 			/* the tuple is reused by a new connection */
@@ -567,7 +675,6 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, co
 	}
 	ct_refresh(ct, p->proto, now, hz);
 	if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
-		redirect_to_proxy(skb, ct->proxy_port);
 		count(dir, BW_CODE_REDIRECTED, skb->len);
 	} else {
 		count(dir, BW_CODE_FORWARDED, skb->len);
@@ -661,12 +768,13 @@ static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __
 }
 
 /* ct_create tracks a new flow decided under revision; flow packs the
- * original packet's dir | tcp_flags << 8 | src_lo << 16. It is a function
+ * original packet's dir | tcp_flags << 8 | src_lo << 16 | BW_CT_* << 24. It is a function
  * of its own so that the entry is built off handle_full's stack. */
 static __noinline void ct_create(const struct bw_ct_key *key, const struct decision *d, __u32 peer_id,
 				 __u64 revision, __u32 flow)
 {
-	__u8 dir = flow & 0xff, tcp_flags = (flow >> 8) & 0xff, src_lo = (flow >> 16) & 0xff;
+	__u8 dir = flow & 0xff, tcp_flags = (flow >> 8) & 0xff, src_lo = (flow >> 16) & 0xff,
+	     flags = (flow >> 24) & 0xff;
 	__u32 zero = 0;
 	__u64 hz = config_hz(bpf_map_lookup_elem(&bw_config_map, &zero));
 	struct bw_ct_entry nct = {
@@ -679,6 +787,7 @@ static __noinline void ct_create(const struct bw_ct_key *key, const struct decis
 		.tcp_flags_seen = tcp_flags,
 		.closing = (tcp_flags & (TCP_FIN | TCP_RST)) ? 1 : 0,
 		.orig_lo = src_lo,
+		.flags = flags,
 	};
 	nct.expires = bpf_jiffies64() + ct_lifetime(key->proto, &nct) * hz;
 	bpf_map_update_elem(&bw_conntrack, key, &nct, BPF_ANY);
@@ -734,7 +843,7 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 	 * and a removed endpoint's flows are purged. */
 	if (ct && ct->revision == revision) {
 		*out = ct;
-		return established(skb, dir, &p, ct, is_reply, now, hz, deliver);
+		return established(skb, dir, ifindex, &p, ct, is_reply, now, hz, deliver);
 	}
 
 	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
@@ -753,15 +862,17 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 
 	struct decision d = {};
 	if (ct) {
-		/* Revalidate the original direction under the new policy. */
-		if (deliver && ct->verdict == BW_VERDICT_REDIRECT && !is_reply)
-			return DEFER; /* stays stale: the hook revalidates it */
+		/* Revalidate the original direction under the new policy. The
+		 * proxy's upstream flows keep the identity of their mark. */
 		__u8 odir = ct->dir;
 		__u8 *osrc = ct->orig_lo ? key.addr_lo : key.addr_hi;
 		__u8 *odst = ct->orig_lo ? key.addr_hi : key.addr_lo;
 		__be16 odport = ct->orig_lo ? key.port_hi : key.port_lo;
-		__u32 peer_id = ipcache_identity(odir == BW_EGRESS ? odst : osrc);
+		__u8 from_proxy = ct->flags & BW_CT_FROM_PROXY;
+		__u32 peer_id = from_proxy ? ct->peer_identity : ipcache_identity(odir == BW_EGRESS ? odst : osrc);
 		decide(ep, odir, peer_id, key.proto, odport, &d);
+		if (from_proxy && d.verdict == BW_VERDICT_REDIRECT)
+			d.verdict = BW_VERDICT_ALLOW; /* the proxy enforced the L7 rules */
 		if (d.verdict == BW_VERDICT_DENY) {
 			bpf_map_delete_elem(&bw_conntrack, &key);
 			return drop(skb, ifindex, dir, BW_REASON_REVOKED, &p, ep_id, local_id, peer_id, &d, is_reply);
@@ -771,8 +882,6 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 			return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, &p, ep_id, local_id, peer_id, &d,
 				    is_reply);
 		}
-		if (deliver && d.verdict == BW_VERDICT_REDIRECT && !is_reply)
-			return DEFER;
 		ct->revision = revision;
 		ct->route = BW_ROUTE_UNKNOWN; /* the endpoints may have moved */
 		ct->rule_id = d.rule_id;
@@ -780,7 +889,7 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 		ct->proxy_port = d.proxy_port;
 		ct->peer_identity = peer_id;
 		*out = ct;
-		return established(skb, dir, &p, ct, is_reply, now, hz, deliver);
+		return established(skb, dir, ifindex, &p, ct, is_reply, now, hz, deliver);
 	}
 
 	if (p.inner_off && icmp_error_related(skb, &p, ifindex, dir)) {
@@ -788,21 +897,36 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 		return TC_ACT_OK;
 	}
 
-	/* New flow: policy decides. */
-	__u32 peer_id = ipcache_identity(peer_addr);
+	/* New flow: policy decides. A packet of the L7 proxy's upstream
+	 * connection (only the node's stack can mark it) is judged as its
+	 * original source, and a redirect allows it: the proxy enforced the
+	 * L7 rules. */
+	__u32 peer_id, mark_id = 0;
+	__u8 from_proxy = dir == BW_INGRESS && !deliver && proxy_identity(skb->mark, &mark_id);
+	peer_id = from_proxy ? mark_id : ipcache_identity(peer_addr);
 	decide(ep, dir, peer_id, p.proto, p.dport, &d);
+	if (from_proxy && d.verdict == BW_VERDICT_REDIRECT)
+		d.verdict = BW_VERDICT_ALLOW;
 	if (d.verdict == BW_VERDICT_DENY)
 		return drop(skb, ifindex, dir, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
-	/* Rule zero: a redirect is enforced by a proxy or dropped. */
-	if (d.verdict == BW_VERDICT_REDIRECT && !d.proxy_port)
-		return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, &p, ep_id, local_id, peer_id, &d, 0);
-	if (deliver && d.verdict == BW_VERDICT_REDIRECT)
-		return DEFER;
+	/* Rule zero: a redirect is enforced by a proxy or dropped. At tc
+	 * ingress the proxy's socket is assigned now; at the destination's
+	 * own hook (tc egress) the caller hairpins the marked packet. */
+	if (d.verdict == BW_VERDICT_REDIRECT) {
+		if (!d.proxy_port)
+			return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, &p, ep_id, local_id, peer_id, &d, 0);
+		redirect_to_proxy(skb, d.proxy_port);
+		if ((dir == BW_EGRESS || deliver) && assign_proxy(skb, &p)) {
+			skb->mark = 0;
+			return drop(skb, ifindex, dir, BW_REASON_PROXY_UNAVAILABLE, &p, ep_id, local_id, peer_id, &d, 0);
+		}
+	}
 
 	if (p.icmp_kind != ICMP_OTHER && !untracked)
-		ct_create(&key, &d, peer_id, revision, (__u32)dir | (__u32)p.tcp_flags << 8 | (__u32)src_lo << 16);
+		ct_create(&key, &d, peer_id, revision,
+			  (__u32)dir | (__u32)p.tcp_flags << 8 | (__u32)src_lo << 16 |
+				  (__u32)(from_proxy ? BW_CT_FROM_PROXY : 0) << 24);
 	if (d.verdict == BW_VERDICT_REDIRECT) {
-		redirect_to_proxy(skb, d.proxy_port);
 		count(dir, BW_CODE_REDIRECTED, skb->len);
 		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_REDIRECTED, 0, &p, ep_id, local_id, peer_id, &d, 0);
 	} else {
@@ -957,8 +1081,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_ent
 	int r = handle(skb, BW_INGRESS, rt.ifindex, 1, &dct);
 	if (r == DEFER)
 		return TC_ACT_OK;
-	if (r != TC_ACT_OK)
-		return r;
+	if (r != TC_ACT_OK || skb->mark)
+		return r; /* dropped, or assigned to the proxy for the destination's L7 rules */
 
 	/* Route it: deciding read the packet, it did not move it. */
 	data = (void *)(long)skb->data;
@@ -986,13 +1110,45 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_ent
 	return bpf_redirect_peer(rt.ifindex, 0);
 }
 
+/* proxy_hairpinned takes a packet that this endpoint's own ingress hook
+ * (tc egress, where no socket can be assigned) sent to the proxy and turned
+ * back into this interface's ingress: it is assigned to the proxy here, or
+ * dropped. */
+static __noinline int proxy_hairpinned(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) != PARSE_OK || assign_proxy(skb, &p))
+		return drop_no_proxy(skb, skb->ifindex, BW_INGRESS, &p, 0);
+	return TC_ACT_OK;
+}
+
+/* hairpin_to_proxy turns a packet for the proxy from this interface's
+ * egress back into its ingress (bpf_redirect), addressed to the interface
+ * itself, so that bulwark_from_pod assigns it to the proxy's socket. The
+ * source MAC of a packet the node sends out of the veth is the veth's own. */
+static __always_inline int hairpin_to_proxy(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
 SEC("tc")
 int bulwark_from_pod(struct __sk_buff *skb)
 {
+	if (is_to_proxy_mark(skb->mark))
+		return proxy_hairpinned(skb); /* decided at this endpoint's ingress hook */
 	struct bw_ct_entry *ct = 0;
 	int r = handle(skb, BW_EGRESS, skb->ifindex, 0, &ct);
 	if (r != TC_ACT_OK || skb->mark)
-		return r; /* dropped, or marked for the L7 proxy */
+		return r; /* dropped, or assigned to the L7 proxy */
 	return local_deliver(skb, ct);
 }
 
@@ -1000,7 +1156,10 @@ SEC("tc")
 int bulwark_to_pod(struct __sk_buff *skb)
 {
 	struct bw_ct_entry *ct = 0;
-	return handle(skb, BW_INGRESS, skb->ifindex, 0, &ct);
+	int r = handle(skb, BW_INGRESS, skb->ifindex, 0, &ct);
+	if (r == TC_ACT_OK && is_to_proxy_mark(skb->mark))
+		return hairpin_to_proxy(skb);
+	return r;
 }
 
 /* bulwark_clock writes bpf_jiffies64() into the first 8 bytes of its packet:

@@ -116,8 +116,15 @@ struct bw_ct_entry {
 	__u8 route_dmac[6];
 	__u8 route_smac[6];
 	__u16 route_mtu;
-	__u16 pad;
+	__u8 flags; /* BW_CT_* */
+	__u8 pad;
 };
+
+/* The flow is the L7 proxy's upstream connection: its packets carried the
+ * proxy's identity mark, peer_identity is the identity from the mark (the
+ * original source's), and a redirect verdict allows it (the proxy enforced
+ * the L7 rules). */
+#define BW_CT_FROM_PROXY (1U << 0)
 
 #define BW_ROUTE_UNKNOWN 0
 #define BW_ROUTE_LOCAL 1 /* to a local endpoint: deliver with redirect_peer */

@@ -29,6 +29,7 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/fqdn"
 	"github.com/bulwark-net/bulwark/internal/sandbox"
 )
 
@@ -62,6 +63,12 @@ type Options struct {
 	// IdentityGrace is how long an identity nothing uses keeps its number
 	// before it is freed (0: a minute).
 	IdentityGrace time.Duration
+	// FQDN bounds and times the names pods learn through the DNS proxy
+	// (zero values: fqdn's defaults).
+	FQDN fqdn.Options
+	// DNSReject, when set, is how the DNS proxy answers denied queries
+	// ("refused" or "nxdomain"); it persists like IPv6.
+	DNSReject string
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }

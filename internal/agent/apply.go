@@ -40,7 +40,7 @@ func (a *Agent) change(ctx context.Context, req agentapi.ApplyRequest, del bool)
 	var resp agentapi.ApplyResponse
 	for _, o := range objs {
 		ch := agentapi.ObjectChange{APIVersion: o.APIVersion, Kind: o.Kind, Namespace: o.Namespace, Name: o.Name, Source: o.Source.String()}
-		if u, ok := o.Obj.(*manifest.Unsupported); ok {
+		if u, ok := o.Obj.(*manifest.Unsupported); ok && !u.IsEnvoyConfig() {
 			ch.Action = "ignored (" + u.Note + ")"
 			resp.Changes = append(resp.Changes, ch)
 			continue

@@ -216,4 +216,5 @@ func (n *node) publishEventView() {
 		in.Identities = n.repo.Allocator().All()
 	}
 	n.views.cur.Store(buildEventView(in, n.views.cur.Load()))
+	n.publishL7View()
 }

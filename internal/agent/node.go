@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,6 +46,16 @@ type node struct {
 	nodeIP    netip.Addr
 	events    *eventPump
 	views     eventViews // what the observer resolves events with; see publishEventView
+	fqdn      *fqdnLearner
+	fqdnStop  func()     // stops the FQDN expiry loop (it saves the cache)
+	l7        *l7Proxies // nil when the proxies could not start: redirects drop
+	// syncMu orders datapath syncs: the snapshot each pushes, and
+	// syncedRev, only move forward. Apart from the agent's change lock,
+	// so that the DNS proxy's FQDN syncs never wait for a whole change.
+	syncMu sync.Mutex
+	// ipcacheHint is the size of the last ipcache pushed.
+	ipcacheHint atomic.Int64
+	rl          rateLimits
 
 	mu        sync.Mutex
 	snap      *policy.Snapshot          // last snapshot pushed into the datapath
@@ -54,7 +66,13 @@ type node struct {
 	problems  map[string]string         // desired pod key → why it does not run
 	desired   map[string]bool           // desired pod keys (DNS pod included)
 	lastSet   *manifest.Set             // desired objects of the last reconcile
-	policies  int
+	rlSet     *manifest.Set             // desired objects of the current reconcile (rate limits)
+	// What the last successful sync gave the datapath: the snapshot's
+	// policies with rate-limited ports redirected, and its selectors.
+	dpPolicies  map[uint32]*resolved.EndpointPolicy
+	dpSelectors resolved.SelectorSet
+	dpLimits    rlTargets
+	policies    int
 
 	identityGrace time.Duration // see collectIdentities
 }
@@ -127,6 +145,9 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 			}
 		}
 	}
+	// What pods learned through the DNS proxy is enforced again before
+	// the first Sync (sandbox.New may sync for a rebuilt DNS pod).
+	n.fqdn = newFQDNLearner(n, a.opts.FQDN)
 	sb, err := sandbox.New(sandbox.Options{
 		Instance:  p.Instance,
 		StateRoot: p.RunRoot,
@@ -149,6 +170,19 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 	}
 	n.nodeIP = sb.State().NodeIP
 	n.events = startEventPump(ctx, n, a.listeners)
+	n.fqdnStop = n.fqdn.start(ctx)
+	lo := l7Options{NodeNetns: n.nodeNetns, Record: n.recordL7, Learn: n.fqdn.Learn}
+	lo.DNSDeniedRcode, _ = dnsRejectRcode(cfg.DNSReject) // checked by wantedSandboxConfig
+	if n.events.metrics != nil {
+		lo.Registerer = n.events.metrics.Registry()
+	}
+	if n.l7, err = startL7(n.log, lo); err != nil {
+		// Not fatal: without a proxy every redirect drops (rule zero).
+		n.log.Error("L7 proxy not started: L7 rules drop their traffic", "err", err)
+		n.events.errors = append(n.events.errors, "L7 proxy: "+err.Error())
+		n.l7 = nil
+	}
+	n.publishEventView()
 	return n, nil
 }
 
@@ -157,6 +191,10 @@ func openNode(ctx context.Context, a *Agent) (*node, error) {
 func datapathPinDir(p Paths) string { return filepath.Join(p.PinDir, "datapath") }
 
 func (n *node) close() {
+	n.l7.close()
+	if n.fqdnStop != nil {
+		n.fqdnStop()
+	}
 	if n.events != nil {
 		n.events.stop()
 	}
@@ -169,6 +207,10 @@ func (n *node) close() {
 // destroy removes everything of the instance: pods, namespaces, the
 // datapath's programs and pins, the state.
 func (n *node) destroy() error {
+	n.l7.close()
+	if n.fqdnStop != nil {
+		n.fqdnStop()
+	}
 	if n.events != nil {
 		n.events.stop()
 	}
@@ -413,10 +455,73 @@ func (n *node) beforeUp(p sandbox.PodInfo) (err error) {
 }
 
 // syncDatapath pushes the repository's current state into the datapath for
-// every attached endpoint. Whatever the outcome, the observer's view is
-// then republished: callers change attachments just before syncing.
+// every attached endpoint and persists the numbering. Whatever the
+// outcome, the observer's view is then republished: callers change
+// attachments just before syncing.
 func (n *node) syncDatapath() error {
+	if err := n.syncTables(); err != nil {
+		return err
+	}
+	// Identities are collected here, off the FQDN path: an address
+	// learned meanwhile is safe, as allocating it again restarts its
+	// grace period.
+	n.mu.Lock()
+	snap := n.snap
+	n.mu.Unlock()
+	n.collectIdentities(snap)
+	n.persistNumbering()
+	return nil
+}
+
+// syncedRevision is the repository revision the datapath holds.
+func (n *node) syncedRevision() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.syncedRev
+}
+
+// syncTables is syncDatapath without persisting the numbering (the FQDN
+// path persists it in the background).
+func (n *node) syncTables() error {
 	defer n.publishEventView()
+	return n.loadTables()
+}
+
+// loadTables is syncTables without republishing the observer's view (the
+// FQDN path republishes it after releasing the answer).
+func (n *node) loadTables() error {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	return n.loadTablesLocked()
+}
+
+// syncAtLeast loads the tables unless the datapath already holds
+// repository revision rev or newer (a sync that ran meanwhile took it
+// along); synced says whether it loaded.
+func (n *node) syncAtLeast(rev uint64) (synced bool, err error) {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	if n.syncedRevision() >= rev {
+		return false, nil
+	}
+	return true, n.loadTablesLocked()
+}
+
+// loadTablesLocked pushes the current snapshot; syncMu held. On success
+// the L7 proxies see the synced state before syncMu is released, so that
+// whoever finds its revision synced (syncAtLeast) also finds it there:
+// a learned address's identity is known to the proxies before its DNS
+// answer is released.
+func (n *node) loadTablesLocked() error {
+	if err := n.pushTables(); err != nil {
+		return err
+	}
+	n.publishL7View()
+	return nil
+}
+
+// pushTables is loadTablesLocked without publishing.
+func (n *node) pushTables() error {
 	snap := n.repo.Snapshot()
 	n.mu.Lock()
 	eps := map[uint32]*resolved.EndpointPolicy{}
@@ -427,29 +532,50 @@ func (n *node) syncDatapath() error {
 		}
 	}
 	n.mu.Unlock()
-	ipc := map[netip.Prefix]identity.NumericIdentity{}
-	for _, e := range snap.IPCache.Entries() {
-		ipc[e.Prefix] = e.Identity
-	}
+	ipc := make(map[netip.Prefix]identity.NumericIdentity, n.ipcacheHint.Load()+2)
+	snap.IPCache.Range(func(p netip.Prefix, id identity.NumericIdentity) { ipc[p] = id })
+	n.ipcacheHint.Store(int64(len(ipc))) // sizes the next map (no rehash while it grows)
 	if n.nodeIP.IsValid() {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}
 	ipc[netip.PrefixFrom(sandbox.Gateway, 32)] = identity.Host
-	st := datapath.State{Endpoints: eps, Selectors: snap.Selectors, IPCache: ipc, Revision: snap.Revision}
+	// CiliumEnvoyConfig rate limits: their backends' ports go to the proxy.
+	n.mu.Lock()
+	rlSet := n.rlSet
+	n.mu.Unlock()
+	var sels resolved.SelectorSet = snap.Selectors
+	limits := n.rl.targets(rlSet, snap, func(what string, err error) { n.log.Error("rate limit not enforced", "config", what, "err", err) })
+	if len(limits) > 0 {
+		var all []identity.NumericIdentity
+		for id := range n.repo.Allocator().All() {
+			all = append(all, id)
+		}
+		slices.Sort(all)
+		sels = rlSelectors{SelectorSet: snap.Selectors, all: all}
+		n.mu.Lock()
+		for id, key := range n.attached {
+			ns, name := splitKey(key)
+			if ports := limits[policy.EndpointKey{Namespace: ns, Name: name}]; len(ports) > 0 && eps[id] != nil {
+				eps[id] = withRateLimitRedirects(eps[id], ports)
+			}
+		}
+		n.mu.Unlock()
+	}
+	st := datapath.State{Endpoints: eps, Selectors: sels, IPCache: ipc, Revision: snap.Revision,
+		ProxyPort: n.l7.proxyPort}
 	if err := n.dp.Sync(st); err != nil {
 		return fmt.Errorf("load datapath: %w", err)
 	}
 	n.addRules(n.dp.Compiled())
 	n.mu.Lock()
 	n.snap = snap
+	n.dpPolicies, n.dpSelectors, n.dpLimits = eps, sels, limits
 	n.syncedRev = snap.Revision
 	n.loaded = map[uint32]bool{}
 	for id := range eps {
 		n.loaded[id] = true
 	}
 	n.mu.Unlock()
-	n.collectIdentities(snap)
-	n.persistNumbering()
 	return nil
 }
 
@@ -478,6 +604,9 @@ func splitKey(k string) (string, string) {
 func (n *node) removePod(p sandbox.PodInfo) error {
 	key := p.Key()
 	defer n.publishEventView() // the attachment and endpoint ID go
+	if id, ok := n.ids.lookup(key); ok && n.fqdn != nil {
+		n.fqdn.forgetEndpoint(id) // the sync below takes it along
+	}
 	if _, err := n.repo.Delete(policy.ObjectRef{Kind: "Pod", Namespace: p.Namespace, Name: p.Name}); err != nil {
 		n.log.Debug("pod not in repository", "pod", key, "err", err)
 	}
@@ -501,6 +630,9 @@ func (n *node) removePod(p sandbox.PodInfo) error {
 
 // reconcile converges the machine to set.
 func (n *node) reconcile(set *manifest.Set) error {
+	n.mu.Lock()
+	n.rlSet = set
+	n.mu.Unlock()
 	start := time.Now()
 	defer func() { n.log.Debug("reconciled", "took", time.Since(start), "revision", n.dp.Revision()) }()
 	var errs []error

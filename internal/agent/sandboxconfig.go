@@ -21,6 +21,9 @@ type sandboxConfig struct {
 	World []string `json:"world,omitempty"`
 	// NoLocalDelivery: pod-to-pod traffic takes the node's stack.
 	NoLocalDelivery bool `json:"noLocalDelivery,omitempty"`
+	// DNSReject is how the DNS proxy answers denied queries: "refused"
+	// (the default, as Cilium) or "nxdomain".
+	DNSReject string `json:"dnsReject,omitempty"`
 }
 
 func sandboxConfigFile(p Paths) string { return filepath.Join(p.StateDir, "sandbox.json") }
@@ -53,6 +56,12 @@ func wantedSandboxConfig(p Paths, o Options) (sandboxConfig, error) {
 	c.IPv6 = c.IPv6 || o.IPv6
 	if o.LocalDelivery != nil {
 		c.NoLocalDelivery = !*o.LocalDelivery
+	}
+	if o.DNSReject != "" {
+		if _, err := dnsRejectRcode(o.DNSReject); err != nil {
+			return c, err
+		}
+		c.DNSReject = o.DNSReject
 	}
 	if o.World != nil {
 		if c.World, err = sandbox.CleanWorldNames(o.World, ""); err != nil {

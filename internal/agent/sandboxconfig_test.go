@@ -73,3 +73,28 @@ func TestLocalDeliverySettingPersists(t *testing.T) {
 		}
 	}
 }
+
+func TestSandboxConfigDNSReject(t *testing.T) {
+	p := NewPaths(PathsOptions{Instance: "cfg", StateRoot: t.TempDir()})
+	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	c, err := wantedSandboxConfig(p, Options{DNSReject: "nxdomain"})
+	if err != nil || c.DNSReject != "nxdomain" {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if err := writeSandboxConfig(p, c); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := wantedSandboxConfig(p, Options{}); got.DNSReject != "nxdomain" {
+		t.Fatalf("restart without the flag: %+v", got)
+	}
+	if _, err := wantedSandboxConfig(p, Options{DNSReject: "drop"}); err == nil || !strings.Contains(err.Error(), "refused or nxdomain") {
+		t.Fatalf("bad value: %v", err)
+	}
+	for v, want := range map[string]int{"": 5, "refused": 5, "nxdomain": 3, "NXDOMAIN": 3} {
+		if got, err := dnsRejectRcode(v); err != nil || got != want {
+			t.Errorf("%q: %d %v, want %d", v, got, err, want)
+		}
+	}
+}

@@ -81,7 +81,11 @@ func openStore(file string) (*store, error) {
 // encodeObject returns the canonical JSON of a decoded object: equal objects
 // encode equally, so "unchanged" can be told from "configured".
 func encodeObject(o *manifest.Object) (json.RawMessage, error) {
-	b, err := json.Marshal(o.Obj)
+	var v any = o.Obj
+	if u, ok := o.Obj.(*manifest.Unsupported); ok {
+		v = u.Raw // a CiliumEnvoyConfig: its document, decoded again on load
+	}
+	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", o, err)
 	}

@@ -177,6 +177,11 @@ func newMux(b Backend) *http.ServeMux {
 	post("/v1/policy/trace", func() any { return &TraceRequest{} }, func(ctx context.Context, v any) (any, error) {
 		return b.Trace(ctx, *v.(*TraceRequest))
 	})
+	if wb, ok := b.(WorldBackend); ok {
+		post("/v1/world", func() any { return &WorldRequest{} }, func(ctx context.Context, v any) (any, error) {
+			return wb.World(ctx, *v.(*WorldRequest))
+		})
+	}
 	post("/v1/shutdown", func() any { return &ShutdownRequest{} }, func(ctx context.Context, v any) (any, error) {
 		return struct{}{}, b.Shutdown(ctx, *v.(*ShutdownRequest))
 	})

@@ -132,6 +132,7 @@ func newAgentCmd() *cobra.Command {
 	registerIdentityGraceFlag(cmd, &opts.IdentityGrace)
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
+	registerDNSRejectFlag(cmd, &opts.DNSReject)
 	return cmd
 }
 
@@ -139,6 +140,13 @@ func newAgentCmd() *cobra.Command {
 func registerIdentityGraceFlag(cmd *cobra.Command, d *time.Duration) {
 	cmd.Flags().DurationVar(d, "identity-grace", 0, "how long an unused identity keeps its number (default 1m)")
 	_ = cmd.Flags().MarkHidden("identity-grace")
+}
+
+// registerDNSRejectFlag adds --dns-reject-response (Cilium's
+// --tofqdns-dns-reject-response-code).
+func registerDNSRejectFlag(cmd *cobra.Command, v *string) {
+	cmd.Flags().StringVar(v, "dns-reject-response", "",
+		"how the DNS proxy answers queries no rules.dns allows: refused (default) or nxdomain (the instance keeps the setting)")
 }
 
 // registerLocalDeliveryFlag adds --local-delivery (on for a new instance;

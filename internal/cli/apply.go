@@ -113,6 +113,9 @@ func newChangeCmd(use, short string, del bool) *cobra.Command {
 				return inst.explainAgentError(err)
 			}
 			printChanges(cmd.OutOrStdout(), resp.Changes)
+			if !del {
+				warnApplied(cmd.ErrOrStderr(), docs)
+			}
 			return nil
 		},
 	}
@@ -120,4 +123,22 @@ func newChangeCmd(use, short string, del bool) *cobra.Command {
 	inst.registerTimeout(cmd)
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
 	return cmd
+}
+
+// applyWarnings are the lint rules apply repeats after applying: policies
+// that are in force but can never allow what they name.
+var applyWarnings = map[string]bool{"lint/fqdn-without-dns-rules": true}
+
+// warnApplied prints the applyWarnings findings of the applied documents
+// (linted on their own, without the instance's other objects).
+func warnApplied(w io.Writer, docs []agentapi.Document) {
+	objs, err := validate.Documents(docs, false)
+	if err != nil {
+		return
+	}
+	for _, f := range validate.Lint(manifest.NewSet(objs...)) {
+		if applyWarnings[f.Rule] {
+			fmt.Fprintln(w, f)
+		}
+	}
 }

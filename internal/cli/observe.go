@@ -124,6 +124,8 @@ type observeFlags struct {
 	ports, fromPorts, toPorts                []string
 	identities, fromIdentities, toIdentities []string
 	verdicts, protocols, types, nodeNames    []string
+	httpMethods, httpPaths, httpStatus       []string
+	httpURLs                                 []string
 	trafficDirection                         string
 	reply                                    bool
 	replySet                                 bool
@@ -151,7 +153,9 @@ match the source, --to-* the destination, and --namespace/--pod/--label/
   bulwark observe --namespace demo --verdict DROPPED
   bulwark observe --namespace demo --from-label app=frontend --to-label app=backend
   bulwark observe --namespace demo -o json > flows.json
-  bulwark observe --namespace demo --verdict DROPPED --follow --print-policy-names`,
+  bulwark observe --namespace demo --verdict DROPPED --follow --print-policy-names
+  bulwark observe --namespace demo --protocol http --http-status 4+ --print-policy-names
+  bulwark observe --protocol http --http-method DELETE --http-path '^/api/'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f.replySet = cmd.Flags().Changed("is-reply")
@@ -178,8 +182,12 @@ match the source, --to-* the destination, and --namespace/--pod/--label/
 	directionalFlags(fl.StringSliceVarP, "port", "", "this L4 port", &f.ports, &f.fromPorts, &f.toPorts)
 	directionalFlags(fl.StringSliceVarP, "identity", "", "this security identity", &f.identities, &f.fromIdentities, &f.toIdentities)
 	fl.StringSliceVar(&f.verdicts, "verdict", nil, "show flows with this verdict: FORWARDED, DROPPED, AUDIT, REDIRECTED")
-	fl.StringSliceVar(&f.protocols, "protocol", nil, "show flows of this L4 protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6")
-	fl.StringSliceVarP(&f.types, "type", "t", nil, "show events of this type: drop, policy-verdict, trace[:to-endpoint|:from-endpoint]")
+	fl.StringSliceVar(&f.protocols, "protocol", nil, "show flows of this protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6, or http, dns (L7)")
+	fl.StringSliceVarP(&f.types, "type", "t", nil, "show events of this type: drop, policy-verdict, trace[:to-endpoint|:from-endpoint], l7")
+	fl.StringSliceVar(&f.httpMethods, "http-method", nil, "show L7 HTTP flows with this method (GET, POST, ...)")
+	fl.StringSliceVar(&f.httpPaths, "http-path", nil, "show L7 HTTP flows whose URL path matches this regular expression")
+	fl.StringSliceVar(&f.httpURLs, "http-url", nil, "show L7 HTTP flows whose URL matches this regular expression")
+	fl.StringSliceVar(&f.httpStatus, "http-status", nil, "show L7 HTTP responses with this status: a code (403) or a prefix (4+, 40+)")
 	fl.StringSliceVar(&f.nodeNames, "node-name", nil, "show flows seen on this node (glob)")
 	fl.StringVar(&f.trafficDirection, "traffic-direction", "", "show flows in this direction: ingress or egress")
 	fl.BoolVar(&f.reply, "is-reply", false, "show only replies (true) or only requests (false)")
@@ -331,11 +339,15 @@ func (f *observeFlags) request(now time.Time) (*observerpb.GetFlowsRequest, erro
 	}
 	for _, p := range f.protocols {
 		switch strings.ToLower(p) {
-		case "tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6":
+		case "tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6", "http", "dns":
 			base.Protocol = append(base.Protocol, strings.ToLower(p))
 		default:
-			return nil, fmt.Errorf("--protocol %q: want one of tcp, udp, sctp, icmp, icmpv4, icmpv6", p)
+			return nil, fmt.Errorf("--protocol %q: want one of tcp, udp, sctp, icmp, icmpv4, icmpv6, http, dns", p)
 		}
+	}
+	base.HttpMethod, base.HttpPath, base.HttpUrl, base.HttpStatusCode = f.httpMethods, f.httpPaths, f.httpURLs, f.httpStatus
+	if _, err := observer.NewFilter([]*flowpb.FlowFilter{{HttpPath: f.httpPaths, HttpUrl: f.httpURLs, HttpStatusCode: f.httpStatus}}, nil); err != nil {
+		return nil, fmt.Errorf("--http-path/--http-url/--http-status: %w", err)
 	}
 	for _, t := range f.types {
 		et, err := parseEventType(t)
@@ -488,6 +500,7 @@ func cloneFilter(ff *flowpb.FlowFilter) *flowpb.FlowFilter {
 		DestinationIp: c.DestinationIp, DestinationPort: c.DestinationPort, DestinationIdentity: c.DestinationIdentity,
 		Verdict: c.Verdict, Protocol: c.Protocol, EventType: c.EventType, NodeName: c.NodeName,
 		TrafficDirection: c.TrafficDirection, Reply: c.Reply,
+		HttpMethod: c.HttpMethod, HttpPath: c.HttpPath, HttpUrl: c.HttpUrl, HttpStatusCode: c.HttpStatusCode,
 	}
 	// Appends to the copy must not write into the original's arrays.
 	for _, s := range []*[]string{&out.SourcePod, &out.SourceLabel, &out.SourceIp, &out.SourcePort,
@@ -502,7 +515,8 @@ func cloneFilter(ff *flowpb.FlowFilter) *flowpb.FlowFilter {
 func isEmptyFilter(ff *flowpb.FlowFilter) bool {
 	return len(ff.SourcePod)+len(ff.SourceLabel)+len(ff.SourceIp)+len(ff.SourcePort)+len(ff.SourceIdentity)+
 		len(ff.DestinationPod)+len(ff.DestinationLabel)+len(ff.DestinationIp)+len(ff.DestinationPort)+len(ff.DestinationIdentity)+
-		len(ff.Verdict)+len(ff.Protocol)+len(ff.EventType)+len(ff.NodeName)+len(ff.TrafficDirection)+len(ff.Reply) == 0
+		len(ff.Verdict)+len(ff.Protocol)+len(ff.EventType)+len(ff.NodeName)+len(ff.TrafficDirection)+len(ff.Reply)+
+		len(ff.HttpMethod)+len(ff.HttpPath)+len(ff.HttpUrl)+len(ff.HttpStatusCode) == 0
 }
 
 // parseEventType reads --type: drop, policy-verdict, trace, optionally
@@ -517,6 +531,8 @@ func parseEventType(s string) (*flowpb.EventTypeFilter, error) {
 		et.Type = observer.MonitorTypePolicyVerdict
 	case "trace":
 		et.Type = observer.MonitorTypeTrace
+	case "l7":
+		et.Type = observer.MonitorTypeAccessLog
 	default:
 		n, err := strconv.ParseInt(name, 10, 32)
 		if err != nil {

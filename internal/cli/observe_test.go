@@ -18,6 +18,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/observer"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+	"github.com/bulwark-net/bulwark/internal/proxy"
 )
 
 func TestObserveRequestFromFlags(t *testing.T) {
@@ -82,6 +83,8 @@ func TestObserveRejectsBadFlags(t *testing.T) {
 		{observeFlags{since: "1m", until: "5m"}, "before --since"},
 		{observeFlags{trafficDirection: "sideways"}, "--traffic-direction"},
 		{observeFlags{namespaces: []string{"a", "b"}, fromPods: []string{"x"}}, "several namespaces"},
+		{observeFlags{httpStatus: []string{"4xx"}}, "http_status_code"},
+		{observeFlags{httpPaths: []string{"/api/("}}, "http_path"},
 	}
 	for _, tt := range tests {
 		_, err := tt.flags.request(now)
@@ -276,4 +279,44 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 		s.onLine(s.lines)
 	}
 	return n, err
+}
+
+// L7 flows from proxy Records, filtered with hubble's L7 flags.
+func TestObserveL7AgainstServer(t *testing.T) {
+	o, sock := startCLIServer(t)
+	rec := func(typ proxy.RecordType, v proxy.Verdict, method, path string, code int) proxy.Record {
+		return proxy.Record{Time: time.Now(), Type: typ, Verdict: v, Direction: resolved.Ingress, EndpointID: 12,
+			Flow:     proxy.Flow{Src: netip.AddrPortFrom(cliClientIP, 40000), Dst: netip.AddrPortFrom(cliServerIP, 80), Protocol: resolved.ProtoTCP, SrcIdentity: 500, DstIdentity: 501},
+			Policies: []string{"demo/l7-http-policy"},
+			HTTP:     &proxy.HTTP{Method: method, URL: "http://server" + path, Protocol: "HTTP/1.1", Code: code}}
+	}
+	o.HandleL7(rec(proxy.Request, proxy.Forwarded, "GET", "/health", 0))
+	o.HandleL7(rec(proxy.Response, proxy.Forwarded, "GET", "/health", 200))
+	o.HandleL7(rec(proxy.Request, proxy.Dropped, "DELETE", "/api/v1/users", 0))
+	o.HandleL7(rec(proxy.Response, proxy.Dropped, "DELETE", "/api/v1/users", 403))
+	o.Handle(cliEvent(80, event.Forwarded))
+	ctx := context.Background()
+
+	out, err := runCLI(t, ctx, "observe", "--server", sock, "--protocol", "http", "--http-status", "4+", "--print-policy-names")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 1 ||
+		!strings.Contains(lines[0], "demo/client:40000 (ID:500) <- demo/server:80 (ID:501) http-response DROPPED (HTTP/1.1 403 0ms (DELETE http://server/api/v1/users)) [denied by demo/l7-http-policy]") {
+		t.Errorf("--http-status 4+:\n%s", out)
+	}
+	out, err = runCLI(t, ctx, "observe", "--server", sock, "--http-method", "get", "--http-path", "^/health$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 || !strings.Contains(lines[0], "http-request FORWARDED (HTTP/1.1 GET http://server/health)") {
+		t.Errorf("--http-method get --http-path:\n%s", out)
+	}
+	out, err = runCLI(t, ctx, "observe", "--server", sock, "--type", "l7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(strings.TrimSpace(out), "\n") + 1; n != 4 {
+		t.Errorf("--type l7: %d flows, want 4:\n%s", n, out)
+	}
 }

@@ -44,6 +44,7 @@ func NewRootCmd() *cobra.Command {
 		newUICmd(),
 		newUpCmd(),
 		newVersionCmd(),
+		newWorldCmd(),
 		newWorkloadCmd(), // hidden: sandbox pod process
 	)
 	return root

@@ -31,6 +31,7 @@ func newUpCmd() *cobra.Command {
 	var identityGrace time.Duration
 	var ipv6, localDelivery bool
 	var world []string
+	var dnsReject string
 	cmd := &cobra.Command{
 		Use:   "up -f FILE|DIR...",
 		Short: "Start a sandbox running the given workloads and policies (without -f: restart a stopped instance's agent)",
@@ -78,6 +79,7 @@ func newUpCmd() *cobra.Command {
 			if cmd.Flags().Changed("local-delivery") {
 				agentOpts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
+			agentOpts.DNSReject = dnsReject // "" keeps the instance's setting
 			var agentDone <-chan error
 			agentPID := os.Getpid()
 			if foreground {
@@ -128,6 +130,7 @@ func newUpCmd() *cobra.Command {
 	registerIdentityGraceFlag(cmd, &identityGrace)
 	registerSandboxFlags(cmd, &ipv6, &world)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
+	registerDNSRejectFlag(cmd, &dnsReject)
 	return cmd
 }
 
@@ -204,6 +207,9 @@ func startDetached(p agent.Paths, o agent.Options) (<-chan error, int, error) {
 	}
 	if o.LocalDelivery != nil {
 		args = append(args, fmt.Sprintf("--local-delivery=%t", *o.LocalDelivery))
+	}
+	if o.DNSReject != "" {
+		args = append(args, "--dns-reject-response", o.DNSReject)
 	}
 	for _, w := range o.World {
 		args = append(args, "--world", w)

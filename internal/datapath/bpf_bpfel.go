@@ -38,7 +38,8 @@ type bpfBwCtEntry struct {
 	RouteDmac    [6]uint8
 	RouteSmac    [6]uint8
 	RouteMtu     uint16
-	Pad          uint16
+	Flags        uint8
+	Pad          uint8
 }
 
 type bpfBwCtKey struct {

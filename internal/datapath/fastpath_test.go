@@ -238,24 +238,30 @@ func TestFastPathFollowsEndpointAndPolicy(t *testing.T) {
 }
 
 // TestFastPathLeavesRedirectsToTheFullPath: an established L7 flow keeps
-// its proxy mark on every forward packet, replies carry none.
+// its proxy mark on every forward packet (hairpinned to the proxy at the
+// destination's hook), replies carry none.
 func TestFastPathLeavesRedirectsToTheFullPath(t *testing.T) {
 	dp, _ := setupFixture(t)
-	fwd, reply := establishTCP(t, dp, 9090)
+	fwd := packet{src: peerA, dst: podAddr, proto: resolved.ProtoTCP, sport: flowPort(), dport: 9090, tcpFlags: 0x02}
+	reply := packet{src: podAddr, dst: peerA, proto: resolved.ProtoTCP, sport: 9090, dport: fwd.sport, tcpFlags: 0x12}
 	ctxIn := make([]byte, skbCtxSize)
 	ctxOut := make([]byte, skbCtxSize)
-	for _, c := range []struct {
-		prog *ebpf.Program
-		p    packet
-		want uint32
-	}{{dp.objs.BulwarkToPod, fwd, ProxyMark(15001)}, {dp.objs.BulwarkFromPod, reply, 0}} {
-		ret, err := c.prog.Run(&ebpf.RunOptions{Data: c.p.frame(), Context: ctxIn, ContextOut: ctxOut})
-		if err != nil {
-			t.Fatal(err)
+	for i := range 3 { // handshake, first data, then what the fast path would take
+		for _, c := range []struct {
+			prog    *ebpf.Program
+			p       packet
+			wantRet uint32
+			want    uint32
+		}{{dp.objs.BulwarkToPod, fwd, tcActRedirect, ProxyMark(15001)}, {dp.objs.BulwarkFromPod, reply, tcActOK, 0}} {
+			ret, err := c.prog.Run(&ebpf.RunOptions{Data: c.p.frame(), Context: ctxIn, ContextOut: ctxOut})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mark := binary.NativeEndian.Uint32(ctxOut[8:]); ret != c.wantRet || mark != c.want {
+				t.Fatalf("packet %d: verdict %d mark %#x, want verdict %d with mark %#x", i, ret, mark, c.wantRet, c.want)
+			}
 		}
-		if mark := binary.NativeEndian.Uint32(ctxOut[8:]); ret != tcActOK || mark != c.want {
-			t.Fatalf("verdict %d mark %#x, want pass with mark %#x", ret, mark, c.want)
-		}
+		fwd.tcpFlags, reply.tcpFlags = 0x18, 0x18
 	}
 }
 

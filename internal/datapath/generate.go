@@ -28,13 +28,27 @@
 // helpers cost more than the rest of this path), with HZ measured by the
 // loader and written into the config map.
 //
-// Redirect verdicts set skb->mark to ProxyMark(port) and pass the packet;
-// the L7 proxy's TPROXY rule matches that mark.
+// L7 redirect (Cilium's BPF TPROXY): a Redirect verdict marks the packet
+// ProxyMark(port) and assigns it (bpf_sk_assign) to the proxy's socket on
+// that port in the node's namespace: the proxy's socket of the connection,
+// else its transparent listener (TCP) or socket (UDP). Only tc ingress can
+// assign, so the destination's own ingress hook (tc egress) turns a packet
+// for the proxy back into its interface's ingress and bulwark_from_pod
+// assigns it there; with local delivery the source's hook assigns it
+// directly. No socket = the packet drops (ReasonProxyUnavailable). The
+// agent's policy routing rule (fwmark ProxyMarkMagic/ProxyMarkMask, a
+// local default route) delivers marked packets locally. The proxy's own
+// upstream packets carry ProxyIdentityMark(source identity): the
+// destination's ingress judges them as the original source and a redirect
+// allows them (the proxy enforced the L7 rules), so they are never
+// redirected again.
 //
 // The BPF objects are compiled by bpf2go; the generated bpf_bpfel.go and
 // bpf_bpfel.o are committed so that `go build` needs no clang. Regenerate
 // with `go generate ./internal/datapath`.
 package datapath
+
+import "github.com/bulwark-net/bulwark/internal/identity"
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror" -type bw_endpoint -type bw_ipcache_key -type bw_ipcache_value -type bw_selector_list -type bw_policy_key -type bw_policy_value -type bw_ct_key -type bw_ct_entry -type bw_config -type bw_metric -type bw_event -type bw_frag_key -type bw_frag_ports bpf ../../bpf/datapath.c -- -I/usr/include/x86_64-linux-gnu -I../../bpf
 
@@ -43,5 +57,20 @@ package datapath
 // bits of the mark.
 const ProxyMarkMagic = 0x0200
 
+// ProxyMarkMask selects the magic bits of a mark (MARK_MAGIC_MASK).
+const ProxyMarkMask = 0x0F00
+
+// ProxyIdentityMagic marks the L7 proxy's upstream packets
+// (PROXY_IDENTITY_MAGIC); the source identity is in the other bits.
+const ProxyIdentityMagic = 0x0E00
+
 // ProxyMark is the skb mark of a packet redirected to the proxy on port.
 func ProxyMark(port uint16) uint32 { return uint32(port)<<16 | ProxyMarkMagic }
+
+// ProxyIdentityMark is the mark (SO_MARK) of the proxy's upstream socket for
+// a flow from id: identity bits 0-15 in the upper 16 bits, 16-23 in the low
+// byte, 24-27 in bits 12-15. Identities are below 1<<25 (local ones).
+func ProxyIdentityMark(id identity.NumericIdentity) uint32 {
+	v := uint32(id)
+	return (v&0xffff)<<16 | ProxyIdentityMagic | (v>>16)&0xff | ((v>>24)&0xf)<<12
+}

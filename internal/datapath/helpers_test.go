@@ -198,6 +198,9 @@ func (p packet) frame() []byte {
 const (
 	tcActOK   = 0
 	tcActShot = 2
+	// tcActRedirect: a packet for the L7 proxy at the destination's own
+	// hook, turned back into the interface's ingress (bpf_redirect).
+	tcActRedirect = 7
 )
 
 // run passes a frame through the program of a direction and returns the tc

@@ -251,48 +251,6 @@ func (tp *topology) receivedHopLimits(t *testing.T, dst netip.Addr, port, n int)
 	return out
 }
 
-// TestLocalDeliveryLeavesL7RedirectsToTheStack: a destination whose ingress
-// redirects the flow to its proxy gets it through the node's stack and its
-// own hook, which marks it; the source's hook records nothing for it, so
-// each packet is counted once.
-func TestLocalDeliveryLeavesL7RedirectsToTheStack(t *testing.T) {
-	t.Parallel()
-	tp, dp := localDeliveryNode(t, 2, false, func(tp *topology) State {
-		st := e2eState(tp, []uint16{8080}, false)
-		b := st.Endpoints[2]
-		b.Ingress.Entries = append(b.Ingress.Entries, resolved.Entry{Peer: e2eSelA, Proto: resolved.ProtoTCP, PortLo: 9090, PortHi: 9090,
-			Verdict: resolved.Redirect, Origin: ref("b-l7"), L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}})
-		st.ProxyPort = func(uint32, resolved.Direction, *resolved.Entry) uint16 { return 15001 }
-		return st
-	})
-	tp.listenTCP(1, 9090)
-	// No proxy listens: the mark is set on the way into the pod and the
-	// connection reaches the server itself.
-	c, err := tp.dialTCP(0, 1, 9090)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer c.Close()
-	tx0, m0 := tp.hostTx(1), metricsOf(t, dp)
-	const rounds = 10
-	for i := range rounds {
-		if err := roundTrip(c, fmt.Sprint("l7 ", i)); err != nil {
-			t.Fatalf("round %d: %v", i, err)
-		}
-	}
-	tx1, m1 := tp.hostTx(1), metricsOf(t, dp)
-	redirected := m1.Ingress.Redirected.Packets - m0.Ingress.Redirected.Packets
-	// Counted once: as many redirects as packets the stack carried to B
-	// (give or take a neighbour probe of the node's).
-	if stack := tx1 - tx0; redirected < rounds || redirected > stack || stack-redirected > 2 {
-		t.Errorf("B's host veth transmitted %d packets and %d were redirected at its ingress over %d rounds: want them equal, at least %d",
-			stack, redirected, rounds, rounds)
-	}
-	if dp.opts.DisableLocalDelivery {
-		t.Fatal("local delivery is off")
-	}
-}
-
 // TestLocalDeliveryOff: with DisableLocalDelivery every packet takes the
 // node's stack and both hooks.
 func TestLocalDeliveryOff(t *testing.T) {

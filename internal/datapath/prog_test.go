@@ -205,8 +205,11 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			}
 			ret := run(t, dp, c.dir, c.pkt)
 			wantRet := uint32(tcActOK)
-			if c.want == resolved.Deny {
+			switch c.want {
+			case resolved.Deny:
 				wantRet = tcActShot
+			case resolved.Redirect:
+				wantRet = tcActRedirect // ingress: hairpinned to the proxy
 			}
 			if ret != wantRet {
 				t.Fatalf("kernel returned %d, want %d", ret, wantRet)
@@ -609,8 +612,8 @@ func TestRedirectSetsProxyMark(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ret != tcActOK {
-			t.Fatalf("packet %d: verdict %d", i, ret)
+		if ret != tcActRedirect {
+			t.Fatalf("packet %d: verdict %d, want the hairpin to the proxy", i, ret)
 		}
 		if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark != want {
 			t.Fatalf("packet %d: mark %#x, want %#x", i, mark, want)

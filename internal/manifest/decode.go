@@ -213,6 +213,9 @@ func decodeDocument(src Source, data []byte, firstLine int) (*Object, *Error) {
 		if refusal, ok := refusedKinds[kind]; ok && strings.HasPrefix(h.APIVersion, "cilium.io/") {
 			u.Note, u.Refused = refusal, true
 		}
+		if u.IsEnvoyConfig() {
+			u.Note = fmt.Sprintf("%s: its local_ratelimit token bucket is enforced by Bulwark's HTTP proxy on the named Services' backends", kind)
+		}
 		return &Object{Source: src, APIVersion: h.APIVersion, Kind: kind, Namespace: ns, Name: name, Obj: u}, nil
 	}
 	if h.APIVersion != info.apiVersion {
@@ -378,8 +381,12 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// refusedKinds are the kinds decoded as Unsupported with Refused set.
-var refusedKinds = map[string]string{
-	"CiliumEnvoyConfig":            "kind CiliumEnvoyConfig is not enforced yet (no L7 proxy applies its filters, e.g. local_ratelimit): refused rather than ignored",
-	"CiliumClusterwideEnvoyConfig": "kind CiliumClusterwideEnvoyConfig is not enforced yet (no L7 proxy applies its filters, e.g. local_ratelimit): refused rather than ignored",
-}
+// refusedKinds are the kinds decoded as Unsupported with Refused set
+// (none today: CiliumEnvoyConfig is enforced, see envoyConfigKinds).
+var refusedKinds = map[string]string{}
+
+// envoyConfigKinds are kept as Unsupported documents whose content the
+// agent enforces (a local_ratelimit token bucket applied by the HTTP
+// proxy); validate and apply parse them and refuse what Bulwark would not
+// honour, naming the field.
+var envoyConfigKinds = map[string]bool{"CiliumEnvoyConfig": true, "CiliumClusterwideEnvoyConfig": true}

@@ -102,6 +102,13 @@ type Unsupported struct {
 	Raw     map[string]any // the document
 }
 
+// IsEnvoyConfig reports whether u is a CiliumEnvoyConfig or
+// CiliumClusterwideEnvoyConfig (cilium.io), whose rate limit the agent
+// enforces: it is parsed and refused field by field, never kept as-is.
+func (u *Unsupported) IsEnvoyConfig() bool {
+	return envoyConfigKinds[u.Kind] && strings.HasPrefix(u.APIVersion, "cilium.io/")
+}
+
 // Object is one decoded document.
 type Object struct {
 	Source     Source

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/observer"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
+	"github.com/bulwark-net/bulwark/internal/proxy"
 )
 
 // DefaultAddress is where metrics are served by default, as Cilium's agent.
@@ -97,6 +99,10 @@ type Metrics struct {
 	policyChange               []*prometheus.CounterVec
 	implDelay                  []prometheus.Histogram
 	proxyReply                 []*prometheus.HistogramVec
+	policyL7                   []*prometheus.CounterVec
+	hubbleHTTPRequests         *prometheus.CounterVec
+	hubbleHTTPResponses        *prometheus.CounterVec
+	hubbleHTTPDuration         *prometheus.HistogramVec
 	dropsByPolicy              *prometheus.CounterVec
 	dropsByNamespace           *prometheus.CounterVec
 }
@@ -142,7 +148,21 @@ func New(opts Options) (*Metrics, error) {
 			Name: p + "_proxy_upstream_reply_seconds", Help: "L7 proxy: time from request to upstream reply, seconds",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"protocol_l7"}))
+		m.policyL7 = append(m.policyL7, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: p + "_policy_l7_total", Help: "L7 proxy requests by outcome (rule: received, forwarded, denied, parse_errors; Bulwark's name also rate_limited)",
+		}, []string{"rule", "proxy_type"}))
 	}
+	// Hubble's HTTP metrics (hubble_http_*), from the same L7 flows.
+	m.hubbleHTTPRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hubble_http_requests_total", Help: "HTTP requests seen by the L7 proxy",
+	}, []string{"method", "protocol", "reporter"})
+	m.hubbleHTTPResponses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hubble_http_responses_total", Help: "HTTP responses seen by the L7 proxy",
+	}, []string{"method", "status", "reporter"})
+	m.hubbleHTTPDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "hubble_http_request_duration_seconds", Help: "HTTP request to response time through the L7 proxy, seconds",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"method", "reporter"})
 	m.dropsByPolicy = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: bulwarkNS + "_drops_by_policy_total",
 		Help: "Drop events attributed to a policy (explicit deny or the default deny it imposes)",
@@ -176,6 +196,10 @@ func New(opts Options) (*Metrics, error) {
 	for _, v := range m.proxyReply {
 		cs = append(cs, v)
 	}
+	for _, v := range m.policyL7 {
+		cs = append(cs, v)
+	}
+	cs = append(cs, m.hubbleHTTPRequests, m.hubbleHTTPResponses, m.hubbleHTTPDuration)
 	cs = append(cs, m.dropsByPolicy, m.dropsByNamespace, &pullCollector{m: m, prefixes: prefixes})
 	for _, c := range cs {
 		if err := m.registry.Register(c); err != nil {
@@ -308,5 +332,56 @@ func (m *Metrics) PolicyImplementationDelay(d time.Duration) {
 func (m *Metrics) ProxyUpstreamReply(protocol string, d time.Duration) {
 	for _, h := range m.proxyReply {
 		h.WithLabelValues(protocol).Observe(d.Seconds())
+	}
+}
+
+// ObserveL7 implements observer.L7Sink: it counts proxy requests by
+// outcome (received, then forwarded, denied, rate_limited or parse_errors)
+// and records the upstream reply time of forwarded requests.
+func (m *Metrics) ObserveL7(rec *proxy.Record, _ *flowpb.Flow) {
+	protocol, ciliumType := "http", "envoy"
+	if rec.DNS != nil {
+		protocol, ciliumType = "dns", "fqdn"
+	}
+	reporter := "server"
+	if rec.Direction == resolved.Egress {
+		reporter = "client"
+	}
+	if rec.Type == proxy.Response {
+		if rec.Verdict == proxy.Forwarded {
+			m.ProxyUpstreamReply(protocol, rec.Latency)
+		}
+		if rec.HTTP != nil && rec.HTTP.Code != 0 {
+			m.hubbleHTTPResponses.WithLabelValues(rec.HTTP.Method, strconv.Itoa(rec.HTTP.Code), reporter).Inc()
+			m.hubbleHTTPDuration.WithLabelValues(rec.HTTP.Method, reporter).Observe(rec.Latency.Seconds())
+		}
+		return
+	}
+	if rec.HTTP != nil {
+		m.hubbleHTTPRequests.WithLabelValues(rec.HTTP.Method, rec.HTTP.Protocol, reporter).Inc()
+	}
+	rule := ""
+	switch rec.Verdict {
+	case proxy.Forwarded:
+		rule = "forwarded"
+	case proxy.Dropped:
+		rule = "denied"
+	case proxy.RateLimited:
+		rule = "rate_limited"
+	case proxy.Error:
+		rule = "parse_errors"
+	}
+	for i, c := range m.policyL7 {
+		typ, r := protocol, rule
+		if i > 0 { // Cilium's label values
+			typ = ciliumType
+			if r == "rate_limited" {
+				r = "denied"
+			}
+		}
+		c.WithLabelValues("received", typ).Inc()
+		if r != "" {
+			c.WithLabelValues(r, typ).Inc()
+		}
 	}
 }

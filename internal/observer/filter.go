@@ -87,10 +87,7 @@ func compileFlowFilter(ff *flowpb.FlowFilter) (flowMatcher, error) {
 		"source_service": len(ff.GetSourceService()) > 0, "destination_service": len(ff.GetDestinationService()) > 0,
 		"source_workload": len(ff.GetSourceWorkload()) > 0, "destination_workload": len(ff.GetDestinationWorkload()) > 0,
 		"source_cluster_name": len(ff.GetSourceClusterName()) > 0, "destination_cluster_name": len(ff.GetDestinationClusterName()) > 0,
-		"interface": len(ff.GetInterface()) > 0, "http_status_code": len(ff.GetHttpStatusCode()) > 0,
-		"dns_query": len(ff.GetDnsQuery()) > 0, "http_method": len(ff.GetHttpMethod()) > 0,
-		"http_path": len(ff.GetHttpPath()) > 0, "http_url": len(ff.GetHttpUrl()) > 0,
-		"http_header": len(ff.GetHttpHeader()) > 0, "node_labels": len(ff.GetNodeLabels()) > 0,
+		"interface": len(ff.GetInterface()) > 0, "node_labels": len(ff.GetNodeLabels()) > 0,
 		"trace_id": len(ff.GetTraceId()) > 0, "ip_trace_id": len(ff.GetIpTraceId()) > 0,
 		"encrypted": len(ff.GetEncrypted()) > 0, "experimental.cel_expression": len(ff.GetExperimental().GetCelExpression()) > 0,
 	}
@@ -124,6 +121,12 @@ func compileFlowFilter(ff *flowpb.FlowFilter) (flowMatcher, error) {
 		add(portFilter("destination_port", ff.GetDestinationPort(), false)),
 		add(protocolFilter(ff.GetProtocol())),
 		add(nodeNameFilter(ff.GetNodeName())),
+		add(httpStatusFilter(ff.GetHttpStatusCode())),
+		add(httpMethodFilter(ff.GetHttpMethod())),
+		add(httpRegexFilter("http_path", ff.GetHttpPath(), httpURLPath)),
+		add(httpRegexFilter("http_url", ff.GetHttpUrl(), func(h *flowpb.HTTP) string { return h.GetUrl() })),
+		add(httpHeaderFilter(ff.GetHttpHeader())),
+		add(dnsQueryFilter(ff.GetDnsQuery())),
 	} {
 		if err != nil {
 			return nil, err
@@ -388,6 +391,14 @@ func protocolFilter(values []string) (func(*flowpb.Flow) bool, error) {
 	return func(f *flowpb.Flow) bool {
 		p := ProtocolName(f)
 		return slices.ContainsFunc(want, func(w string) bool {
+			switch w {
+			case "http":
+				return f.GetL7().GetHttp() != nil
+			case "dns":
+				return f.GetL7().GetDns() != nil
+			case "kafka":
+				return f.GetL7().GetKafka() != nil
+			}
 			return w == p || (w == "icmp" && (p == "icmpv4" || p == "icmpv6"))
 		})
 	}, nil

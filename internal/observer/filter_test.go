@@ -88,7 +88,9 @@ func TestFilterErrorsNameTheField(t *testing.T) {
 		{&flowpb.FlowFilter{Protocol: []string{"tcpp"}}, "protocol"},
 		{&flowpb.FlowFilter{SourceLabel: []string{"app in ("}}, "source_label"},
 		{&flowpb.FlowFilter{SourcePod: []string{""}}, "source_pod"},
-		{&flowpb.FlowFilter{HttpMethod: []string{"GET"}}, "http_method"},
+		{&flowpb.FlowFilter{HttpStatusCode: []string{"4xx"}}, "http_status_code"},
+		{&flowpb.FlowFilter{HttpPath: []string{"/api/("}}, "http_path"},
+		{&flowpb.FlowFilter{DnsQuery: []string{"*.example"}}, "dns_query"},
 		{&flowpb.FlowFilter{SourceFqdn: []string{"example.com"}}, "source_fqdn"},
 		{&flowpb.FlowFilter{NodeName: []string{"[a"}}, "node_name"},
 	}

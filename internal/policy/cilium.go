@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -245,7 +246,11 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 				return it, fieldErrorf(fmt.Sprintf("%s.toFQDNs[%d]", path, j), "exactly one of matchName and matchPattern must be set")
 			}
 		}
-		it.peers = append(it.peers, fqdnPeer(newFQDNMatcher(names, patterns)))
+		m, err := newFQDNMatcher(names, patterns)
+		if err != nil {
+			return it, fieldErrorf(path+".toFQDNs", "%v", err)
+		}
+		it.peers = append(it.peers, fqdnPeer(m))
 	}
 
 	hasL4 := len(toPorts) > 0 || len(icmps) > 0
@@ -453,8 +458,32 @@ func l7Rules(pr *api.PortRule, path string, verdict resolved.Verdict, dir resolv
 	}
 	r := pr.Rules
 	out := &resolved.L7Rules{}
-	for _, h := range r.HTTP {
-		out.HTTP = append(out.HTTP, resolved.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: append([]string(nil), h.Headers...)})
+	for i, h := range r.HTTP {
+		hp := fmt.Sprintf("%s.rules.http[%d]", path, i)
+		// Invalid expressions are refused here too: a rule the proxy could
+		// not compile would deny everything while showing as active.
+		for _, f := range []struct{ name, re string }{{"method", h.Method}, {"path", h.Path}, {"host", h.Host}} {
+			if f.re == "" {
+				continue
+			}
+			if _, err := regexp.Compile(f.re); err != nil {
+				return nil, fieldErrorf(hp+"."+f.name, "invalid regular expression %q: %v", f.re, err)
+			}
+		}
+		hr := resolved.HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host, Headers: append([]string(nil), h.Headers...)}
+		for j, m := range h.HeaderMatches {
+			mp := fmt.Sprintf("%s.headerMatches[%d]", hp, j)
+			if m.Name == "" {
+				return nil, fieldErrorf(mp+".name", "required")
+			}
+			switch act := resolved.MismatchAction(m.Mismatch); act {
+			case resolved.MismatchFail, resolved.MismatchLog, resolved.MismatchAdd, resolved.MismatchDelete, resolved.MismatchReplace:
+				hr.HeaderMatches = append(hr.HeaderMatches, resolved.HeaderMatch{Name: m.Name, Value: m.Value, Mismatch: act})
+			default:
+				return nil, fieldErrorf(mp+".mismatch", "unsupported mismatch action %q (LOG, ADD, DELETE, REPLACE)", m.Mismatch)
+			}
+		}
+		out.HTTP = append(out.HTTP, hr)
 	}
 	for i, d := range r.DNS {
 		if dir != resolved.Egress {

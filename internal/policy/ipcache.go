@@ -101,3 +101,18 @@ func (c *IPCache) Entries() []IPCacheEntry {
 	})
 	return out
 }
+
+// Range calls fn for every entry of Entries, in no particular order and
+// without building the sorted list (what a consumer that builds a map
+// wants).
+func (c *IPCache) Range(fn func(p netip.Prefix, id identity.NumericIdentity)) {
+	for a, p := range c.pods {
+		fn(netip.PrefixFrom(a, a.BitLen()), p.id)
+	}
+	for p, id := range c.prefixes {
+		if _, isPod := c.pods[p.Addr()]; isPod && p.Bits() == p.Addr().BitLen() {
+			continue // the pod's entry wins
+		}
+		fn(p, id)
+	}
+}

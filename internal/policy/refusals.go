@@ -69,7 +69,7 @@ const (
 	FeatureServerNames   = "serverNames"
 	FeatureKafka         = "Kafka rules"
 	FeatureGenericL7     = "generic L7 parsers"
-	FeatureHeaderMatches = "headerMatches"
+	FeatureHeaderSecrets = "headerMatches secrets"
 )
 
 // unsupportedFeatures maps every feature to the verb of its reason ("is" or
@@ -79,7 +79,7 @@ var unsupportedFeatures = []struct{ name, verb string }{
 	{FeatureFromNodes, "is"}, {FeatureToNodes, "is"}, {FeatureGroups, "are"},
 	{FeatureCIDRGroups, "are"}, {FeatureMutualAuth, "is"}, {FeatureTLS, "is"},
 	{FeatureListener, "are"}, {FeatureServerNames, "is"}, {FeatureKafka, "are"},
-	{FeatureGenericL7, "are"}, {FeatureHeaderMatches, "is"},
+	{FeatureGenericL7, "are"}, {FeatureHeaderSecrets, "are"},
 }
 
 // UnsupportedFeatures lists every Feature a FieldError can carry.
@@ -198,8 +198,10 @@ func unsupportedPorts(path string, prs []api.PortRule, no func(field, feature st
 			no(pp+".rules.l7proto", FeatureGenericL7)
 		}
 		for h, rule := range pr.Rules.HTTP {
-			if len(rule.HeaderMatches) > 0 {
-				no(fmt.Sprintf("%s.rules.http[%d].headerMatches", pp, h), FeatureHeaderMatches)
+			for j, m := range rule.HeaderMatches {
+				if m.Secret != nil {
+					no(fmt.Sprintf("%s.rules.http[%d].headerMatches[%d].secret", pp, h, j), FeatureHeaderSecrets)
+				}
 			}
 		}
 	}

@@ -202,7 +202,7 @@ func mergeL7(a, b *resolved.L7Rules) *resolved.L7Rules {
 	seenH := map[string]bool{}
 	for _, set := range []*resolved.L7Rules{a, b} {
 		for _, h := range set.HTTP {
-			k := h.Method + "\x00" + h.Path + "\x00" + h.Host + "\x00" + joinNul(h.Headers)
+			k := httpRuleKey(h)
 			if !seenH[k] {
 				seenH[k] = true
 				out.HTTP = append(out.HTTP, h)
@@ -219,6 +219,16 @@ func mergeL7(a, b *resolved.L7Rules) *resolved.L7Rules {
 		}
 	}
 	return out
+}
+
+// httpRuleKey identifies an HTTP rule by every field, for deduplication
+// and comparison.
+func httpRuleKey(h resolved.HTTPRule) string {
+	k := h.Method + "\x00" + h.Path + "\x00" + h.Host + "\x00" + joinNul(h.Headers)
+	for _, m := range h.HeaderMatches {
+		k += "\x01" + m.Name + "\x00" + m.Value + "\x00" + string(m.Mismatch)
+	}
+	return k
 }
 
 func joinNul(ss []string) string {
@@ -274,7 +284,7 @@ func sameEntry(a, b *resolved.Entry) bool {
 		}
 		for i := range a.L7.HTTP {
 			x, y := a.L7.HTTP[i], b.L7.HTTP[i]
-			if x.Method != y.Method || x.Path != y.Path || x.Host != y.Host || joinNul(x.Headers) != joinNul(y.Headers) {
+			if httpRuleKey(x) != httpRuleKey(y) {
 				return false
 			}
 		}

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"fmt"
 	"maps"
 	"net/netip"
 	"sort"
@@ -88,73 +87,4 @@ func (s *Snapshot) Policies() []resolved.PolicyRef {
 	}
 	sort.Slice(out, func(i, j int) bool { return policyKey(out[i]) < policyKey(out[j]) })
 	return out
-}
-
-// Learn records that a DNS name resolved to addresses (what the DNS proxy
-// saw): each address gets a local identity of its host prefix, labelled
-// like a CIDR identity, and joins the toFQDNs selectors whose names match.
-// Learning is additive; Forget removes a name.
-func (r *Repository) Learn(name string, addrs ...netip.Addr) (Change, error) {
-	name = normalizeName(name)
-	if name == "" {
-		return Change{}, fmt.Errorf("learn FQDN: empty name")
-	}
-	for _, a := range addrs {
-		if !a.IsValid() {
-			return Change{}, fmt.Errorf("learn FQDN %s: invalid address", name)
-		}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.run([]op{{0, func() {
-		set := r.fqdn.ips[name]
-		if set == nil {
-			set = map[netip.Addr]struct{}{}
-			r.fqdn.ips[name] = set
-		}
-		for _, a := range addrs {
-			a = a.Unmap()
-			set[a] = struct{}{}
-			if _, ok := r.fqdn.idOfIP[a]; ok {
-				continue
-			}
-			p := netip.PrefixFrom(a, a.BitLen())
-			id, created, err := r.alloc.AllocateCIDR(p)
-			if err != nil {
-				continue // fail closed: the address stays world
-			}
-			r.registerIdentity(id, identity.CIDRLabels(p), created)
-			r.fqdn.idOfIP[a] = id
-			r.markIPCache()
-		}
-		r.sels.refreshFQDN(r.fqdn)
-	}}}), nil
-}
-
-// Forget removes what was learned for a name; addresses no other name
-// resolves to leave the ipcache.
-func (r *Repository) Forget(name string) Change {
-	name = normalizeName(name)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.run([]op{{0, func() {
-		if _, ok := r.fqdn.ips[name]; !ok {
-			return
-		}
-		delete(r.fqdn.ips, name)
-		used := map[netip.Addr]bool{}
-		for _, set := range r.fqdn.ips {
-			for a := range set {
-				used[a] = true
-			}
-		}
-		for a, id := range r.fqdn.idOfIP {
-			if !used[a] {
-				delete(r.fqdn.idOfIP, a)
-				r.unusedIDs[id] = struct{}{}
-				r.markIPCache()
-			}
-		}
-		r.sels.refreshFQDN(r.fqdn)
-	}}})
 }

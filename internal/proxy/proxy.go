@@ -125,9 +125,14 @@ type Record struct {
 	Verdict  Verdict
 	Reason   string   // human-readable why, e.g. "no HTTP rule matched"
 	Policies []string // "namespace/name" of the deciding policies
-	Latency  time.Duration
-	HTTP     *HTTP
-	DNS      *DNS
+	// Direction and EndpointID name the Stage that decided: the one that
+	// denied, or for a forwarded request the last one (Policies then
+	// lists the policies of every Stage).
+	Direction  resolved.Direction
+	EndpointID uint32
+	Latency    time.Duration
+	HTTP       *HTTP
+	DNS        *DNS
 }
 
 // Recorder receives Records. It must not block (drop and count instead).

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/socklb"
 	"github.com/bulwark-net/bulwark/internal/sandbox/dns"
@@ -344,6 +345,13 @@ func (n *Node) writeDNSRecords() error {
 		}
 	}
 	for _, w := range n.st.World {
+		if zone, ok := strings.CutPrefix(w.Name, "*."); ok {
+			if recs.Zones == nil {
+				recs.Zones = map[string][]netip.Addr{}
+			}
+			recs.Zones[dns.Canonical(zone)] = append(recs.Zones[dns.Canonical(zone)], w.IP)
+			continue
+		}
 		recs.Names[dns.Canonical(w.Name)] = append(recs.Names[dns.Canonical(w.Name)], w.IP)
 	}
 	if err := dns.WriteRecords(n.dnsRecordsFile(), recs); err != nil {

@@ -17,7 +17,8 @@ var WorldPorts = []int{80, 443}
 
 // SetWorld makes the simulated outside world hold exactly names: each name
 // gets an address in WorldCIDR (kept across calls), resolvable through the
-// cluster DNS, answering HTTP on ports 80 and 443 from the namespace
+// cluster DNS (a wildcard zone "*.zone": every name under zone resolves to
+// the zone's address), answering HTTP on ports 80 and 443 from the namespace
 // bwk-<instance>-world. The world is reachable only from the sandbox's pods
 // (through the node) and routes only back to the pod range. An empty list
 // removes the world.
@@ -71,8 +72,9 @@ func (n *Node) SetWorld(names []string) ([]WorldHost, error) {
 	return hosts, n.save()
 }
 
-// CleanWorldNames checks world host names (fully qualified DNS names, none
-// under clusterDomain; "" means cluster.local) and returns them lower-cased,
+// CleanWorldNames checks world host names (fully qualified DNS names, or
+// wildcard zones "*.zone" whose every name the world answers; none under
+// or above clusterDomain; "" means cluster.local) and returns them lower-cased,
 // without a trailing dot, sorted and without duplicates: the set SetWorld
 // would serve.
 func CleanWorldNames(names []string, clusterDomain string) ([]string, error) {
@@ -83,10 +85,12 @@ func CleanWorldNames(names []string, clusterDomain string) ([]string, error) {
 	var clean []string
 	for i, name := range names {
 		c := strings.TrimSuffix(strings.ToLower(name), ".")
-		if !dnsSubdomainRE.MatchString(c) || !strings.Contains(c, ".") {
-			return nil, fmt.Errorf("world name [%d] %q: need a fully qualified DNS name like api.example.com", i, name)
+		// "*.zone" is a wildcard test zone: every name under zone.
+		host := strings.TrimPrefix(c, "*.")
+		if !dnsSubdomainRE.MatchString(host) || (!strings.Contains(host, ".") && host == c) {
+			return nil, fmt.Errorf("world name [%d] %q: need a fully qualified DNS name like api.example.com, or a zone like *.test.example", i, name)
 		}
-		if c == clusterDomain || strings.HasSuffix(c, "."+clusterDomain) {
+		if host == clusterDomain || strings.HasSuffix(host, "."+clusterDomain) || strings.HasSuffix(clusterDomain, "."+host) {
 			return nil, fmt.Errorf("world name [%d] %q: names under %s belong to the cluster", i, name, clusterDomain)
 		}
 		if !seen[c] {

@@ -136,23 +136,31 @@ func (p *Printer) compactLine(f *flowpb.Flow) string {
 	var b strings.Builder
 	b.WriteString(p.timestamp(f))
 	b.WriteString(": ")
-	b.WriteString(Endpoint(f, true))
-	b.WriteString(" (")
-	b.WriteString(identityText(f.GetSource()))
-	b.WriteString(") ")
+	// As hubble: a reply is shown from the requester's side, with the
+	// arrow flipped.
+	left, right, arrow := true, false, "-> "
 	if f.GetIsReply().GetValue() {
-		b.WriteString("<- ")
-	} else {
-		b.WriteString("-> ")
+		left, right, arrow = false, true, "<- "
 	}
-	b.WriteString(Endpoint(f, false))
+	side := func(source bool) *flowpb.Endpoint {
+		if source {
+			return f.GetSource()
+		}
+		return f.GetDestination()
+	}
+	b.WriteString(Endpoint(f, left))
 	b.WriteString(" (")
-	b.WriteString(identityText(f.GetDestination()))
+	b.WriteString(identityText(side(left)))
+	b.WriteString(") ")
+	b.WriteString(arrow)
+	b.WriteString(Endpoint(f, right))
+	b.WriteString(" (")
+	b.WriteString(identityText(side(right)))
 	b.WriteString(") ")
 	b.WriteString(EventDescription(f))
 	b.WriteString(" ")
 	b.WriteString(f.GetVerdict().String())
-	if s := f.GetSummary(); s != "" {
+	if s := Summary(f); s != "" {
 		b.WriteString(" (")
 		b.WriteString(s)
 		b.WriteString(")")
@@ -178,7 +186,7 @@ func (p *Printer) writeTableRow(f *flowpb.Flow) error {
 		}
 	}
 	row := strings.Join([]string{p.timestamp(f), Endpoint(f, true), Endpoint(f, false),
-		EventDescription(f), f.GetVerdict().String(), f.GetSummary()}, "\t")
+		EventDescription(f), f.GetVerdict().String(), Summary(f)}, "\t")
 	if p.opts.PolicyNames {
 		row += "\t" + PolicyNames(f)
 	}
@@ -198,7 +206,7 @@ func (p *Printer) writeDict(f *flowpb.Flow) error {
 		{"DESTINATION", Endpoint(f, false)},
 		{"TYPE", EventDescription(f)},
 		{"VERDICT", f.GetVerdict().String()},
-		{"SUMMARY", f.GetSummary()},
+		{"SUMMARY", Summary(f)},
 	}
 	if p.opts.PolicyNames {
 		fields = append(fields, [2]string{"POLICIES", PolicyNames(f)})
@@ -279,6 +287,22 @@ func EventDescription(f *flowpb.Flow) string {
 			action = "REDIRECTED"
 		}
 		return "policy-verdict:" + MatchTypeText(f.GetPolicyMatchType()) + " " + f.GetTrafficDirection().String() + " " + action
+	case observer.MonitorTypeAccessLog:
+		kind := "l7"
+		switch {
+		case f.GetL7().GetHttp() != nil:
+			kind = "http"
+		case f.GetL7().GetDns() != nil:
+			kind = "dns"
+		}
+		typ := "-request"
+		if f.GetL7().GetType() == flowpb.L7FlowType_RESPONSE {
+			typ = "-response"
+		}
+		if src := f.GetL7().GetDns().GetObservationSource(); src != "" {
+			typ += " " + src // as hubble: "dns-request proxy"
+		}
+		return kind + typ
 	case observer.MonitorTypeTrace:
 		if f.GetTraceObservationPoint() == flowpb.TraceObservationPoint_FROM_ENDPOINT {
 			return "from-endpoint"
@@ -321,4 +345,31 @@ func PolicyNames(f *flowpb.Flow) string {
 		parts = append(parts, "["+g.word+" "+strings.Join(names, ", ")+"]")
 	}
 	return strings.Join(parts, " ")
+}
+
+// Summary is a flow's one-line description; for L7 flows it is hubble's:
+// "HTTP/1.1 GET http://backend:8080/api" for a request, "HTTP/1.1 200
+// 3ms (GET http://backend:8080/api)" for a response, "DNS Query
+// api.github.com. A" and "DNS Answer "1.2.3.4" TTL: 60 (Proxy
+// api.github.com. A)" for DNS.
+func Summary(f *flowpb.Flow) string {
+	if s := f.GetSummary(); s != "" {
+		return s // the server's, as the stock hubble CLI prints it
+	}
+	l7 := f.GetL7()
+	resp := l7.GetType() == flowpb.L7FlowType_RESPONSE
+	if h := l7.GetHttp(); h != nil {
+		if resp {
+			return fmt.Sprintf("%s %d %dms (%s %s)", h.GetProtocol(), h.GetCode(), l7.GetLatencyNs()/1e6, h.GetMethod(), h.GetUrl())
+		}
+		return fmt.Sprintf("%s %s %s", h.GetProtocol(), h.GetMethod(), h.GetUrl())
+	}
+	if d := l7.GetDns(); d != nil {
+		qtypes := strings.Join(d.GetQtypes(), ",")
+		if resp {
+			return fmt.Sprintf("DNS Answer %q TTL: %d (Proxy %s %s)", strings.Join(d.GetIps(), ","), d.GetTtl(), d.GetQuery(), qtypes)
+		}
+		return fmt.Sprintf("DNS Query %s %s", d.GetQuery(), qtypes)
+	}
+	return f.GetSummary()
 }

@@ -9,6 +9,7 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func ipv6Drop() *flowpb.Flow {
@@ -108,6 +109,59 @@ func TestPolicyVerdictShowsMatchType(t *testing.T) {
 		want := "Nov 26 04:00:02.000: demo/client:40000 (ID:300) -> demo/server:80 (ID:301) " + c.want + "\n"
 		if out.String() != want {
 			t.Errorf("match type %d:\n got %q\nwant %q", c.match, out.String(), want)
+		}
+	}
+}
+
+// L7 flows print as hubble prints them.
+func TestL7Lines(t *testing.T) {
+	base := func(typ flowpb.L7FlowType, v flowpb.Verdict, rec *flowpb.Layer7) *flowpb.Flow {
+		rec.Type = typ
+		return &flowpb.Flow{
+			Time:        timestamppb.New(time.Date(2026, 11, 26, 4, 0, 1, 0, time.UTC)),
+			Verdict:     v,
+			Type:        flowpb.FlowType_L7,
+			EventType:   &flowpb.CiliumEventType{Type: 129},
+			IsReply:     wrapperspb.Bool(typ == flowpb.L7FlowType_RESPONSE),
+			IP:          &flowpb.IP{Source: "10.0.0.1", Destination: "10.0.0.2"},
+			L4:          &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: 40000, DestinationPort: 8080}}},
+			Source:      &flowpb.Endpoint{Identity: 1001, Namespace: "demo", PodName: "frontend-0"},
+			Destination: &flowpb.Endpoint{Identity: 1002, Namespace: "demo", PodName: "backend-0"},
+			L7:          rec,
+			IngressDeniedBy: func() []*flowpb.Policy {
+				if v == flowpb.Verdict_DROPPED {
+					return []*flowpb.Policy{{Namespace: "demo", Name: "l7-http-policy"}}
+				}
+				return nil
+			}(),
+		}
+	}
+	reply := func(f *flowpb.Flow) *flowpb.Flow {
+		f.Source, f.Destination = f.Destination, f.Source
+		f.IP.Source, f.IP.Destination = f.IP.Destination, f.IP.Source
+		tcp := f.L4.GetTCP()
+		tcp.SourcePort, tcp.DestinationPort = tcp.DestinationPort, tcp.SourcePort
+		return f
+	}
+	tests := []struct {
+		f    *flowpb.Flow
+		want string
+	}{
+		{base(flowpb.L7FlowType_REQUEST, flowpb.Verdict_DROPPED, &flowpb.Layer7{Record: &flowpb.Layer7_Http{Http: &flowpb.HTTP{Method: "DELETE", Url: "http://backend:8080/api/v1/users", Protocol: "HTTP/1.1"}}}),
+			"Nov 26 04:00:01.000: demo/frontend-0:40000 (ID:1001) -> demo/backend-0:8080 (ID:1002) http-request DROPPED (HTTP/1.1 DELETE http://backend:8080/api/v1/users) [denied by demo/l7-http-policy]"},
+		{reply(base(flowpb.L7FlowType_RESPONSE, flowpb.Verdict_FORWARDED, &flowpb.Layer7{LatencyNs: 3e6, Record: &flowpb.Layer7_Http{Http: &flowpb.HTTP{Code: 200, Method: "GET", Url: "http://backend:8080/health", Protocol: "HTTP/1.1"}}})),
+			"Nov 26 04:00:01.000: demo/frontend-0:40000 (ID:1001) <- demo/backend-0:8080 (ID:1002) http-response FORWARDED (HTTP/1.1 200 3ms (GET http://backend:8080/health))"},
+		{base(flowpb.L7FlowType_REQUEST, flowpb.Verdict_FORWARDED, &flowpb.Layer7{Record: &flowpb.Layer7_Dns{Dns: &flowpb.DNS{Query: "api.github.com.", Qtypes: []string{"A"}}}}),
+			"Nov 26 04:00:01.000: demo/frontend-0:40000 (ID:1001) -> demo/backend-0:8080 (ID:1002) dns-request FORWARDED (DNS Query api.github.com. A)"},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		p := New(&out, &out, Options{Format: Compact, PolicyNames: true, Location: time.UTC})
+		if err := p.Write(&observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: tt.f}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSuffix(out.String(), "\n"); got != tt.want {
+			t.Errorf("\n got %q\nwant %q", got, tt.want)
 		}
 	}
 }

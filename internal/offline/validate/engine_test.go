@@ -58,7 +58,7 @@ func TestEngineUnsupportedFeaturesAreErrors(t *testing.T) {
 		{"serverNames deny", policy.FeatureServerNames, cnp(sel + "egressDeny:\n- toEntities: [world]\n" + tcp443 + "    serverNames: [a.com]\n"), "spec.egressDeny[0].toPorts[0].serverNames"},
 		{"kafka", policy.FeatureKafka, cnp(sel + "ingress:\n- toPorts:\n  - ports: [{port: \"9092\", protocol: TCP}]\n    rules:\n      kafka: [{topic: t}]\n"), "spec.ingress[0].toPorts[0].rules.kafka"},
 		{"l7proto", policy.FeatureGenericL7, cnp(sel + "ingress:\n- toPorts:\n  - ports: [{port: \"9000\", protocol: TCP}]\n    rules:\n      l7proto: myproto\n      l7:\n      - {op: get}\n"), "spec.ingress[0].toPorts[0].rules.l7proto"},
-		{"headerMatches", policy.FeatureHeaderMatches, cnp(sel + "ingress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules:\n      http:\n      - path: /\n      - headerMatches:\n        - name: X-Token\n          value: v\n"), "spec.ingress[0].toPorts[0].rules.http[1].headerMatches"},
+		{"headerMatches secret", policy.FeatureHeaderSecrets, cnp(sel + "ingress:\n- toPorts:\n  - ports: [{port: \"80\", protocol: TCP}]\n    rules:\n      http:\n      - path: /\n      - headerMatches:\n        - name: X-Token\n          value: v\n        - name: X-Key\n          secret: {name: s}\n"), "spec.ingress[0].toPorts[0].rules.http[1].headerMatches[1].secret"},
 	}
 	covered := map[string]bool{}
 	for _, tt := range tests {

@@ -43,6 +43,7 @@ func Lint(set *manifest.Set) []Finding {
 		out = append(out, r.out...)
 	}
 	out = append(out, l.lintDNSForFQDN()...)
+	out = append(out, l.lintFQDNWithoutDNSRules()...)
 	out = append(out, l.lintUnreachableIngress()...)
 	return out
 }

@@ -13,12 +13,21 @@ import (
 
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/policy/api"
+	httpproxy "github.com/bulwark-net/bulwark/internal/proxy/http"
 )
 
 // Object validates one decoded object.
 func Object(o *manifest.Object) []Finding {
 	r := &reporter{obj: o}
 	if u, ok := o.Obj.(*manifest.Unsupported); ok {
+		if u.IsEnvoyConfig() {
+			if _, err := httpproxy.ParseEnvoyConfig(u.Raw); err != nil {
+				r.add(Error, "refused", nil, "not enforceable as written, refused rather than ignored: %v", err)
+			} else {
+				r.add(Info, "enforced", nil, "%s", u.Note)
+			}
+			return r.out
+		}
 		if u.Refused {
 			r.add(Error, "refused", nil, "%s", u.Note)
 		} else {

@@ -116,11 +116,37 @@ type L7Rules struct {
 	DNS  []DNSRule
 }
 
-// HTTPRule allows requests matching all of its set fields (regular
-// expressions as in Cilium: method, path, host; headers "Name: value-regex").
+// HTTPRule allows requests matching all of its set fields, as Cilium's
+// Envoy translation does: Method, Path (the request target, query
+// included) and Host (the authority) are RE2 regular expressions matched
+// against the whole value; Headers entries are "Name" (present) or
+// "Name value" / "Name: value" (split at the first space, trailing colons
+// trimmed from the name; the value is literal, not a regex).
+// HeaderMatches with Mismatch FAIL are further conditions; the others are
+// actions taken on an allowed request whose header differs.
 type HTTPRule struct {
 	Method, Path, Host string
 	Headers            []string
+	HeaderMatches      []HeaderMatch
+}
+
+// MismatchAction is what a HeaderMatch does when the request's header
+// differs from Value (Cilium's api.MismatchAction).
+type MismatchAction string
+
+const (
+	MismatchFail    MismatchAction = ""        // the rule does not match
+	MismatchLog     MismatchAction = "LOG"     // the rule matches; the mismatch is recorded
+	MismatchAdd     MismatchAction = "ADD"     // the rule matches; Name: Value is added
+	MismatchDelete  MismatchAction = "DELETE"  // the rule matches; the header is removed
+	MismatchReplace MismatchAction = "REPLACE" // the rule matches; the header is set to Value
+)
+
+// HeaderMatch requires header Name to equal Value exactly (to be present
+// when Value is empty). Secret references are refused by the engine.
+type HeaderMatch struct {
+	Name, Value string
+	Mismatch    MismatchAction
 }
 
 // DNSRule allows DNS queries for a name (matchName) or a pattern (matchPattern).

@@ -28,6 +28,9 @@ import (
 // their addresses.
 type Records struct {
 	Names map[string][]netip.Addr `json:"names"`
+	// Zones are wildcard test zones: every name strictly under a zone
+	// (any depth) that Names does not hold resolves to its addresses.
+	Zones map[string][]netip.Addr `json:"zones,omitempty"`
 }
 
 // TTL of every answer, in seconds: short, because the agent may change them.
@@ -38,6 +41,12 @@ func WriteRecords(file string, recs Records) error {
 	norm := Records{Names: map[string][]netip.Addr{}}
 	for n, ips := range recs.Names {
 		norm.Names[Canonical(n)] = append(norm.Names[Canonical(n)], ips...)
+	}
+	for z, ips := range recs.Zones {
+		if norm.Zones == nil {
+			norm.Zones = map[string][]netip.Addr{}
+		}
+		norm.Zones[Canonical(z)] = append(norm.Zones[Canonical(z)], ips...)
 	}
 	b, err := json.MarshalIndent(norm, "", "  ")
 	if err != nil {
@@ -56,9 +65,12 @@ func ReadRecords(file string) (Records, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return Records{}, fmt.Errorf("parse dns records %s: %w", file, err)
 	}
-	out := Records{Names: map[string][]netip.Addr{}}
+	out := Records{Names: map[string][]netip.Addr{}, Zones: map[string][]netip.Addr{}}
 	for n, ips := range r.Names {
 		out.Names[Canonical(n)] = ips
+	}
+	for z, ips := range r.Zones {
+		out.Zones[Canonical(z)] = ips
 	}
 	return out, nil
 }
@@ -136,6 +148,9 @@ func (s *Server) Answer(req *mdns.Msg) *mdns.Msg {
 	q := req.Question[0]
 	s.mu.RLock()
 	ips, ok := s.recs.Names[Canonical(q.Name)]
+	if !ok {
+		ips, ok = zoneOf(s.recs.Zones, Canonical(q.Name))
+	}
 	s.mu.RUnlock()
 	if !ok {
 		m.Rcode = mdns.RcodeNameError
@@ -156,6 +171,18 @@ func (s *Server) Answer(req *mdns.Msg) *mdns.Msg {
 	}
 	// A known name without records of the asked type is NOERROR/NODATA.
 	return m
+}
+
+// zoneOf returns the addresses of the closest wildcard zone strictly
+// above name.
+func zoneOf(zones map[string][]netip.Addr, name string) ([]netip.Addr, bool) {
+	for i := strings.IndexByte(name, '.'); i >= 0 && i+1 < len(name); i = strings.IndexByte(name, '.') {
+		name = name[i+1:]
+		if ips, ok := zones[name]; ok {
+			return ips, true
+		}
+	}
+	return nil, false
 }
 
 // ServeDNS implements mdns.Handler.

@@ -16,6 +16,9 @@ func TestAnswer(t *testing.T) {
 	if err := WriteRecords(file, Records{Names: map[string][]netip.Addr{
 		"backend.demo.svc.cluster.local": {netip.MustParseAddr("10.96.0.20")},
 		"API.github.com.":                {netip.MustParseAddr("198.18.0.10"), netip.MustParseAddr("fd00::10")},
+		"exact.test.example":             {netip.MustParseAddr("198.18.0.12")},
+	}, Zones: map[string][]netip.Addr{
+		"Test.Example": {netip.MustParseAddr("198.18.0.11")},
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +35,12 @@ func TestAnswer(t *testing.T) {
 		{"api.github.com.", mdns.TypeAAAA, mdns.RcodeSuccess, []string{"fd00::10"}},
 		{"backend.", mdns.TypeA, mdns.RcodeNameError, nil},
 		{"example.com.", mdns.TypeA, mdns.RcodeNameError, nil},
+		// a wildcard zone: any name under it, at any depth, not the zone itself
+		{"a.test.example.", mdns.TypeA, mdns.RcodeSuccess, []string{"198.18.0.11"}},
+		{"x.y.Test.example.", mdns.TypeA, mdns.RcodeSuccess, []string{"198.18.0.11"}},
+		{"exact.test.example.", mdns.TypeA, mdns.RcodeSuccess, []string{"198.18.0.12"}},
+		{"test.example.", mdns.TypeA, mdns.RcodeNameError, nil},
+		{"atest.example.", mdns.TypeA, mdns.RcodeNameError, nil},
 	}
 	for _, c := range cases {
 		req := new(mdns.Msg)

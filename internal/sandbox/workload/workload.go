@@ -1,6 +1,9 @@
 // Package workload is the process that stands in for a pod's containers in
 // the sandbox: it serves every declared port (HTTP, plain TCP or UDP echo)
-// or, for the cluster DNS pod, DNS from a records file.
+// or, for the cluster DNS pod, DNS from a records file. An HTTP port speaks
+// HTTP/1.1, h2c (prior knowledge and Upgrade) and gRPC (the standard
+// health service and UserService, see grpc.go) on the same socket, told
+// apart by the connection preface and the request's content-type.
 //
 // It runs as `bulwark __workload ...` inside the pod's network namespace and
 // the sandbox cgroup, detached (setsid) so it outlives the agent.
@@ -222,8 +225,11 @@ func Run(ctx context.Context, c Config) error {
 	}
 	defer l.close()
 	errc := make(chan error, 8)
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
 	for _, x := range l.http {
-		srv := &http.Server{Handler: httpHandler(c.Pod), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: appHandler(c.Pod, httpHandler(c.Pod)), Protocols: protos, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- srv.Serve(x) }()
 	}
 	for _, x := range l.tcp {
@@ -261,7 +267,7 @@ func httpHandler(pod string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Bulwark-Pod", pod)
-		fmt.Fprintf(w, "pod=%s method=%s path=%s host=%s client=%s\n", pod, r.Method, r.URL.Path, r.Host, r.RemoteAddr)
+		fmt.Fprintf(w, "pod=%s method=%s path=%s host=%s client=%s proto=%s\n", pod, r.Method, r.URL.Path, r.Host, r.RemoteAddr, r.Proto)
 	})
 }
 

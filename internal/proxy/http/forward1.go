@@ -1,0 +1,238 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// HTTP/1.1 fast path. An HTTP/1.1 client connection gets its own upstream
+// connection (dialled on its first allowed request, kept while both ends
+// keep alive), and each request is written and its response read on the
+// handler's goroutine: no pool hand-off between goroutines, which is most
+// of a reverse proxy's added latency on a loaded machine. The backend sees
+// one connection per client connection, as it would without the proxy.
+// Upgrades (WebSocket) take the general path (httputil.ReverseProxy).
+
+// upstream1 is a client connection's HTTP/1.1 upstream connection. It is
+// used by one request at a time (the server serves a connection's requests
+// in order).
+type upstream1 struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used bool // carried a request already: a failure may be a stale keep-alive
+}
+
+// hopHeaders are removed from forwarded messages (RFC 9110 section 7.6.1),
+// besides the headers the Connection header names.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHopHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// isUpgrade reports whether r asks to switch protocols.
+func isUpgrade(r *http.Request) bool {
+	return httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade")
+}
+
+// forward1 forwards an allowed HTTP/1.x request over the client
+// connection's upstream connection and copies the response back.
+func (p *Proxy) forward1(w http.ResponseWriter, r *http.Request, st *reqState) {
+	out := &http.Request{
+		Method:        r.Method,
+		URL:           &url.URL{Scheme: "http", Host: st.cs.flow.Dst.String(), Opaque: st.path, RawQuery: st.query},
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        r.Header.Clone(),
+		Host:          st.host,
+		ContentLength: r.ContentLength,
+		Trailer:       r.Trailer,
+	}
+	if r.ContentLength != 0 {
+		out.Body = r.Body
+	}
+	removeHopHeaders(out.Header)
+	out.Header.Del("Host")
+	if httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers") {
+		out.Header.Set("Te", "trailers")
+	}
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // Request.Write adds none then
+	}
+	if mism := applyActions(st.actions, out.Header); len(mism) > 0 {
+		st.rec.Reason = "header mismatch: " + strings.Join(mism, ", ")
+	}
+	p.record(st.rec)
+	st.forwardedAt = time.Now()
+
+	// A client that goes away ends the exchange with the backend too.
+	stop := context.AfterFunc(r.Context(), func() {
+		if c := st.upConn.Load(); c != nil {
+			_ = (*c).SetDeadline(time.Unix(1, 0))
+		}
+	})
+	defer func() {
+		if !stop() {
+			st.cs.closeUpstream1() // its deadline is in the past
+		}
+	}()
+	resp, err := p.roundTrip1(st, out)
+	if err != nil {
+		p.answerUpstreamError(w, r, st, err)
+		return
+	}
+	p.recordResponse(st, resp)
+	h := w.Header()
+	for k, vs := range resp.Header {
+		h[k] = vs
+	}
+	removeHopHeaders(h)
+	if _, ok := h["Content-Type"]; !ok {
+		h["Content-Type"] = nil // no sniffed type the backend did not send
+	}
+	if len(resp.Trailer) > 0 {
+		names := make([]string, 0, len(resp.Trailer))
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		h["Trailer"] = []string{strings.Join(names, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+	flush := resp.ContentLength == -1
+	rc := http.NewResponseController(w)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	var copyErr error
+	for {
+		n, rerr := resp.Body.Read(*bp)
+		if n > 0 {
+			if _, werr := w.Write((*bp)[:n]); werr != nil {
+				copyErr = werr
+				break
+			}
+			if flush {
+				_ = rc.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			copyErr = rerr
+			break
+		}
+	}
+	resp.Body.Close()
+	for k, vs := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vs
+	}
+	if copyErr != nil || resp.Close || out.Close {
+		st.cs.closeUpstream1()
+	}
+	if copyErr != nil {
+		panic(http.ErrAbortHandler) // the response is cut short: the client must see it
+	}
+}
+
+// roundTrip1 writes out and reads its response, dialling the upstream
+// connection when there is none; a request without a body that fails on a
+// reused connection before any response byte is retried once on a new one
+// (the backend closed an idle keep-alive connection).
+func (p *Proxy) roundTrip1(st *reqState, out *http.Request) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		up, err := st.cs.upstream1(p, st)
+		if err != nil {
+			return nil, err
+		}
+		st.upConn.Store(&up.conn)
+		retryable := up.used && out.Body == nil && attempt == 0
+		up.used = true
+		if err := out.Write(up.bw); err == nil {
+			err = up.bw.Flush()
+		}
+		if err != nil {
+			st.cs.closeUpstream1()
+			if retryable {
+				continue
+			}
+			return nil, fmt.Errorf("write request: %w", err)
+		}
+		for {
+			resp, err := http.ReadResponse(up.br, out)
+			if err != nil {
+				st.cs.closeUpstream1()
+				if retryable && errors.Is(err, io.EOF) || retryable && errors.Is(err, io.ErrUnexpectedEOF) && up.br.Buffered() == 0 {
+					break
+				}
+				return nil, fmt.Errorf("read response: %w", err)
+			}
+			if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+				continue // 100 Continue and other interim answers: the final one follows
+			}
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				st.cs.closeUpstream1()
+				return nil, errors.New("upstream switched protocols without an upgrade request")
+			}
+			return resp, nil
+		}
+	}
+}
+
+func (cs *connState) upstream1(p *Proxy, st *reqState) (*upstream1, error) {
+	if cs.up != nil {
+		return cs.up, nil
+	}
+	ctx := cs.ctx
+	c, err := p.opts.Dialer.DialUpstream(ctx, cs.flow)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", cs.flow.Dst, err)
+	}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(c)
+	cs.up = &upstream1{conn: c, br: br, bw: bw}
+	return cs.up, nil
+}
+
+// Buffers of closed upstream connections are reused: with a new client
+// connection per request they would otherwise be most of the garbage.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+func (cs *connState) closeUpstream1() {
+	if up := cs.up; up != nil {
+		up.conn.Close()
+		up.br.Reset(nil)
+		up.bw.Reset(nil)
+		readers.Put(up.br)
+		writers.Put(up.bw)
+		cs.up = nil
+	}
+}
