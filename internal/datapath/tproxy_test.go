@@ -156,7 +156,8 @@ func (p *testProxy) saw(flow string) bool {
 // (the identity in its mark) and never redirected again; a UDP datagram
 // reaches a transparent UDP socket with its original destination and the
 // answer comes back from it (the DNS proxy's way); with no listener the
-// connection or datagram is dropped (PROXY_UNAVAILABLE), never passed.
+// connection or datagram is dropped (PROXY_UNAVAILABLE), never passed; a
+// revoked redirect stops an open proxied connection.
 func TestL7RedirectThroughTransparentProxy(t *testing.T) {
 	for _, off := range []bool{false, true} {
 		t.Run(fmt.Sprintf("local-delivery-off=%v", off), func(t *testing.T) {
@@ -250,6 +251,30 @@ func testL7Redirect(t *testing.T, localDeliveryOff bool) {
 		if got, err := tp.udpAsk(0, to, "q"); err != nil || got != "proxied q to "+to.String() {
 			t.Fatalf("udp to %s: answer %q (%v), want it from the proxy", to, got, err)
 		}
+	}
+	// A redirect revoked by a policy change does not keep passing: an
+	// open connection through the proxy stops at the next packet.
+	c, err := tp.dialTCPTo(0, netip.AddrPortFrom(b.addr, 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, "before the revocation"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := l7State(tp, func(resolved.Protocol) uint16 { return proxy.port })
+	ing := &revoked.Endpoints[2].Ingress
+	ing.Entries = slices.DeleteFunc(ing.Entries, func(e resolved.Entry) bool { return e.PortLo == 8080 })
+	revoked.Revision = 3
+	if err := dp.Sync(revoked); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(c, "after the revocation"); err == nil {
+		t.Fatal("a connection through the proxy kept passing after its redirect was revoked")
+	}
+	st.Revision = 4
+	if err := dp.Sync(st); err != nil { // back to the redirect for what follows
+		t.Fatal(err)
 	}
 	drainEvents(events)
 	// No listener: redirected connections are dropped, never passed.

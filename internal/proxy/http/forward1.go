@@ -89,17 +89,21 @@ func (p *Proxy) forward1(w http.ResponseWriter, r *http.Request, st *reqState) {
 	p.record(st.rec)
 	st.forwardedAt = time.Now()
 
-	// A client that goes away ends the exchange with the backend too.
-	stop := context.AfterFunc(r.Context(), func() {
-		if c := st.upConn.Load(); c != nil {
-			_ = (*c).SetDeadline(time.Unix(1, 0))
-		}
-	})
-	defer func() {
-		if !stop() {
-			st.cs.closeUpstream1() // its deadline is in the past
-		}
-	}()
+	// A client that goes away ends the exchange with the backend too. (On
+	// the lean HTTP/1.1 path the request context is never cancelled: the
+	// connection's own watcher, serve1, does this for the whole connection.)
+	if r.Context().Done() != nil {
+		stop := context.AfterFunc(r.Context(), func() {
+			if c := st.upConn.Load(); c != nil {
+				_ = (*c).SetDeadline(time.Unix(1, 0))
+			}
+		})
+		defer func() {
+			if !stop() {
+				st.cs.closeUpstream1() // its deadline is in the past
+			}
+		}()
+	}
 	resp, err := p.roundTrip1(st, out)
 	if err != nil {
 		p.answerUpstreamError(w, r, st, err)
@@ -216,6 +220,7 @@ func (cs *connState) upstream1(p *Proxy, st *reqState) (*upstream1, error) {
 	bw := writers.Get().(*bufio.Writer)
 	bw.Reset(c)
 	cs.up = &upstream1{conn: c, br: br, bw: bw}
+	cs.live.Store(cs.up)
 	return cs.up, nil
 }
 
@@ -234,5 +239,6 @@ func (cs *connState) closeUpstream1() {
 		readers.Put(up.br)
 		writers.Put(up.bw)
 		cs.up = nil
+		cs.live.Store(nil)
 	}
 }

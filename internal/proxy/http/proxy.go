@@ -38,6 +38,9 @@ const (
 // read whole before the connection switches protocols.
 const maxUpgradeBody = 1 << 20
 
+// maxHeaderBytes bounds a request's header.
+const maxHeaderBytes = 1 << 20
+
 // Options configure a Proxy.
 type Options struct {
 	// Policies gives the rules of each flow; required.
@@ -79,6 +82,10 @@ type Proxy struct {
 	poolMu sync.Mutex
 	pools  map[poolKey]*pool
 
+	// ctx ends when the proxy closes (lean connections watch it).
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	closeOnce sync.Once
 	serveDone chan struct{}
 }
@@ -99,6 +106,7 @@ func New(o Options) (*Proxy, error) {
 		pools:     map[poolKey]*pool{},
 		serveDone: make(chan struct{}),
 	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	redact := o.RedactHeaders
 	if redact == nil {
 		redact = DefaultRedactHeaders
@@ -117,9 +125,9 @@ func New(o Options) (*Proxy, error) {
 	p.srv = &http.Server{
 		Handler:           p,
 		Protocols:         protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       10 * time.Minute,
-		MaxHeaderBytes:    1 << 20,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          log.New(io.Discard, "", 0),
 		ConnState: func(c net.Conn, state http.ConnState) {
 			if tc, ok := c.(*trackedConn); ok && (state == http.StateClosed || state == http.StateHijacked) {
@@ -151,6 +159,7 @@ func New(o Options) (*Proxy, error) {
 // Close stops the proxy: every connection it serves is closed.
 func (p *Proxy) Close() error {
 	p.closeOnce.Do(func() {
+		p.cancel()
 		p.ln.Close()
 		_ = p.srv.Close()
 		<-p.serveDone
@@ -178,14 +187,30 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 	p.m.conns.Inc()
 	defer p.m.conns.Dec()
 	cs := &connState{ctx: ctx, flow: f, pool: pl}
-	tc := &trackedConn{Conn: client, done: make(chan struct{}), state: cs}
+	stop1, stop2 := watch1(ctx, client, cs), watch1(p.ctx, client, cs)
+	handOff := p.serve1(ctx, client, cs)
+	stop1()
+	stop2()
+	if handOff == nil {
+		cs.closeUpstream1()
+		return
+	}
+	if ctx.Err() != nil || p.ctx.Err() != nil {
+		client.Close()
+		cs.closeUpstream1()
+		return
+	}
+	_ = client.SetDeadline(time.Time{})
+	tc := &trackedConn{Conn: handOff, done: make(chan struct{}), state: cs}
 	select {
 	case p.ln.ch <- tc:
 	case <-p.ln.closed:
 		client.Close()
+		cs.closeUpstream1()
 		return
 	case <-ctx.Done():
 		client.Close()
+		cs.closeUpstream1()
 		return
 	}
 	select {
@@ -203,8 +228,11 @@ type connState struct {
 	upgraded atomic.Bool // switched to HTTP/2 by an h2c Upgrade
 	// up is the HTTP/1.1 upstream connection (see forward1). Only the
 	// server's goroutine of this (HTTP/1, never hijacked) connection uses
-	// it: its requests, then the ConnState hook that closes it.
+	// it: its requests, then the ConnState hook that closes it. (The lean
+	// path, serve1, uses it first, then hands it over with the connection.)
 	up *upstream1
+	// live is up, for watch1 (another goroutine) to cut it.
+	live atomic.Pointer[upstream1]
 }
 
 type connKey struct{}
@@ -246,6 +274,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveH2CUpgrade(w, r, cs)
 		return
 	}
+	p.serveRequest(w, r, cs)
+}
+
+// serveRequest decides and forwards one request of connection cs (the
+// h2c Upgrade handshake is ServeHTTP's).
+func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, cs *connState) {
 	grpc := isGRPC(r)
 	rec := proxy.Record{Time: time.Now(), Flow: cs.flow, Type: proxy.Request}
 	rec.HTTP = &proxy.HTTP{Method: r.Method, Protocol: r.Proto, Headers: p.recordHeaders(r.Header)}
