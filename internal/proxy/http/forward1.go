@@ -61,16 +61,29 @@ func isUpgrade(r *http.Request) bool {
 // forward1 forwards an allowed HTTP/1.x request over the client
 // connection's upstream connection and copies the response back.
 func (p *Proxy) forward1(w http.ResponseWriter, r *http.Request, st *reqState) {
+	// The lean path's request is the proxy's own: its header is forwarded
+	// in place. http.Server's requests are not to be modified.
+	header := r.Header
+	if _, lean := w.(*rw1); !lean {
+		header = header.Clone()
+	}
+	if st.cs.dst == "" {
+		st.cs.dst = st.cs.flow.Dst.String()
+	}
 	out := &http.Request{
 		Method:        r.Method,
-		URL:           &url.URL{Scheme: "http", Host: st.cs.flow.Dst.String(), Opaque: st.path, RawQuery: st.query},
+		URL:           &url.URL{Scheme: "http", Host: st.cs.dst, Opaque: st.path, RawQuery: st.query},
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
-		Header:        r.Header.Clone(),
+		Header:        header,
 		Host:          st.host,
 		ContentLength: r.ContentLength,
 		Trailer:       r.Trailer,
+		// A client that closes after this request gets a backend that
+		// does the same, as without the proxy (and the backend, closing
+		// first, keeps the TIME_WAIT, not the proxy's ephemeral port).
+		Close: r.Close,
 	}
 	if r.ContentLength != 0 {
 		out.Body = r.Body

@@ -298,8 +298,7 @@ func (w *rw1) WriteHeader(code int) {
 	}
 	bw := w.bw
 	bw.WriteString("HTTP/1.1 ")
-	var num [20]byte
-	bw.Write(strconv.AppendInt(num[:0], int64(code), 10))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(code))
 	bw.WriteString("\r\n")
@@ -312,8 +311,9 @@ func (w *rw1) WriteHeader(code int) {
 		}
 	}
 	if _, ok := h["Date"]; !ok {
-		var d [64]byte
-		writeHeaderLine(bw, "Date", string(time.Now().UTC().AppendFormat(d[:0], http.TimeFormat)))
+		bw.WriteString("Date: ")
+		bw.Write(time.Now().UTC().AppendFormat(bw.AvailableBuffer(), http.TimeFormat))
+		bw.WriteString("\r\n")
 	}
 	if w.chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
@@ -354,8 +354,7 @@ func (w *rw1) Write(b []byte) (int, error) {
 	}
 	w.written += int64(len(b))
 	if w.chunked {
-		var num [16]byte
-		w.bw.Write(strconv.AppendUint(num[:0], uint64(len(b)), 16))
+		w.bw.Write(strconv.AppendUint(w.bw.AvailableBuffer(), uint64(len(b)), 16))
 		w.bw.WriteString("\r\n")
 	}
 	n, err := w.bw.Write(b)
@@ -415,15 +414,34 @@ func setReadDeadline(ctx1, ctx2 context.Context, client net.Conn, t time.Time) {
 	}
 }
 
-// watch1 ends a lean connection when ctx (ServeConn's or the proxy's)
-// ends: client reads and writes fail, and so does the exchange with the
-// backend.
+// watch1 ends a lean connection when ctx (ServeConn's) ends.
 func watch1(ctx context.Context, client net.Conn, cs *connState) (stop func() bool) {
-	return context.AfterFunc(ctx, func() {
-		past := time.Unix(1, 0)
-		_ = client.SetDeadline(past)
-		if up := cs.live.Load(); up != nil {
-			_ = up.conn.SetDeadline(past)
-		}
-	})
+	return context.AfterFunc(ctx, func() { cut1(client, cs) })
+}
+
+// cut1 makes a lean connection's reads and writes fail, and so the
+// exchange with the backend.
+func cut1(client net.Conn, cs *connState) {
+	past := time.Unix(1, 0)
+	_ = client.SetDeadline(past)
+	if up := cs.live.Load(); up != nil {
+		_ = up.conn.SetDeadline(past)
+	}
+}
+
+// track1 registers a lean connection for Close; false once closed.
+func (p *Proxy) track1(client net.Conn, cs *connState) bool {
+	p.leanMu.Lock()
+	defer p.leanMu.Unlock()
+	if p.ctx.Err() != nil {
+		return false
+	}
+	p.lean[cs] = client
+	return true
+}
+
+func (p *Proxy) untrack1(cs *connState) {
+	p.leanMu.Lock()
+	delete(p.lean, cs)
+	p.leanMu.Unlock()
 }
