@@ -85,6 +85,9 @@ type Proxy struct {
 	// ctx ends when the proxy closes.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// idle1 keeps HTTP/1.1 upstream connections between client
+	// connections.
+	idle1 *idlePool
 	// lean holds the connections serve1 serves, for Close to cut.
 	leanMu sync.Mutex
 	lean   map[*connState]net.Conn
@@ -108,6 +111,7 @@ func New(o Options) (*Proxy, error) {
 		ln:        newChanListener(),
 		pools:     map[poolKey]*pool{},
 		lean:      map[*connState]net.Conn{},
+		idle1:     newIdlePool(),
 		serveDone: make(chan struct{}),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -157,6 +161,18 @@ func New(o Options) (*Proxy, error) {
 		defer close(p.serveDone)
 		_ = p.srv.Serve(p.ln)
 	}()
+	go func() {
+		t := time.NewTicker(idleUpTimeout / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				p.idle1.expire(false)
+			case <-p.ctx.Done():
+				return
+			}
+		}
+	}()
 	return p, nil
 }
 
@@ -172,6 +188,7 @@ func (p *Proxy) Close() error {
 		p.ln.Close()
 		_ = p.srv.Close()
 		<-p.serveDone
+		p.idle1.expire(true)
 		p.poolMu.Lock()
 		for k, pl := range p.pools {
 			pl.closeIdle()
@@ -209,7 +226,7 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 	}
 	p.untrack1(cs)
 	if handOff == nil {
-		cs.closeUpstream1()
+		p.releaseUpstream1(cs)
 		return
 	}
 	if ctx.Err() != nil || p.ctx.Err() != nil {
