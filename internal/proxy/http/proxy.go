@@ -226,7 +226,10 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 	}
 	p.untrack1(cs)
 	if handOff == nil {
+		// Released before the client sees the close: its next connection
+		// finds the upstream connection idle.
 		p.releaseUpstream1(cs)
+		client.Close()
 		return
 	}
 	if ctx.Err() != nil || p.ctx.Err() != nil {

@@ -103,7 +103,7 @@ var conn1s = sync.Pool{New: func() any {
 
 // serve1 serves client until it closes or needs the http.Server; then it
 // returns the connection to hand over (reading first what was consumed of
-// its pending request), else nil after closing client.
+// its pending request), else nil: the caller closes client.
 func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.Conn {
 	c := conn1s.Get().(*conn1)
 	c.cc = captureConn{Conn: client, buf: c.cc.buf[:0]}
@@ -124,7 +124,6 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 		if c.br.Buffered() == 0 {
 			setReadDeadline(ctx, p.ctx, client, time.Now().Add(idleTimeout))
 			if _, err := c.br.Peek(1); err != nil {
-				client.Close()
 				return nil
 			}
 		}
@@ -157,7 +156,6 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 		lastPOST = req.Method == http.MethodPost
 		setReadDeadline(ctx, p.ctx, client, time.Time{})
 		if !p.serveOne(c, req, cs) {
-			client.Close()
 			return nil
 		}
 	}
