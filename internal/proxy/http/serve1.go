@@ -256,6 +256,7 @@ type rw1 struct {
 	cl          int64 // declared Content-Length, or -1
 	written     int64
 	closeAfter  bool
+	trailers    []string // announced in the Trailer header
 	err         error
 }
 
@@ -315,6 +316,13 @@ func (w *rw1) WriteHeader(code int) {
 	}
 	if w.chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		for _, v := range h["Trailer"] {
+			for name := range strings.SplitSeq(v, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					w.trailers = append(w.trailers, http.CanonicalHeaderKey(name))
+				}
+			}
+		}
 	}
 	switch {
 	case w.closeAfter:
@@ -385,6 +393,13 @@ func (w *rw1) finish() bool {
 	}
 	if w.chunked {
 		w.bw.WriteString("0\r\n")
+		// Trailers: the names the header announced, set after it, and
+		// http.TrailerPrefix ones.
+		for _, k := range w.trailers {
+			for _, v := range w.h[k] {
+				writeHeaderLine(w.bw, k, v)
+			}
+		}
 		for k, vs := range w.h {
 			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
 				for _, v := range vs {
