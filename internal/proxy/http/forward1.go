@@ -20,12 +20,13 @@ import (
 )
 
 // HTTP/1.1 fast path. An HTTP/1.1 client connection gets its own upstream
-// connection (dialled on its first allowed request, kept while both ends
-// keep alive), and each request is written and its response read on the
-// handler's goroutine: no pool hand-off between goroutines, which is most
-// of a reverse proxy's added latency on a loaded machine. The backend sees
-// one connection per client connection, as it would without the proxy.
-// Upgrades (WebSocket) take the general path (httputil.ReverseProxy).
+// connection (dialled on its first allowed request, or taken idle from
+// the previous client connection of the same source, identity and
+// destination; kept while both ends keep alive), and each request is
+// written and its response read on the handler's goroutine: no pool
+// hand-off between goroutines, which is most of a reverse proxy's added
+// latency on a loaded machine. Upgrades (WebSocket) take the general path
+// (httputil.ReverseProxy).
 
 // upstream1 is a client connection's HTTP/1.1 upstream connection. It is
 // used by one request at a time (the server serves a connection's requests
