@@ -154,7 +154,12 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 		}
 		c.cc.capturing = false
 		lastPOST = req.Method == http.MethodPost
-		setReadDeadline(ctx, p.ctx, client, time.Time{})
+		if req.Body != http.NoBody {
+			// The body is read without a deadline, as http.Server reads
+			// it; a request without one keeps the header's until the
+			// next wait.
+			setReadDeadline(ctx, p.ctx, client, time.Time{})
+		}
 		if !p.serveOne(c, req, cs) {
 			return nil
 		}
