@@ -140,6 +140,7 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 				continue
 			}
 		}
+		setReadDeadline(ctx, p.ctx, client, time.Now().Add(readHeaderTimeout))
 		// Start capturing: what is buffered, then what is read.
 		pending, _ := c.br.Peek(c.br.Buffered())
 		c.cc.buf = append(c.cc.buf[:0], pending...)
@@ -147,8 +148,10 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 		if !p.isHTTP1Start(c) {
 			return c.handOff()
 		}
-		setReadDeadline(ctx, p.ctx, client, time.Now().Add(readHeaderTimeout))
 		req, err := http.ReadRequest(c.br)
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+			return nil // too slow a header (or the proxy is closing)
+		}
 		if err != nil || !plainRequest(req) {
 			return c.handOff()
 		}
@@ -240,11 +243,28 @@ func (p *Proxy) serveOne(c *conn1, req *http.Request, cs *connState) (keep bool)
 	// What the handler left of the body is discarded, up to a bound.
 	if req.Body != nil && req.Body != http.NoBody {
 		n, err := io.CopyN(io.Discard, req.Body, maxDrainBody+1)
-		if n > maxDrainBody || err != nil && err != io.EOF && err != http.ErrBodyReadAfterClose {
+		if n > maxDrainBody {
+			lingerClose(c.cc.Conn)
+			return false
+		}
+		if err != nil && err != io.EOF && err != http.ErrBodyReadAfterClose {
 			return false
 		}
 	}
 	return !w.closeAfter
+}
+
+// lingerClose prepares closing a connection whose client is still
+// sending: closing with unread bytes would reset it and could destroy the
+// answer before the client reads it, so the answer is followed by a FIN
+// and what arrives in the next 500 ms is discarded (as http.Server does).
+func lingerClose(c net.Conn) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 4<<20))
 }
 
 // rw1 is the lean path's http.ResponseWriter: HTTP/1.1 framing of what

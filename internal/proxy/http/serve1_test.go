@@ -257,3 +257,32 @@ func TestLeanHandOff(t *testing.T) {
 		t.Errorf("backend saw %v", uris)
 	}
 }
+
+// Connection handling of the lean path as http.Server's: HTTP/1.0
+// keep-alive, the CR LF an old client sends after a POST body, a denied
+// request's small body discarded with the connection kept, a large one
+// closing it.
+func TestLeanConnectionHandling(t *testing.T) {
+	e := newEnv(t, envOptions{policy: ingress("demo/p", resolved.HTTPRule{Path: "/a.*"})})
+	out := e.raw("GET /a1 HTTP/1.0\r\nHost: app\r\nConnection: keep-alive\r\n\r\n" +
+		"POST /a2 HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n\r\nhi\r\n" +
+		"POST /denied HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nbody!" +
+		"GET /a3 HTTP/1.0\r\nHost: app\r\n\r\n" +
+		"GET /a4 HTTP/1.1\r\nHost: app\r\n\r\n")
+	if got := statuses(out); len(got) != 4 || got[0] != 200 || got[1] != 200 || got[2] != 403 || got[3] != 200 {
+		t.Fatalf("statuses %v (want the connection closed after the HTTP/1.0 request without keep-alive):\n%s", got, out)
+	}
+	big := strings.Repeat("x", maxDrainBody+1024)
+	out = e.raw("POST /denied HTTP/1.1\r\nHost: app\r\nContent-Length: " + strconv.Itoa(len(big)) + "\r\n\r\n" + big +
+		"GET /a5 HTTP/1.1\r\nHost: app\r\n\r\n")
+	if got := statuses(out); len(got) != 1 || got[0] != 403 {
+		t.Fatalf("after a large denied body: statuses %v, want only 403 and the connection closed", got)
+	}
+	var uris []string
+	for _, r := range e.backend.requests() {
+		uris = append(uris, r.URI)
+	}
+	if strings.Join(uris, " ") != "/a1 /a2 /a3" {
+		t.Errorf("backend saw %v", uris)
+	}
+}
