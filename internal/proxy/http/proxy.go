@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -373,11 +374,18 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, cs *connSta
 			return
 		}
 		actions = append(actions, acts...)
+		if len(pol.Stages) == 1 {
+			continue
+		}
 		for _, name := range st.Policies {
 			if !slices.Contains(policies, name) {
 				policies = append(policies, name)
 			}
 		}
+	}
+	if len(pol.Stages) == 1 {
+		// One stage: its (immutable) list as it is, once without repeats.
+		policies = uniqueNames(pol.Stages[0].Policies)
 	}
 	rec.Policies = policies
 	if p.opts.RateLimits != nil {
@@ -400,6 +408,22 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, cs *connSta
 		return
 	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, st)))
+}
+
+// uniqueNames is names without repeats (names itself when it has none).
+func uniqueNames(names []string) []string {
+	for i := 1; i < len(names); i++ {
+		if slices.Contains(names[:i], names[i]) {
+			var out []string
+			for _, n := range names {
+				if !slices.Contains(out, n) {
+					out = append(out, n)
+				}
+			}
+			return out
+		}
+	}
+	return names
 }
 
 // deny answers a request the proxy does not forward and records it. gRPC
@@ -427,7 +451,7 @@ func (p *Proxy) deny(w http.ResponseWriter, r *http.Request, rec proxy.Record, v
 		w.WriteHeader(http.StatusOK)
 	} else {
 		h.Set("Content-Type", "text/plain")
-		h.Set("Content-Length", fmt.Sprint(len(body)))
+		h.Set("Content-Length", strconv.Itoa(len(body)))
 		w.WriteHeader(code)
 		_, _ = io.WriteString(w, body)
 	}
