@@ -156,7 +156,13 @@ func BenchmarkProxyVsDirect(b *testing.B) {
 // proxy on a keep-alive connection, against the same request sent
 // directly (sub-benchmarks direct and proxy): ns/op and allocs/op of the
 // whole exchange, client and backend included.
-func BenchmarkRequestKeepAlive(b *testing.B) {
+func BenchmarkRequestKeepAlive(b *testing.B) { benchRequest(b, true) }
+
+// BenchmarkRequestNewConn is BenchmarkRequestKeepAlive with a new client
+// connection per request (Connection: close).
+func BenchmarkRequestNewConn(b *testing.B) { benchRequest(b, false) }
+
+func benchRequest(b *testing.B, keepAlive bool) {
 	dst := func() netip.AddrPort {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -188,7 +194,7 @@ func BenchmarkRequestKeepAlive(b *testing.B) {
 	}()
 	for _, tc := range []struct{ name, addr string }{{"direct", dst.String()}, {"proxy", pl.Addr().String()}} {
 		b.Run(tc.name, func(b *testing.B) {
-			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableKeepAlives: !keepAlive}}
 			url := "http://" + tc.addr + "/api/v1/users"
 			b.ReportAllocs()
 			for b.Loop() {

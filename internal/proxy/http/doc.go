@@ -44,20 +44,35 @@
 // (backslashes, control bytes, raw non-ASCII, fragments, bad escapes,
 // asterisk-form) get 400. Absolute-form targets are reduced to path and
 // authority; a Host header conflicting with :authority gets 400; request
-// framing is Go's net/http (duplicate Content-Length, CL with TE, obs-fold
-// and invalid pseudo-headers are refused or normalised by it) and the
+// framing is Go's net/http on both paths (duplicate Content-Length, CL
+// with TE, obs-fold and invalid pseudo-headers are refused or normalised
+// by it) and the
 // proxy always re-frames the request it forwards, so the backend reads
 // exactly the requests the rules decided.
 //
+// Serving: ServeConn reads a plain HTTP/1.x connection itself (the lean
+// path, serve1.go: net/http's own request parser, http.Server's request
+// checks, a minimal response writer, no goroutine or context per request)
+// and hands the connection to an http.Server at the first request it does
+// not serve itself (HTTP/2 preface, Upgrade, Expect, CONNECT, absolute
+// form, missing Host, anything that does not parse), replaying that
+// request's bytes, so the server reads and answers it as if it had read
+// the connection from the start.
+//
 // Upstream, always dialled through the Dialer as the original source to
-// the original destination: an HTTP/1.1 client connection gets its own
-// upstream connection (dialled on its first allowed request; the backend
-// sees one connection per client connection, as without the proxy; a
-// request is written and answered on the handler's goroutine). HTTP/2
-// clients by prior knowledge and gRPC share one h2c pool per (original
-// source address, source identity, original destination); h2c-upgraded
-// clients are forwarded over HTTP/1.1 except gRPC. WebSocket upgrades an
-// HTTP rule allows are tunnelled (frames are not inspected, as in Cilium). Every request yields a Request Record
+// the original destination: an HTTP/1.1 client connection gets one
+// upstream connection for its lifetime (dialled on its first allowed
+// request; a request is written and answered on the serving goroutine);
+// when the client connection ends with that upstream connection clean
+// (every response read whole, nothing pending), it is kept idle (30 s at
+// most) for the next client connection of the same original source
+// address, source identity and original destination, never for another
+// (as Envoy pools per upstream and source). HTTP/2 clients by prior
+// knowledge and gRPC share one h2c pool per (original source address,
+// source identity, original destination); h2c-upgraded clients are
+// forwarded over HTTP/1.1 except gRPC. WebSocket upgrades an HTTP rule
+// allows are tunnelled (frames are not inspected, as in Cilium). Every
+// request yields a Request Record
 // and a Response Record (code, upstream latency); header values named in
 // Options.RedactHeaders, or whose name contains token, secret, password or
 // key, are recorded as HUBBLE_REDACTED.

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,9 +83,15 @@ type Proxy struct {
 	poolMu sync.Mutex
 	pools  map[poolKey]*pool
 
-	// ctx ends when the proxy closes (lean connections watch it).
+	// ctx ends when the proxy closes.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// idle1 keeps HTTP/1.1 upstream connections between client
+	// connections.
+	idle1 *idlePool
+	// lean holds the connections serve1 serves, for Close to cut.
+	leanMu sync.Mutex
+	lean   map[*connState]net.Conn
 
 	closeOnce sync.Once
 	serveDone chan struct{}
@@ -104,6 +111,8 @@ func New(o Options) (*Proxy, error) {
 		redact:    map[string]bool{},
 		ln:        newChanListener(),
 		pools:     map[poolKey]*pool{},
+		lean:      map[*connState]net.Conn{},
+		idle1:     newIdlePool(),
 		serveDone: make(chan struct{}),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -153,16 +162,34 @@ func New(o Options) (*Proxy, error) {
 		defer close(p.serveDone)
 		_ = p.srv.Serve(p.ln)
 	}()
+	go func() {
+		t := time.NewTicker(idleUpTimeout / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				p.idle1.expire(false)
+			case <-p.ctx.Done():
+				return
+			}
+		}
+	}()
 	return p, nil
 }
 
 // Close stops the proxy: every connection it serves is closed.
 func (p *Proxy) Close() error {
 	p.closeOnce.Do(func() {
+		p.leanMu.Lock()
 		p.cancel()
+		for cs, c := range p.lean {
+			cut1(c, cs)
+		}
+		p.leanMu.Unlock()
 		p.ln.Close()
 		_ = p.srv.Close()
 		<-p.serveDone
+		p.idle1.expire(true)
 		p.poolMu.Lock()
 		for k, pl := range p.pools {
 			pl.closeIdle()
@@ -182,17 +209,28 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 		p.record(proxy.Record{Time: time.Now(), Flow: f, Type: proxy.Request, Verdict: proxy.Dropped, Reason: "no L7 policy for this flow: connection refused"})
 		return
 	}
-	pl := p.acquirePool(f)
-	defer p.releasePool(pl)
 	p.m.conns.Inc()
 	defer p.m.conns.Dec()
-	cs := &connState{ctx: ctx, flow: f, pool: pl}
-	stop1, stop2 := watch1(ctx, client, cs), watch1(p.ctx, client, cs)
+	cs := &connState{ctx: ctx, flow: f}
+	defer cs.releasePool(p)
+	if !p.track1(client, cs) {
+		client.Close()
+		return
+	}
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = watch1(ctx, client, cs)
+	}
 	handOff := p.serve1(ctx, client, cs)
-	stop1()
-	stop2()
+	if stop != nil {
+		stop()
+	}
+	p.untrack1(cs)
 	if handOff == nil {
-		cs.closeUpstream1()
+		// Released before the client sees the close: its next connection
+		// finds the upstream connection idle.
+		p.releaseUpstream1(cs)
+		client.Close()
 		return
 	}
 	if ctx.Err() != nil || p.ctx.Err() != nil {
@@ -222,15 +260,19 @@ func (p *Proxy) ServeConn(ctx context.Context, client net.Conn, f proxy.Flow) {
 
 // connState is what the handler knows of a client connection.
 type connState struct {
-	ctx      context.Context // ServeConn's: dials end with it
-	flow     proxy.Flow
+	ctx  context.Context // ServeConn's: dials end with it
+	flow proxy.Flow
+	// pool is the flow's shared upstream pool, acquired on first use
+	// (HTTP/2, gRPC, upgrades): plain HTTP/1.1 never needs it.
+	poolMu   sync.Mutex
 	pool     *pool
 	upgraded atomic.Bool // switched to HTTP/2 by an h2c Upgrade
 	// up is the HTTP/1.1 upstream connection (see forward1). Only the
 	// server's goroutine of this (HTTP/1, never hijacked) connection uses
 	// it: its requests, then the ConnState hook that closes it. (The lean
 	// path, serve1, uses it first, then hands it over with the connection.)
-	up *upstream1
+	up  *upstream1
+	dst string // flow.Dst as text, for the HTTP/1.1 path's requests
 	// live is up, for watch1 (another goroutine) to cut it.
 	live atomic.Pointer[upstream1]
 }
@@ -332,11 +374,18 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, cs *connSta
 			return
 		}
 		actions = append(actions, acts...)
+		if len(pol.Stages) == 1 {
+			continue
+		}
 		for _, name := range st.Policies {
 			if !slices.Contains(policies, name) {
 				policies = append(policies, name)
 			}
 		}
+	}
+	if len(pol.Stages) == 1 {
+		// One stage: its (immutable) list as it is, once without repeats.
+		policies = uniqueNames(pol.Stages[0].Policies)
 	}
 	rec.Policies = policies
 	if p.opts.RateLimits != nil {
@@ -359,6 +408,22 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, cs *connSta
 		return
 	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), reqKey{}, st)))
+}
+
+// uniqueNames is names without repeats (names itself when it has none).
+func uniqueNames(names []string) []string {
+	for i := 1; i < len(names); i++ {
+		if slices.Contains(names[:i], names[i]) {
+			var out []string
+			for _, n := range names {
+				if !slices.Contains(out, n) {
+					out = append(out, n)
+				}
+			}
+			return out
+		}
+	}
+	return names
 }
 
 // deny answers a request the proxy does not forward and records it. gRPC
@@ -386,7 +451,7 @@ func (p *Proxy) deny(w http.ResponseWriter, r *http.Request, rec proxy.Record, v
 		w.WriteHeader(http.StatusOK)
 	} else {
 		h.Set("Content-Type", "text/plain")
-		h.Set("Content-Length", fmt.Sprint(len(body)))
+		h.Set("Content-Length", strconv.Itoa(len(body)))
 		w.WriteHeader(code)
 		_, _ = io.WriteString(w, body)
 	}
@@ -505,9 +570,29 @@ func (p *Proxy) recordHeaders(h http.Header) []proxy.Header {
 }
 
 func sensitiveName(k string) bool {
-	l := strings.ToLower(k)
 	for _, s := range []string{"token", "secret", "password", "key"} {
-		if strings.Contains(l, s) {
+		if containsFold(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold reports whether s contains lower (ASCII lower case),
+// ignoring ASCII case, without allocating.
+func containsFold(s, lower string) bool {
+	for i := 0; i+len(lower) <= len(s); i++ {
+		j := 0
+		for ; j < len(lower); j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != lower[j] {
+				break
+			}
+		}
+		if j == len(lower) {
 			return true
 		}
 	}
@@ -670,6 +755,26 @@ func (p *Proxy) releasePool(pl *pool) {
 	}
 }
 
+// upstreamPool is cs's pool, acquired on first use.
+func (cs *connState) upstreamPool(p *Proxy) *pool {
+	cs.poolMu.Lock()
+	defer cs.poolMu.Unlock()
+	if cs.pool == nil {
+		cs.pool = p.acquirePool(cs.flow)
+	}
+	return cs.pool
+}
+
+// releasePool gives cs's pool back when the connection ends (a handler
+// that still runs keeps using it; it is closed when idle).
+func (cs *connState) releasePool(p *Proxy) {
+	cs.poolMu.Lock()
+	defer cs.poolMu.Unlock()
+	if cs.pool != nil {
+		p.releasePool(cs.pool)
+	}
+}
+
 // roundTripper sends a request through its flow's pool.
 type roundTripper struct{ p *Proxy }
 
@@ -679,7 +784,7 @@ func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, errors.New("request without flow")
 	}
 	if st.h2Upstream {
-		return st.cs.pool.h2.RoundTrip(r)
+		return st.cs.upstreamPool(rt.p).h2.RoundTrip(r)
 	}
-	return st.cs.pool.h1.RoundTrip(r)
+	return st.cs.upstreamPool(rt.p).h1.RoundTrip(r)
 }

@@ -103,7 +103,7 @@ var conn1s = sync.Pool{New: func() any {
 
 // serve1 serves client until it closes or needs the http.Server; then it
 // returns the connection to hand over (reading first what was consumed of
-// its pending request), else nil after closing client.
+// its pending request), else nil: the caller closes client.
 func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.Conn {
 	c := conn1s.Get().(*conn1)
 	c.cc = captureConn{Conn: client, buf: c.cc.buf[:0]}
@@ -124,7 +124,6 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 		if c.br.Buffered() == 0 {
 			setReadDeadline(ctx, p.ctx, client, time.Now().Add(idleTimeout))
 			if _, err := c.br.Peek(1); err != nil {
-				client.Close()
 				return nil
 			}
 		}
@@ -141,6 +140,7 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 				continue
 			}
 		}
+		setReadDeadline(ctx, p.ctx, client, time.Now().Add(readHeaderTimeout))
 		// Start capturing: what is buffered, then what is read.
 		pending, _ := c.br.Peek(c.br.Buffered())
 		c.cc.buf = append(c.cc.buf[:0], pending...)
@@ -148,16 +148,22 @@ func (p *Proxy) serve1(ctx context.Context, client net.Conn, cs *connState) net.
 		if !p.isHTTP1Start(c) {
 			return c.handOff()
 		}
-		setReadDeadline(ctx, p.ctx, client, time.Now().Add(readHeaderTimeout))
 		req, err := http.ReadRequest(c.br)
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+			return nil // too slow a header (or the proxy is closing)
+		}
 		if err != nil || !plainRequest(req) {
 			return c.handOff()
 		}
 		c.cc.capturing = false
 		lastPOST = req.Method == http.MethodPost
-		setReadDeadline(ctx, p.ctx, client, time.Time{})
+		if req.Body != http.NoBody {
+			// The body is read without a deadline, as http.Server reads
+			// it; a request without one keeps the header's until the
+			// next wait.
+			setReadDeadline(ctx, p.ctx, client, time.Time{})
+		}
 		if !p.serveOne(c, req, cs) {
-			client.Close()
 			return nil
 		}
 	}
@@ -237,11 +243,28 @@ func (p *Proxy) serveOne(c *conn1, req *http.Request, cs *connState) (keep bool)
 	// What the handler left of the body is discarded, up to a bound.
 	if req.Body != nil && req.Body != http.NoBody {
 		n, err := io.CopyN(io.Discard, req.Body, maxDrainBody+1)
-		if n > maxDrainBody || err != nil && err != io.EOF && err != http.ErrBodyReadAfterClose {
+		if n > maxDrainBody {
+			lingerClose(c.cc.Conn)
+			return false
+		}
+		if err != nil && err != io.EOF && err != http.ErrBodyReadAfterClose {
 			return false
 		}
 	}
 	return !w.closeAfter
+}
+
+// lingerClose prepares closing a connection whose client is still
+// sending: closing with unread bytes would reset it and could destroy the
+// answer before the client reads it, so the answer is followed by a FIN
+// and what arrives in the next 500 ms is discarded (as http.Server does).
+func lingerClose(c net.Conn) {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 4<<20))
 }
 
 // rw1 is the lean path's http.ResponseWriter: HTTP/1.1 framing of what
@@ -258,6 +281,7 @@ type rw1 struct {
 	cl          int64 // declared Content-Length, or -1
 	written     int64
 	closeAfter  bool
+	trailers    []string // announced in the Trailer header
 	err         error
 }
 
@@ -298,8 +322,7 @@ func (w *rw1) WriteHeader(code int) {
 	}
 	bw := w.bw
 	bw.WriteString("HTTP/1.1 ")
-	var num [20]byte
-	bw.Write(strconv.AppendInt(num[:0], int64(code), 10))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(code))
 	bw.WriteString("\r\n")
@@ -312,11 +335,19 @@ func (w *rw1) WriteHeader(code int) {
 		}
 	}
 	if _, ok := h["Date"]; !ok {
-		var d [64]byte
-		writeHeaderLine(bw, "Date", string(time.Now().UTC().AppendFormat(d[:0], http.TimeFormat)))
+		bw.WriteString("Date: ")
+		bw.Write(time.Now().UTC().AppendFormat(bw.AvailableBuffer(), http.TimeFormat))
+		bw.WriteString("\r\n")
 	}
 	if w.chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		for _, v := range h["Trailer"] {
+			for name := range strings.SplitSeq(v, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					w.trailers = append(w.trailers, http.CanonicalHeaderKey(name))
+				}
+			}
+		}
 	}
 	switch {
 	case w.closeAfter:
@@ -354,8 +385,7 @@ func (w *rw1) Write(b []byte) (int, error) {
 	}
 	w.written += int64(len(b))
 	if w.chunked {
-		var num [16]byte
-		w.bw.Write(strconv.AppendUint(num[:0], uint64(len(b)), 16))
+		w.bw.Write(strconv.AppendUint(w.bw.AvailableBuffer(), uint64(len(b)), 16))
 		w.bw.WriteString("\r\n")
 	}
 	n, err := w.bw.Write(b)
@@ -388,6 +418,13 @@ func (w *rw1) finish() bool {
 	}
 	if w.chunked {
 		w.bw.WriteString("0\r\n")
+		// Trailers: the names the header announced, set after it, and
+		// http.TrailerPrefix ones.
+		for _, k := range w.trailers {
+			for _, v := range w.h[k] {
+				writeHeaderLine(w.bw, k, v)
+			}
+		}
 		for k, vs := range w.h {
 			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
 				for _, v := range vs {
@@ -415,15 +452,34 @@ func setReadDeadline(ctx1, ctx2 context.Context, client net.Conn, t time.Time) {
 	}
 }
 
-// watch1 ends a lean connection when ctx (ServeConn's or the proxy's)
-// ends: client reads and writes fail, and so does the exchange with the
-// backend.
+// watch1 ends a lean connection when ctx (ServeConn's) ends.
 func watch1(ctx context.Context, client net.Conn, cs *connState) (stop func() bool) {
-	return context.AfterFunc(ctx, func() {
-		past := time.Unix(1, 0)
-		_ = client.SetDeadline(past)
-		if up := cs.live.Load(); up != nil {
-			_ = up.conn.SetDeadline(past)
-		}
-	})
+	return context.AfterFunc(ctx, func() { cut1(client, cs) })
+}
+
+// cut1 makes a lean connection's reads and writes fail, and so the
+// exchange with the backend.
+func cut1(client net.Conn, cs *connState) {
+	past := time.Unix(1, 0)
+	_ = client.SetDeadline(past)
+	if up := cs.live.Load(); up != nil {
+		_ = up.conn.SetDeadline(past)
+	}
+}
+
+// track1 registers a lean connection for Close; false once closed.
+func (p *Proxy) track1(client net.Conn, cs *connState) bool {
+	p.leanMu.Lock()
+	defer p.leanMu.Unlock()
+	if p.ctx.Err() != nil {
+		return false
+	}
+	p.lean[cs] = client
+	return true
+}
+
+func (p *Proxy) untrack1(cs *connState) {
+	p.leanMu.Lock()
+	delete(p.lean, cs)
+	p.leanMu.Unlock()
 }
