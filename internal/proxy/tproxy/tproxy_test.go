@@ -166,12 +166,37 @@ func TestUDPReadsOriginalDestinationAndRepliesFromIt(t *testing.T) {
 			return err
 		})
 		defer c.Close()
-		if _, err := c.Write([]byte("q")); err != nil {
-			t.Fatal(err)
-		}
+		// UDP may lose a datagram on a loaded machine: resend until the
+		// socket reads one, and fail (never hang) after 10 s.
 		s := u.Sockets()[i]
 		buf := make([]byte, 64)
-		n, f, err := s.ReadFrom(buf)
+		type read struct {
+			n   int
+			f   proxy.Flow
+			err error
+		}
+		got := make(chan read, 1)
+		go func() {
+			n, f, err := s.ReadFrom(buf)
+			got <- read{n, f, err}
+		}()
+		var r read
+		deadline := time.After(10 * time.Second)
+	send:
+		for {
+			if _, err := c.Write([]byte("q")); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case r = <-got:
+				break send
+			case <-time.After(500 * time.Millisecond):
+			case <-deadline:
+				u.Close()
+				t.Fatalf("no datagram to %s read by the transparent socket in 10 s", to)
+			}
+		}
+		n, f, err := r.n, r.f, r.err
 		if err != nil {
 			t.Fatal(err)
 		}
