@@ -504,6 +504,14 @@ func (n *node) syncAtLeast(rev uint64) (synced bool, err error) {
 	if n.syncedRevision() >= rev {
 		return false, nil
 	}
+	switch done, err := n.pushFQDN(); {
+	case done:
+		n.publishL7View()
+		return true, nil
+	case err != nil:
+		// The datapath forgot its state: the full sync rewrites it.
+		n.log.Warn("incremental FQDN update failed, syncing fully", "err", err)
+	}
 	return true, n.loadTablesLocked()
 }
 
