@@ -115,8 +115,8 @@ func BenchmarkDNSProxyLatency(b *testing.B) {
 	fmt.Fprintf(os.Stderr, "  proxied  p50 %8v  p99 %8v  (ratio p50 %.2f, p99 %.2f)\n", pp, pp99, float64(pp)/float64(dp), float64(pp99)/float64(dp99))
 	fmt.Fprintf(os.Stderr, "  added    p50 %8v  p99 %8v\n", pp-dp, pp99-dp99)
 	fmt.Fprintf(os.Stderr, "  upstream exchange from the proxy p50 %v p99 %v\n", upp, upp99)
-	fmt.Fprintf(os.Stderr, "  learn (cache + repository + datapath sync) p50 %v p99 %v; cache entries at the end %d, repository names %d, datapath syncs %d\n",
-		lp, lp99, entries, len(n.repo.FQDNs()), learner.syncCount.Load())
+	fmt.Fprintf(os.Stderr, "  learn (cache + repository + datapath sync) p50 %v p99 %v; cache entries at the end %d, repository names %d, datapath syncs %d (incremental %d)\n",
+		lp, lp99, entries, len(n.repo.FQDNs()), learner.syncCount.Load(), n.fqdnIncremental.Load())
 }
 
 // paced sends count queries at rate per second, each on its own

@@ -59,5 +59,6 @@ func (n *node) pushFQDN() (done bool, err error) {
 	n.dpSelectors = snap.Selectors
 	n.syncedRev = snap.Revision
 	n.mu.Unlock()
+	n.fqdnIncremental.Add(1)
 	return true, nil
 }

@@ -53,6 +53,8 @@ type node struct {
 	// syncedRev, only move forward. Apart from the agent's change lock,
 	// so that the DNS proxy's FQDN syncs never wait for a whole change.
 	syncMu sync.Mutex
+	// fqdnIncremental counts FQDN syncs done incrementally (pushFQDN).
+	fqdnIncremental atomic.Int64
 	// ipcacheHint is the size of the last ipcache pushed.
 	ipcacheHint atomic.Int64
 	rl          rateLimits
