@@ -169,11 +169,12 @@ func (c *selectorCache) applyFQDNDeltas(fq *fqdnState, deltas map[string]*member
 		}
 		for _, id := range d.removed {
 			delete(e.members, id)
+			e.note(id, false)
 		}
 		for _, id := range d.added {
 			e.members[id] = struct{}{}
+			e.note(id, true)
 		}
-		e.dirty = true
 		c.touch(e.id)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/policy/api"
@@ -13,7 +14,7 @@ import (
 // TestFQDNSnapshotIPCacheIncremental: snapshots taken between learning
 // and forgetting updates (ipcache built as an overlay, compacted now and
 // then) have exactly the entries and lookups of an ipcache built from
-// scratch; FQDNChangesSince reports every changed address, and refuses
+// scratch, and selector member lists equal the members; FQDNChangesSince reports every changed address, and refuses
 // once another kind of update happened.
 func TestFQDNSnapshotIPCacheIncremental(t *testing.T) {
 	r := NewRepository(Options{})
@@ -43,6 +44,19 @@ func TestFQDNSnapshotIPCacheIncremental(t *testing.T) {
 		snap := r.Snapshot()
 		r.mu.Lock()
 		want := r.buildIPCache()
+		// Frozen member lists (merged from deltas) equal the members.
+		for _, sel := range snap.Selectors.IDs() {
+			members := r.sels.byID[sel].members
+			ids := snap.Selectors.Identities(sel)
+			if len(ids) != len(members) || !slices.IsSorted(ids) {
+				t.Fatalf("step %d: selector %d frozen %v, members %v", i, sel, ids, members)
+			}
+			for _, id := range ids {
+				if _, ok := members[id]; !ok {
+					t.Fatalf("step %d: selector %d frozen %v, members %v", i, sel, ids, members)
+				}
+			}
+		}
 		r.mu.Unlock()
 		if got := snap.IPCache.Entries(); !reflect.DeepEqual(got, want.Entries()) {
 			t.Fatalf("step %d: incremental ipcache differs from a rebuild:\n%v\n%v", i, got, want.Entries())
