@@ -103,7 +103,9 @@ func BenchmarkDNSProxyLatency(b *testing.B) {
 	entries, _ := learner.cache.Len()
 	dp, dp99 := pct(direct, 50), pct(direct, 99)
 	pp, pp99 := pct(viaProxy, 50), pct(viaProxy, 99)
+	lmu.Lock() // a late answer's learn may still be recording
 	lp, lp99 := pct(learnNs, 50), pct(learnNs, 99)
+	lmu.Unlock()
 	up.mu.Lock()
 	upp, upp99 := pct(up.d, 50), pct(up.d, 99)
 	up.mu.Unlock()
