@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
-	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
 
 // TestSyncIncrementalMatchesFullSync: a sequence of UpdateIdentities
@@ -147,5 +146,4 @@ func TestSyncIncrementalRefusesWildcardCandidates(t *testing.T) {
 	if ip, _ := dp.readIPCache(); ip[ipcacheKey(p)] != 0 || dp.Revision() != rev {
 		t.Fatal("a refused update wrote something")
 	}
-	_ = resolved.SelectorID(0)
 }
