@@ -53,6 +53,8 @@ type node struct {
 	// syncedRev, only move forward. Apart from the agent's change lock,
 	// so that the DNS proxy's FQDN syncs never wait for a whole change.
 	syncMu sync.Mutex
+	// fqdnIncremental counts FQDN syncs done incrementally (pushFQDN).
+	fqdnIncremental atomic.Int64
 	// ipcacheHint is the size of the last ipcache pushed.
 	ipcacheHint atomic.Int64
 	rl          rateLimits
@@ -503,6 +505,14 @@ func (n *node) syncAtLeast(rev uint64) (synced bool, err error) {
 	defer n.syncMu.Unlock()
 	if n.syncedRevision() >= rev {
 		return false, nil
+	}
+	switch done, err := n.pushFQDN(); {
+	case done:
+		n.publishL7View()
+		return true, nil
+	case err != nil:
+		// The datapath forgot its state: the full sync rewrites it.
+		n.log.Warn("incremental FQDN update failed, syncing fully", "err", err)
 	}
 	return true, n.loadTablesLocked()
 }

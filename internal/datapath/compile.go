@@ -57,6 +57,12 @@ type Compiled struct {
 	Overflowed map[identity.NumericIdentity]int
 	// Rules maps a rule id to what is behind it.
 	Rules map[uint32]RuleInfo
+
+	// referenced: the selectors endpoint entries use, ascending; wildcard:
+	// those compiled as matching every identity. UpdateIdentities
+	// recomputes selector lists from them.
+	referenced []resolved.SelectorID
+	wildcard   map[resolved.SelectorID]bool
 }
 
 // RuleInfo is what a rule id stands for: the policies whose entries
@@ -208,6 +214,8 @@ func Compile(st State) (*Compiled, error) {
 		}
 	}
 	c.Rules = ri.rules
+	c.referenced, c.wildcard = sels, wildcards
+	c.referenced, c.wildcard = sels, wildcards
 	return c, nil
 }
 

@@ -169,11 +169,12 @@ func (c *selectorCache) applyFQDNDeltas(fq *fqdnState, deltas map[string]*member
 		}
 		for _, id := range d.removed {
 			delete(e.members, id)
+			e.note(id, false)
 		}
 		for _, id := range d.added {
 			e.members[id] = struct{}{}
+			e.note(id, true)
 		}
-		e.dirty = true
 		c.touch(e.id)
 	}
 }
@@ -234,6 +235,8 @@ func (r *Repository) SetFQDNs(names map[string][]netip.Addr) (Change, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.fqdnRun = true
+	defer func() { r.fqdnRun = false }()
 	return r.run([]op{{0, func() { r.setFQDNs(norm) }}}), nil
 }
 
@@ -252,7 +255,7 @@ func (r *Repository) setFQDNs(names map[string]map[netip.Addr]struct{}) {
 			}
 			r.registerIdentity(id, identity.CIDRLabels(p), created)
 			r.fqdn.idOfIP[a] = id
-			r.markIPCache()
+			r.learnedChanged(a, id)
 		}
 	}
 	// 2. Names, with the selectors they match.
@@ -263,7 +266,12 @@ func (r *Repository) setFQDNs(names map[string]map[netip.Addr]struct{}) {
 				dropped = append(dropped, a)
 			}
 		}
-		r.sels.applyFQDNDeltas(r.fqdn, r.fqdn.setName(name, set))
+		deltas := r.fqdn.setName(name, set)
+		for _, d := range deltas {
+			r.journalIDs(d.added...)
+			r.journalIDs(d.removed...)
+		}
+		r.sels.applyFQDNDeltas(r.fqdn, deltas)
 	}
 	// 3. Addresses no name resolves to any more leave the ipcache; their
 	// identities leave selectors (collectIdentities). The allocator keeps
@@ -289,7 +297,7 @@ func (r *Repository) setFQDNs(names map[string]map[netip.Addr]struct{}) {
 		if id, ok := r.fqdn.idOfIP[a]; ok {
 			delete(r.fqdn.idOfIP, a)
 			r.unusedIDs[id] = struct{}{}
-			r.markIPCache()
+			r.learnedChanged(a, id)
 		}
 	}
 }

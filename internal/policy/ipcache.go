@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -28,6 +29,94 @@ type IPCache struct {
 	prefixes map[netip.Prefix]identity.NumericIdentity
 	lens4    []int // distinct prefix lengths, longest first
 	lens6    []int
+	// over: host prefixes changed since prefixes was built (learned DNS
+	// addresses), which win over prefixes; deleted ones are marked.
+	// Kept small (see withHosts), so an update copies O(change).
+	over map[netip.Prefix]overEntry
+}
+
+type overEntry struct {
+	id      identity.NumericIdentity
+	deleted bool
+}
+
+// overCompact bounds the overlay: past it, withHosts builds a new base.
+const overCompact = 256
+
+// prefix returns the entry of exactly p among prefixes and the overlay.
+func (c *IPCache) prefix(p netip.Prefix) (identity.NumericIdentity, bool) {
+	if e, ok := c.over[p]; ok {
+		return e.id, !e.deleted
+	}
+	id, ok := c.prefixes[p]
+	return id, ok
+}
+
+// eachPrefix calls fn for every prefix entry (pods' host entries not
+// filtered).
+func (c *IPCache) eachPrefix(fn func(p netip.Prefix, id identity.NumericIdentity)) {
+	for p, id := range c.prefixes {
+		if _, ok := c.over[p]; !ok {
+			fn(p, id)
+		}
+	}
+	for p, e := range c.over {
+		if !e.deleted {
+			fn(p, e.id)
+		}
+	}
+}
+
+// withHosts returns the cache with host prefixes set (ok) or removed (not
+// ok), sharing what did not change: O(len(set) + overlay) while the
+// overlay stays under overCompact, O(entries) once in overCompact updates.
+func (c *IPCache) withHosts(set map[netip.Prefix]overEntry) *IPCache {
+	if len(c.over)+len(set) > overCompact {
+		prefixes := make(map[netip.Prefix]identity.NumericIdentity, len(c.prefixes)+len(set))
+		c.eachPrefix(func(p netip.Prefix, id identity.NumericIdentity) { prefixes[p] = id })
+		for p, e := range set {
+			if e.deleted {
+				delete(prefixes, p)
+			} else {
+				prefixes[p] = e.id
+			}
+		}
+		return newIPCache(c.pods, prefixes)
+	}
+	out := &IPCache{pods: c.pods, prefixes: c.prefixes, lens4: c.lens4, lens6: c.lens6,
+		over: make(map[netip.Prefix]overEntry, len(c.over)+len(set))}
+	for p, e := range c.over {
+		out.over[p] = e
+	}
+	for p, e := range set {
+		out.over[p] = e
+		if e.deleted {
+			continue // a length without entries only costs a lookup
+		}
+		if p.Addr().Is4() {
+			if !slices.Contains(out.lens4, p.Bits()) {
+				out.lens4 = sortedLens(append(slices.Clone(out.lens4), p.Bits()))
+			}
+		} else if !slices.Contains(out.lens6, p.Bits()) {
+			out.lens6 = sortedLens(append(slices.Clone(out.lens6), p.Bits()))
+		}
+	}
+	return out
+}
+
+func sortedLens(l []int) []int {
+	sort.Sort(sort.Reverse(sort.IntSlice(l)))
+	return l
+}
+
+// Exact returns what Range gives for exactly prefix p, if anything.
+func (c *IPCache) Exact(p netip.Prefix) (identity.NumericIdentity, bool) {
+	if p.Bits() == p.Addr().BitLen() {
+		if pa, ok := c.pods[p.Addr()]; ok {
+			return pa.id, true
+		}
+	}
+	return c.prefix(p)
 }
 
 type podAddr struct {
@@ -66,7 +155,7 @@ func (c *IPCache) Lookup(a netip.Addr) identity.NumericIdentity {
 	}
 	for _, bits := range lens {
 		p, _ := a.Prefix(bits)
-		if id, ok := c.prefixes[p]; ok {
+		if id, ok := c.prefix(p); ok {
 			return id
 		}
 	}
@@ -86,12 +175,12 @@ func (c *IPCache) Entries() []IPCacheEntry {
 		k := p.key
 		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: p.id, Endpoint: &k})
 	}
-	for p, id := range c.prefixes {
+	c.eachPrefix(func(p netip.Prefix, id identity.NumericIdentity) {
 		if _, isPod := c.pods[p.Addr()]; isPod && p.Bits() == p.Addr().BitLen() {
-			continue // the pod's entry wins
+			return // the pod's entry wins
 		}
 		out = append(out, IPCacheEntry{Prefix: p, Identity: id})
-	}
+	})
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Prefix, out[j].Prefix
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
@@ -109,10 +198,10 @@ func (c *IPCache) Range(fn func(p netip.Prefix, id identity.NumericIdentity)) {
 	for a, p := range c.pods {
 		fn(netip.PrefixFrom(a, a.BitLen()), p.id)
 	}
-	for p, id := range c.prefixes {
+	c.eachPrefix(func(p netip.Prefix, id identity.NumericIdentity) {
 		if _, isPod := c.pods[p.Addr()]; isPod && p.Bits() == p.Addr().BitLen() {
-			continue // the pod's entry wins
+			return // the pod's entry wins
 		}
 		fn(p, id)
-	}
+	})
 }

@@ -148,6 +148,12 @@ type Repository struct {
 
 	snap    *Snapshot // last snapshot, reused while nothing changed
 	ipcache *IPCache  // last ipcache, reused while no address or prefix changed
+	// ipPending: learned addresses whose host entry changed since ipcache
+	// was built (applied by the next snapshot as an overlay); only used
+	// while ipcache is not nil.
+	ipPending map[netip.Addr]struct{}
+
+	fqdnJournal
 }
 
 // NewRepository returns an empty repository.
@@ -348,6 +354,7 @@ func (r *Repository) run(ops []op) Change {
 	r.namedIdents = map[identity.NumericIdentity]struct{}{}
 	r.unusedIDs = map[identity.NumericIdentity]struct{}{}
 	r.moved = map[EndpointKey]bool{}
+	r.beginJournal()
 	selChanged := map[resolved.SelectorID]struct{}{}
 	saved := r.sels.changed
 	r.sels.changed = selChanged
@@ -398,6 +405,8 @@ func (r *Repository) run(ops []op) Change {
 	if ch.Empty() {
 		r.revision-- // nothing happened: keep the revision
 		ch.Revision = r.revision
+	} else {
+		r.endJournal(ch)
 	}
 	r.snap = nil
 	return ch
@@ -447,6 +456,7 @@ func (r *Repository) Revision() uint64 {
 
 func (r *Repository) markIPCache() {
 	r.ipcache = nil
+	clear(r.ipPending)
 	if r.pendIPCacheLocal != nil {
 		*r.pendIPCacheLocal = true
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"slices"
 	"sort"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -59,6 +60,20 @@ type selEntry struct {
 	dirty   bool // members changed since the last snapshot
 	frozen  *memberSet
 	desc    string
+	// delta: identities added (true) or removed (false) since frozen
+	// was made, when every change went through note; rebuild: some did
+	// not (freeze then sorts members again).
+	delta   map[identity.NumericIdentity]bool
+	rebuild bool
+}
+
+// note records one membership change (members already updated).
+func (e *selEntry) note(id identity.NumericIdentity, in bool) {
+	if e.delta == nil {
+		e.delta = map[identity.NumericIdentity]bool{}
+	}
+	e.delta[id] = in
+	e.dirty = true
 }
 
 // selectorCache interns selectors: one SelectorID per distinct peer, kept
@@ -198,7 +213,7 @@ func (c *selectorCache) addIdentity(id identity.NumericIdentity, ls identity.Lab
 	for _, e := range c.byID {
 		if e.peer.fqdn == nil && e.peer.named == nil && e.peer.label.Matches(ls) {
 			e.members[id] = struct{}{}
-			e.dirty = true
+			e.note(id, true)
 			c.touch(e.id)
 		}
 	}
@@ -209,7 +224,7 @@ func (c *selectorCache) removeIdentity(id identity.NumericIdentity) {
 	for _, e := range c.byID {
 		if _, ok := e.members[id]; ok {
 			delete(e.members, id)
-			e.dirty = true
+			e.note(id, false)
 			c.touch(e.id)
 		}
 	}
@@ -240,7 +255,7 @@ func (c *selectorCache) setMembers(e *selEntry, want map[identity.NumericIdentit
 		}
 	}
 	e.members = want
-	e.dirty = true
+	e.dirty, e.rebuild = true, true
 	c.touch(e.id)
 }
 
@@ -281,7 +296,7 @@ func (c *selectorCache) updateComputed(ids map[identity.NumericIdentity]struct{}
 			changed = true
 		}
 		if changed {
-			e.dirty = true
+			e.dirty, e.rebuild = true, true
 			c.touch(e.id)
 		}
 	}
@@ -298,10 +313,51 @@ func (m *memberSet) has(id identity.NumericIdentity) bool {
 	return i < len(ids) && ids[i] == id
 }
 
+// apply returns the set with delta's changes (true: add, false: remove).
+func (m *memberSet) apply(delta map[identity.NumericIdentity]bool) *memberSet {
+	var adds, dels []identity.NumericIdentity
+	for id, in := range delta {
+		switch has := m.has(id); {
+		case in && !has:
+			adds = append(adds, id)
+		case !in && has:
+			dels = append(dels, id)
+		}
+	}
+	slices.Sort(adds)
+	slices.Sort(dels)
+	out := make([]identity.NumericIdentity, 0, len(m.ids)+len(adds)-len(dels))
+	i, j := 0, 0
+	for _, id := range m.ids {
+		for i < len(adds) && adds[i] < id {
+			out = append(out, adds[i])
+			i++
+		}
+		if j < len(dels) && dels[j] == id {
+			j++
+			continue
+		}
+		out = append(out, id)
+	}
+	out = append(out, adds[i:]...)
+	return &memberSet{ids: out}
+}
+
 func (e *selEntry) freeze() *memberSet {
 	if e.frozen != nil && !e.dirty {
 		return e.frozen
 	}
+	// A few changes: merged into a copy of the sorted list (a copy, not
+	// a sort of every member); the length check backs the bookkeeping.
+	if e.frozen != nil && !e.rebuild && len(e.delta) > 0 && len(e.delta) <= len(e.frozen.ids)/4+16 {
+		if m := e.frozen.apply(e.delta); len(m.ids) == len(e.members) {
+			e.frozen, e.dirty = m, false
+			clear(e.delta)
+			return m
+		}
+	}
+	clear(e.delta)
+	e.rebuild = false
 	ids := make([]identity.NumericIdentity, 0, len(e.members))
 	for id := range e.members {
 		ids = append(ids, id)

@@ -27,6 +27,10 @@ type Snapshot struct {
 func (r *Repository) Snapshot() *Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.snapshotLocked()
+}
+
+func (r *Repository) snapshotLocked() *Snapshot {
 	if r.snap != nil {
 		return r.snap
 	}
@@ -39,7 +43,10 @@ func (r *Repository) Snapshot() *Snapshot {
 	}
 	if r.ipcache == nil {
 		r.ipcache = r.buildIPCache()
+	} else if len(r.ipPending) > 0 {
+		r.ipcache = r.ipcache.withHosts(r.learnedHosts())
 	}
+	clear(r.ipPending)
 	s.IPCache = r.ipcache
 	r.snap = s
 	return s
