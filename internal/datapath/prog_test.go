@@ -70,6 +70,9 @@ func fixtureState() State {
 				{Peer: selAB, Proto: resolved.ProtoICMPv6, Verdict: resolved.Allow, Origin: ref("ping")},
 				{Peer: selABC, Proto: resolved.ProtoSCTP, PortLo: 5000, PortHi: 5000, Verdict: resolved.Allow, Origin: ref("sctp")},
 				{Peer: selNone, Proto: resolved.ProtoAny, Verdict: resolved.Allow, Origin: ref("nobody")},
+				{Peer: selABC, Proto: resolved.ProtoTCP, PortLo: 8090, PortHi: 8090, Verdict: resolved.AuditDeny, Origin: ref("audit-8090")},
+				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 7000, PortHi: 7000, Verdict: resolved.AuditDeny, Origin: ref("audit-7000")},
+				{Peer: selB, Proto: resolved.ProtoTCP, PortLo: 8080, PortHi: 8080, Verdict: resolved.AuditDeny, Origin: ref("audit-8080")},
 			},
 			Selecting: ref("web"),
 		},
@@ -78,6 +81,7 @@ func fixtureState() State {
 			Entries: []resolved.Entry{
 				{Peer: selW, Proto: resolved.ProtoTCP, PortLo: 443, PortHi: 443, Verdict: resolved.Deny, Origin: ref("no-world-tls")},
 				{Peer: selB, Verdict: resolved.Deny, Origin: ref("isolate-b")}, // L3-only deny
+				{Peer: selABC, Proto: resolved.ProtoTCP, PortLo: 7001, PortHi: 7001, Verdict: resolved.AuditDeny, Origin: ref("audit-7001")},
 			},
 		},
 	}
@@ -178,6 +182,11 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 		{"egress L3 deny B udp", resolved.Egress, egress(peerB, resolved.ProtoUDP, 9), resolved.Deny},
 		{"egress L3 deny B icmp", resolved.Egress, icmp(podAddr, peerB, resolved.ProtoICMP, 8), resolved.Deny},
 		{"egress L3 deny B gre", resolved.Egress, packet{src: podAddr, dst: peerB, proto: 47}, resolved.Deny},
+		{"audit deny flags an allow (C 8090)", resolved.Ingress, tcp(peerC, 8090), resolved.AuditDeny},
+		{"audit deny passes nothing default deny drops (A 7000)", resolved.Ingress, tcp(peerA, 7000), resolved.Deny},
+		{"enforcing deny wins over audit deny (B 8080)", resolved.Ingress, tcp(peerB, 8080), resolved.Deny},
+		{"egress audit deny under default allow (A 7001)", resolved.Egress, egress(peerA, resolved.ProtoTCP, 7001), resolved.AuditDeny},
+		{"egress deny wins over audit (B 7001)", resolved.Egress, egress(peerB, resolved.ProtoTCP, 7001), resolved.Deny},
 	}
 	comp := dp.Compiled()
 	pol := st.Endpoints[testEP]
@@ -221,7 +230,7 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			if ev.EndpointID != testEP || ev.Direction != c.dir || ev.Proto != c.pkt.proto || ev.Src != c.pkt.src || ev.Dst != c.pkt.dst {
 				t.Fatalf("event does not describe the packet: %+v", ev)
 			}
-			wantVerdict := map[resolved.Verdict]event.Verdict{resolved.Allow: event.Forwarded, resolved.Deny: event.Dropped, resolved.Redirect: event.Redirected}[c.want]
+			wantVerdict := map[resolved.Verdict]event.Verdict{resolved.Allow: event.Forwarded, resolved.Deny: event.Dropped, resolved.Redirect: event.Redirected, resolved.AuditDeny: event.Audit}[c.want]
 			if ev.Verdict != wantVerdict {
 				t.Fatalf("event verdict %s, want %s", ev.Verdict, wantVerdict)
 			}
