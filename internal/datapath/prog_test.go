@@ -709,3 +709,90 @@ func TestStructOffsetsMatchBTF(t *testing.T) {
 		}
 	}
 }
+
+// TestProgAuditDefault: a direction selected only by audit-mode policies
+// (DirectionPolicy.Audit) passes what nothing matches as an AUDIT verdict
+// naming no rule (default), an enforcing deny still drops, and conntrack
+// keeps the verdict: the flow's next packet passes without an event.
+func TestProgAuditDefault(t *testing.T) {
+	dp := openTest(t, Sizes{Policy: 4096, IPCache: 1024, IdentitySelectors: 1024, Conntrack: 4096})
+	registerEndpoint(t, dp, Endpoint{ID: testEP, IfIndex: 1, Identity: idPod})
+	st := fixtureState()
+	st.Endpoints[testEP].Egress.Audit = true
+	st.Endpoints[testEP].Egress.Selecting = ref("audit-dd")
+	if err := dp.Sync(st); err != nil {
+		t.Fatal(err)
+	}
+	events := eventsOf(t, dp)
+	comp := dp.Compiled()
+	pol := st.Endpoints[testEP]
+	cases := []struct {
+		name   string
+		dst    netip.Addr
+		peer   identity.NumericIdentity
+		port   uint16
+		want   resolved.Verdict
+		reason event.DropReason
+	}{
+		{"audit default", peerA, idA, 443, resolved.AuditDeny, event.ReasonPolicyDenied},
+		{"audit deny entry", peerA, idA, 7001, resolved.AuditDeny, event.ReasonPolicyDenyRule},
+		{"enforcing deny wins", worldIP, identity.World, 443, resolved.Deny, event.ReasonPolicyDenyRule},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			goRef := pol.Egress.Lookup(st.Selectors, c.peer, resolved.ProtoTCP, c.port)
+			dpRef := comp.ReferenceLookup(testEP, resolved.Egress, c.peer, resolved.ProtoTCP, c.port)
+			if goRef.Verdict != c.want || dpRef.Verdict != c.want || dpRef.Reason != c.reason {
+				t.Fatalf("references: resolved %s, datapath %s (%s); want %s (%s)", goRef.Verdict, dpRef.Verdict, dpRef.Reason, c.want, c.reason)
+			}
+			before, err := dp.Metrics()
+			if err != nil {
+				t.Fatal(err)
+			}
+			syn := packet{src: podAddr, dst: c.dst, proto: resolved.ProtoTCP, sport: flowPort(), dport: c.port, tcpFlags: 0x02}
+			ret := run(t, dp, resolved.Egress, syn)
+			wantRet, wantEv := uint32(tcActOK), event.Audit
+			if c.want == resolved.Deny {
+				wantRet, wantEv = tcActShot, event.Dropped
+			}
+			if ret != wantRet {
+				t.Fatalf("kernel returned %d, want %d", ret, wantRet)
+			}
+			ev, ok := nextEvent(t, events)
+			if !ok || ev.Verdict != wantEv || ev.Reason != c.reason || ev.RuleID != dpRef.RuleID || ev.Dst != c.dst {
+				t.Fatalf("event %+v (ok %v); want %s reason %s rule %d", ev, ok, wantEv, c.reason, dpRef.RuleID)
+			}
+			if c.want != resolved.AuditDeny {
+				return
+			}
+			if dpRef.RuleID == 0 {
+				if got := goRef.Policies(&pol.Egress); len(got) != 1 || got[0].Name != "audit-dd" {
+					t.Fatalf("default audit names %v, want audit-dd", got)
+				}
+			} else if pols := dp.RulePolicies(dpRef.RuleID); len(pols) != 1 || pols[0].Name != "audit-7001" {
+				t.Fatalf("audit rule %d names %v, want audit-7001", dpRef.RuleID, pols)
+			}
+			after, err := dp.Metrics()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.Egress.Audited.Packets != before.Egress.Audited.Packets+1 {
+				t.Fatalf("audited packets %d -> %d, want one more", before.Egress.Audited.Packets, after.Egress.Audited.Packets)
+			}
+			// The flow's next packet: conntrack passes it, no event. A
+			// dropped packet after it gives the next event.
+			ack := syn
+			ack.tcpFlags = 0x10
+			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
+				t.Fatalf("established packet of an audited flow: %d", ret)
+			}
+			marker := packet{src: podAddr, dst: worldIP, proto: resolved.ProtoTCP, sport: flowPort(), dport: 443, tcpFlags: 0x02}
+			if ret := run(t, dp, resolved.Egress, marker); ret != tcActShot {
+				t.Fatalf("marker packet: %d", ret)
+			}
+			if ev, ok := nextEvent(t, events); !ok || ev.Verdict != event.Dropped || ev.Dst != worldIP {
+				t.Fatalf("after the audited flow's second packet: event %+v (ok %v), want the marker's drop", ev, ok)
+			}
+		})
+	}
+}
