@@ -708,6 +708,21 @@ static __noinline int icmp_error_related(struct __sk_buff *skb, const struct pkt
  * a proxy is marked for it and, at tc ingress (the source's hook, or local
  * delivery), assigned to the proxy's socket or dropped when there is none;
  * at the destination's hook (tc egress) the caller hairpins it. */
+/* trace_flags emits the TRACE event of a tracked connection's packet that
+ * added TCP flags (BW_EVENT_TRACE); off the fast path, a few per
+ * connection. */
+static __noinline void trace_flags(struct __sk_buff *skb, __u32 dir_reply, __u32 ifindex, const struct pkt *p,
+				   const struct bw_ct_entry *ct)
+{
+	__u8 dir = dir_reply & 0xff, is_reply = (dir_reply >> 8) & 1;
+	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
+	if (!ep)
+		return;
+	struct decision d = { .verdict = ct->verdict, .proxy_port = ct->proxy_port, .rule_id = ct->rule_id };
+	emit(skb, dir, BW_EVENT_TRACE, BW_EV_FORWARDED, 0, p, ep->endpoint_id, ep->identity, ct->peer_identity, &d,
+	     is_reply);
+}
+
 static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const struct pkt *p,
 				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz,
 				       const __u8 deliver)
@@ -723,8 +738,10 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __
 			ct->tcp_flags_seen = 0;
 			ct->closing = 0;
 		}
-		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen)
+		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen) {
 			ct->tcp_flags_seen |= p->tcp_flags;
+			trace_flags(skb, (__u32)dir | (__u32)is_reply << 8, ifindex, p, ct);
+		}
 		if ((p->tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
 			ct->closing = 1;
 	}

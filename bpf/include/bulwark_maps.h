@@ -198,6 +198,12 @@ struct bw_metric {
 /* Event types and verdicts: internal/datapath/event.Type and .Verdict. */
 #define BW_EVENT_POLICY_VERDICT 1
 #define BW_EVENT_DROP 2
+/* TRACE: a forwarded packet of a tracked connection, aggregated as
+ * Cilium's monitor aggregation: only TCP packets that add a flag to those
+ * the connection has seen (SYN-ACK, FIN, RST), so a connection gives a
+ * few. At the pod's egress hook it is from-endpoint, at its ingress hook
+ * (or local delivery) to-endpoint. */
+#define BW_EVENT_TRACE 3
 #define BW_EV_FORWARDED 1
 #define BW_EV_DROPPED 2
 #define BW_EV_REDIRECTED 3

@@ -713,7 +713,8 @@ func TestStructOffsetsMatchBTF(t *testing.T) {
 // TestProgAuditDefault: a direction selected only by audit-mode policies
 // (DirectionPolicy.Audit) passes what nothing matches as an AUDIT verdict
 // naming no rule (default), an enforcing deny still drops, and conntrack
-// keeps the verdict: the flow's next packet passes without an event.
+// keeps the verdict: the flow's next packets pass without policy events
+// (one aggregated TRACE for the packet that adds a TCP flag).
 func TestProgAuditDefault(t *testing.T) {
 	dp := openTest(t, Sizes{Policy: 4096, IPCache: 1024, IdentitySelectors: 1024, Conntrack: 4096})
 	registerEndpoint(t, dp, Endpoint{ID: testEP, IfIndex: 1, Identity: idPod})
@@ -779,10 +780,18 @@ func TestProgAuditDefault(t *testing.T) {
 			if after.Egress.Audited.Packets != before.Egress.Audited.Packets+1 {
 				t.Fatalf("audited packets %d -> %d, want one more", before.Egress.Audited.Packets, after.Egress.Audited.Packets)
 			}
-			// The flow's next packet: conntrack passes it, no event. A
-			// dropped packet after it gives the next event.
+			// The flow's next packets: conntrack passes them. The first ACK
+			// adds a flag: one TRACE event (aggregated per connection); the
+			// second adds nothing: no event, so a dropped packet after it
+			// gives the next event.
 			ack := syn
 			ack.tcpFlags = 0x10
+			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
+				t.Fatalf("established packet of an audited flow: %d", ret)
+			}
+			if ev, ok := nextEvent(t, events); !ok || ev.Type != event.TypeTrace || ev.Verdict != event.Forwarded || ev.Dst != c.dst || ev.IsReply {
+				t.Fatalf("first ACK: event %+v (ok %v), want a TRACE of the flow", ev, ok)
+			}
 			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
 				t.Fatalf("established packet of an audited flow: %d", ret)
 			}

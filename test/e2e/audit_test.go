@@ -52,6 +52,14 @@ func TestAuditMode(t *testing.T) {
 	if n := auditFlowsNaming(t, s, "default-deny-all"); n == 0 {
 		t.Errorf("no AUDIT flow naming demo/default-deny-all after traffic under the audit-mode policy")
 	}
+	// Trace events: the connections' packets that add TCP flags, at both
+	// pods' hooks (aggregated per connection).
+	traces := strings.ReplaceAll(s.MustRun("observe", "--type", "trace", "--last", "1000", "-o", "json"), " ", "")
+	for _, want := range []string{`"traceObservationPoint":"TO_ENDPOINT"`, `"traceObservationPoint":"FROM_ENDPOINT"`, `"isReply":true`} {
+		if !strings.Contains(traces, want) {
+			t.Errorf("observe --type trace: no flow with %s:\n%.2000s", want, traces)
+		}
+	}
 	fe, be := s.Pod("deploy/frontend"), s.Pod("deploy/backend")
 	trace := s.MustRun("policy", "trace", "--src-k8s-pod", "demo:"+fe.Name, "--dst-k8s-pod", "demo:"+be.Name, "--dport", "8080")
 	if !strings.Contains(trace, "Final verdict: ALLOWED") || !strings.Contains(trace, "AUDIT: would be denied by demo/default-deny-all") {
