@@ -57,6 +57,9 @@ func (s *State) describePeer(b *strings.Builder, role string, p Peer, dir resolv
 		if sec.DefaultDeny {
 			mode = "default deny"
 		}
+		if r.Audit {
+			mode += "; audit mode: its denies pass, flagged as AUDIT"
+		}
 		fmt.Fprintf(b, "  Selected for %s by %s %s %s (endpointSelector %s): %s\n", dir, r.Policy.Kind, r.Policy, r.Path, r.Subject, mode)
 		for _, it := range sec.Items {
 			ports := "all protocols and ports"
