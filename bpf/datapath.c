@@ -14,7 +14,13 @@
  *    re-evaluated and a flow that lost its allow is deleted. The agent moves
  *    the revision after every change of an endpoint record.
  *  - Policy: deny wins over redirect over allow; no match = the direction's
- *    default (drop when enforced).
+ *    default (drop when enforced). An audit-mode deny entry never passes a
+ *    packet that would drop without it: it turns an allow, or a default
+ *    that is not enforced, into AUDIT; no match where the endpoint's
+ *    AUDIT flag is set is AUDIT too. AUDIT passes like allow; the new flow emits
+ *    a policy-verdict event BW_EV_AUDIT with the rule id and the drop
+ *    reason it would have had; conntrack keeps the verdict, so its later
+ *    packets pass without events.
  *  - Non-IP (ARP) and IPv6 neighbour discovery pass.
  *  - Local delivery (BW_CFG_LOCAL_DELIVERY): a packet the source pod may
  *    send to a pod on this node is decided there for the destination's
@@ -352,15 +358,15 @@ static __noinline int assign_proxy(struct __sk_buff *skb, const struct pkt *p)
 }
 
 struct decision {
-	__u8 verdict; /* BW_VERDICT_ALLOW, _DENY or _REDIRECT */
-	__u8 reason;  /* drop reason when DENY */
+	__u8 verdict; /* BW_VERDICT_ALLOW, _DENY, _REDIRECT or _AUDIT */
+	__u8 reason;  /* drop reason when DENY; the would-be one when AUDIT */
 	__u16 proxy_port;
 	__u32 rule_id;
 };
 
 static __always_inline __u8 verdict_rank(__u8 v)
 {
-	/* deny > redirect > allow > none */
+	/* deny > redirect > allow > none; AUDIT is handled apart */
 	switch (v) {
 	case BW_VERDICT_DENY:
 		return 3;
@@ -368,6 +374,44 @@ static __always_inline __u8 verdict_rank(__u8 v)
 		return 2;
 	case BW_VERDICT_ALLOW:
 		return 1;
+	}
+	return 0;
+}
+
+/* audit_lookup finds the first audit-mode deny (an AUDIT value, or an
+ * ALLOW value with BW_POLICY_F_AUDIT) matching the peer, in policy_lookup's
+ * order; returns its rule_id << 1 | 1, or 0. policy_lookup calls it only
+ * for endpoints with audit entries, when the packet would pass: flows of
+ * other endpoints pay one flag test. */
+__attribute__((noinline)) __u64 audit_lookup(__u32 table_id, __u32 peer, __u32 match)
+{
+	__u32 dir = match & 0xff;
+	__u32 proto = (match >> 8) & 0xff;
+	__u32 port = match >> 16;
+	struct bw_selector_list *sl = bpf_map_lookup_elem(&bw_id_selectors, &peer);
+	if (!sl)
+		return 0;
+	if (is_icmp(proto))
+		port = 0;
+	__u32 n = sl->count;
+	struct bw_policy_key k = {
+		.table_id = table_id,
+		.dir = dir,
+	};
+	for (__u32 i = 0; i < BW_MAX_SELECTORS; i++) {
+		if (i >= n)
+			break;
+		k.prefixlen = BW_POLICY_FULL_BITS;
+		k.selector = sl->selectors[i];
+		k.proto = proto;
+		k.port = port;
+		struct bw_policy_value *v = bpf_map_lookup_elem(&bw_policy, &k);
+		if (!v && !has_own_entries(proto)) {
+			k.proto = 0;
+			v = bpf_map_lookup_elem(&bw_policy, &k);
+		}
+		if (v && (v->verdict == BW_VERDICT_AUDIT || (v->flags & BW_POLICY_F_AUDIT)))
+			return ((__u64)v->rule_id << 1) | 1;
 	}
 	return 0;
 }
@@ -386,9 +430,10 @@ __attribute__((noinline)) __u64 policy_lookup(__u32 table_id, __u32 ep_flags, __
 	__u32 port = match >> 16;
 	__u32 enforce = dir == BW_INGRESS ? (ep_flags & BW_EP_ENFORCE_INGRESS)
 					  : (ep_flags & BW_EP_ENFORCE_EGRESS);
+	__u32 audit = dir == BW_INGRESS ? (ep_flags & BW_EP_AUDIT_INGRESS) : (ep_flags & BW_EP_AUDIT_EGRESS);
 	struct bw_selector_list *sl = bpf_map_lookup_elem(&bw_id_selectors, &peer);
 	__u8 best_rank = 0;
-	__u64 verdict = BW_VERDICT_NONE, reason = BW_REASON_NONE, proxy_port = 0, rule_id = 0;
+	__u64 verdict = BW_VERDICT_NONE, reason = BW_REASON_NONE, proxy_port = 0, rule_id = 0, audit_rule = 0;
 
 	if (sl && (sl->flags & BW_SEL_OVERFLOW))
 		return BW_VERDICT_DENY | (BW_REASON_TABLE_OVERFLOW << 8);
@@ -427,9 +472,19 @@ __attribute__((noinline)) __u64 policy_lookup(__u32 table_id, __u32 ep_flags, __
 	}
 	if (verdict == BW_VERDICT_DENY) {
 		reason = BW_REASON_POLICY_DENY_RULE;
+	} else if ((ep_flags & BW_EP_HAS_AUDIT) && (verdict == BW_VERDICT_ALLOW || (verdict == BW_VERDICT_NONE && !enforce)) &&
+		   (audit_rule = audit_lookup(table_id, peer, match))) {
+		/* an audit-mode deny flags what passes anyway */
+		verdict = BW_VERDICT_AUDIT;
+		reason = BW_REASON_POLICY_DENY_RULE;
+		rule_id = audit_rule >> 1;
+		proxy_port = 0;
 	} else if (verdict == BW_VERDICT_NONE) {
 		if (enforce) {
 			verdict = BW_VERDICT_DENY;
+			reason = BW_REASON_POLICY_DENIED;
+		} else if (audit) {
+			verdict = BW_VERDICT_AUDIT;
 			reason = BW_REASON_POLICY_DENIED;
 		} else {
 			verdict = BW_VERDICT_ALLOW;
@@ -653,6 +708,21 @@ static __noinline int icmp_error_related(struct __sk_buff *skb, const struct pkt
  * a proxy is marked for it and, at tc ingress (the source's hook, or local
  * delivery), assigned to the proxy's socket or dropped when there is none;
  * at the destination's hook (tc egress) the caller hairpins it. */
+/* trace_flags emits the TRACE event of a tracked connection's packet that
+ * added TCP flags (BW_EVENT_TRACE); off the fast path, a few per
+ * connection. */
+static __noinline void trace_flags(struct __sk_buff *skb, __u32 dir_reply, __u32 ifindex, const struct pkt *p,
+				   const struct bw_ct_entry *ct)
+{
+	__u8 dir = dir_reply & 0xff, is_reply = (dir_reply >> 8) & 1;
+	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
+	if (!ep)
+		return;
+	struct decision d = { .verdict = ct->verdict, .proxy_port = ct->proxy_port, .rule_id = ct->rule_id };
+	emit(skb, dir, BW_EVENT_TRACE, BW_EV_FORWARDED, 0, p, ep->endpoint_id, ep->identity, ct->peer_identity, &d,
+	     is_reply);
+}
+
 static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const struct pkt *p,
 				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz,
 				       const __u8 deliver)
@@ -668,8 +738,10 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __
 			ct->tcp_flags_seen = 0;
 			ct->closing = 0;
 		}
-		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen)
+		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen) {
 			ct->tcp_flags_seen |= p->tcp_flags;
+			trace_flags(skb, (__u32)dir | (__u32)is_reply << 8, ifindex, p, ct);
+		}
 		if ((p->tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
 			ct->closing = 1;
 	}
@@ -929,6 +1001,10 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 	if (d.verdict == BW_VERDICT_REDIRECT) {
 		count(dir, BW_CODE_REDIRECTED, skb->len);
 		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_REDIRECTED, 0, &p, ep_id, local_id, peer_id, &d, 0);
+	} else if (d.verdict == BW_VERDICT_AUDIT) {
+		count(dir, BW_CODE_FORWARDED, skb->len);
+		count(dir, BW_CODE_AUDITED, skb->len);
+		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_AUDIT, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
 	} else {
 		count(dir, BW_CODE_FORWARDED, skb->len);
 		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_FORWARDED, 0, &p, ep_id, local_id, peer_id, &d, 0);

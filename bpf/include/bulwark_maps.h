@@ -19,6 +19,11 @@
 #define BW_EP_ENFORCE_INGRESS (1U << 1)
 #define BW_EP_ENFORCE_EGRESS (1U << 2)
 #define BW_EP_OVERFLOW (1U << 3) /* tables could not be loaded: fail closed */
+/* Audit default: no match passes as BW_VERDICT_AUDIT (never set with the
+ * direction's ENFORCE flag). */
+#define BW_EP_AUDIT_INGRESS (1U << 4)
+#define BW_EP_AUDIT_EGRESS (1U << 5)
+#define BW_EP_HAS_AUDIT (1U << 6) /* the tables hold audit-mode entries */
 
 struct bw_endpoint {
 	__u32 endpoint_id;
@@ -72,10 +77,16 @@ struct bw_policy_key {
 #define BW_VERDICT_ALLOW 1
 #define BW_VERDICT_DENY 2
 #define BW_VERDICT_REDIRECT 3
+/* AUDIT: in a table, an audit-mode deny alone (with an allow it is ALLOW
+ * with BW_POLICY_F_AUDIT); as a decision, the packet passes, flagged. */
+#define BW_VERDICT_AUDIT 4
+
+/* bw_policy_value.flags */
+#define BW_POLICY_F_AUDIT 1 /* with BW_VERDICT_ALLOW: an audit-mode deny matches too; rule_id is its */
 
 struct bw_policy_value {
 	__u8 verdict;
-	__u8 pad;
+	__u8 flags; /* BW_POLICY_F_* */
 	__u16 proxy_port; /* host byte order; set for BW_VERDICT_REDIRECT */
 	__u32 rule_id;    /* names the policies behind the verdict */
 };
@@ -103,7 +114,7 @@ struct bw_ct_entry {
 	__u32 peer_identity;
 	__u16 proxy_port;
 	__u8 dir;     /* direction of the original packet */
-	__u8 verdict; /* BW_VERDICT_ALLOW or BW_VERDICT_REDIRECT */
+	__u8 verdict; /* BW_VERDICT_ALLOW, _REDIRECT or _AUDIT */
 	__u8 tcp_flags_seen;
 	__u8 closing;
 	__u8 orig_lo; /* the original packet came from the key's lo end */
@@ -157,10 +168,11 @@ struct bw_config {
 	__u32 flags;    /* BW_CFG_* */
 };
 
-/* Metrics slots: dir * BW_METRIC_CODES + code. Codes 1..27 are drop
- * reasons (internal/datapath/event.DropReason); 0 and 28..31 are not. */
+/* Metrics slots: dir * BW_METRIC_CODES + code. Codes 1..26 are drop
+ * reasons (internal/datapath/event.DropReason); 0 and 27..31 are not. */
 #define BW_METRIC_CODES 32
 #define BW_CODE_FORWARDED 0
+#define BW_CODE_AUDITED 27 /* new flows an audit-mode deny passed (also in FORWARDED/REDIRECTED) */
 #define BW_CODE_FORWARDED_FAST 28 /* forwarded by the established fast path */
 #define BW_CODE_REDIRECTED 29
 #define BW_CODE_EVENTS_LOST 30
@@ -186,9 +198,16 @@ struct bw_metric {
 /* Event types and verdicts: internal/datapath/event.Type and .Verdict. */
 #define BW_EVENT_POLICY_VERDICT 1
 #define BW_EVENT_DROP 2
+/* TRACE: a forwarded packet of a tracked connection, aggregated as
+ * Cilium's monitor aggregation: only TCP packets that add a flag to those
+ * the connection has seen (SYN-ACK, FIN, RST), so a connection gives a
+ * few. At the pod's egress hook it is from-endpoint, at its ingress hook
+ * (or local delivery) to-endpoint. */
+#define BW_EVENT_TRACE 3
 #define BW_EV_FORWARDED 1
 #define BW_EV_DROPPED 2
 #define BW_EV_REDIRECTED 3
+#define BW_EV_AUDIT 4 /* passed; an audit-mode policy would have dropped it */
 
 struct bw_event {
 	__u64 timestamp; /* bpf_ktime_get_ns() */

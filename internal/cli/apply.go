@@ -11,12 +11,26 @@ import (
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/manifest"
 	"github.com/bulwark-net/bulwark/internal/offline/validate"
+	"github.com/bulwark-net/bulwark/internal/policy"
 )
 
 // readDocuments reads every manifest file under paths ("-" is stdin) and
 // decodes and validates them all; any problem fails the whole batch before
 // anything is sent to the agent.
 func readDocuments(stdin io.Reader, paths []string, check bool) ([]agentapi.Document, error) {
+	return readDocumentsWith(stdin, paths, readOptions{check: check})
+}
+
+// readOptions shape readDocumentsWith.
+type readOptions struct {
+	check bool // validate as for apply (not for delete)
+	// audit sets policy.bulwark.io/audit: "true" on every policy read
+	// (apply --audit), before validation.
+	audit bool
+}
+
+func readDocumentsWith(stdin io.Reader, paths []string, opts readOptions) ([]agentapi.Document, error) {
+	check := opts.check
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("no input: give -f FILE|DIR (or -f - for stdin)")
 	}
@@ -47,6 +61,15 @@ func readDocuments(stdin io.Reader, paths []string, check bool) ([]agentapi.Docu
 				return nil, fmt.Errorf("read manifests: %w", err)
 			}
 			docs = append(docs, agentapi.Document{Source: f, Data: b})
+		}
+	}
+	if opts.audit {
+		for i := range docs {
+			b, err := manifest.SetPolicyAnnotation(docs[i].Data, policy.AuditAnnotation, "true")
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", docs[i].Source, err)
+			}
+			docs[i].Data = b
 		}
 	}
 	if _, err := validate.Documents(docs, check); err != nil {
@@ -87,12 +110,13 @@ func newDeleteCmd() *cobra.Command {
 func newChangeCmd(use, short string, del bool) *cobra.Command {
 	var inst instanceFlags
 	var files []string
+	var audit bool
 	cmd := &cobra.Command{
 		Use:   use + " -f FILE|DIR...",
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			docs, err := readDocuments(cmd.InOrStdin(), files, !del)
+			docs, err := readDocumentsWith(cmd.InOrStdin(), files, readOptions{check: !del, audit: audit})
 			if err != nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), err)
 				fmt.Fprintln(cmd.ErrOrStderr(), "nothing was changed")
@@ -122,6 +146,10 @@ func newChangeCmd(use, short string, del bool) *cobra.Command {
 	inst.register(cmd)
 	inst.registerTimeout(cmd)
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable; - for stdin)")
+	if !del {
+		cmd.Flags().BoolVar(&audit, "audit", false, "apply every NetworkPolicy/CNP/CCNP in audit mode (annotation "+
+			policy.AuditAnnotation+`: "true"): its denies pass traffic as AUDIT flows instead of dropping it`)
+	}
 	return cmd
 }
 

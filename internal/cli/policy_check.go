@@ -119,6 +119,9 @@ func printCheckResults(stdout io.Writer, output string, results []check.Result) 
 		if r.Proxy && r.Verdict == "allowed" {
 			v += " (L7 rules apply)"
 		}
+		if len(r.Audit) > 0 {
+			v += " (AUDIT: would be denied by " + strings.Join(r.Audit, ",") + ")"
+		}
 		if r.Unexpected() {
 			v += " (expected " + strings.ToUpper(r.Expect) + ")"
 		}

@@ -135,7 +135,7 @@ type bpfBwPolicyKey struct {
 type bpfBwPolicyValue struct {
 	_         structs.HostLayout
 	Verdict   uint8
-	Pad       uint8
+	Flags     uint8
 	ProxyPort uint16
 	RuleId    uint32
 }

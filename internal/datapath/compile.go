@@ -32,7 +32,11 @@ type TableKey struct {
 
 // TableValue is what a TableKey decides.
 type TableValue struct {
+	// Verdict: Allow, Deny, Redirect or AuditDeny (an audit-mode deny
+	// alone). Audit on an Allow: an audit-mode deny matches too, and RuleID
+	// names it (BW_POLICY_F_AUDIT).
 	Verdict   resolved.Verdict
+	Audit     bool
 	ProxyPort uint16
 	RuleID    uint32
 }
@@ -42,7 +46,29 @@ type CompiledEndpoint struct {
 	Identity       identity.NumericIdentity
 	EnforceIngress bool
 	EnforceEgress  bool
-	Entries        map[TableKey]TableValue
+	// AuditIngress/AuditEgress: not enforced, but no match passes as an
+	// audit verdict (resolved.DirectionPolicy.Audit).
+	AuditIngress bool
+	AuditEgress  bool
+	Entries      map[TableKey]TableValue
+}
+
+// auditFlags are the endpoint record's audit-default flags.
+func (ce *CompiledEndpoint) auditFlags() uint32 {
+	var f uint32
+	if ce.AuditIngress && !ce.EnforceIngress {
+		f |= epFlagAuditIngress
+	}
+	if ce.AuditEgress && !ce.EnforceEgress {
+		f |= epFlagAuditEgress
+	}
+	for _, v := range ce.Entries {
+		if v.Verdict == resolved.AuditDeny || v.Audit {
+			f |= epFlagHasAudit
+			break
+		}
+	}
+	return f
 }
 
 // Compiled is a State turned into datapath tables. The C program and
@@ -174,6 +200,8 @@ func Compile(st State) (*Compiled, error) {
 			Identity:       pol.Identity,
 			EnforceIngress: pol.Ingress.Enforced,
 			EnforceEgress:  pol.Egress.Enforced,
+			AuditIngress:   pol.Ingress.Audit && !pol.Ingress.Enforced,
+			AuditEgress:    pol.Egress.Audit && !pol.Egress.Enforced,
 			Entries:        map[TableKey]TableValue{},
 		}
 		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
@@ -182,9 +210,9 @@ func Compile(st State) (*Compiled, error) {
 			for i := range dp.Entries {
 				e := &dp.Entries[i]
 				switch e.Verdict {
-				case resolved.Allow, resolved.Deny, resolved.Redirect:
+				case resolved.Allow, resolved.Deny, resolved.Redirect, resolved.AuditDeny:
 				default:
-					return nil, fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny or redirect", epID, dir, i, e.Verdict)
+					return nil, fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny, redirect or audit-deny", epID, dir, i, e.Verdict)
 				}
 				if e.PortHi < e.PortLo {
 					continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
@@ -282,11 +310,13 @@ func compileSelector(out map[TableKey]TableValue, sc selectorCompilation,
 		}
 	}
 	value := func(matched []*resolved.Entry) (TableValue, bool) {
-		var deny, redirect, allow []*resolved.Entry
+		var deny, redirect, audit, allow []*resolved.Entry
 		for _, e := range matched {
 			switch e.Verdict {
 			case resolved.Deny:
 				deny = append(deny, e)
+			case resolved.AuditDeny:
+				audit = append(audit, e)
 			case resolved.Redirect:
 				redirect = append(redirect, e)
 			case resolved.Allow:
@@ -307,6 +337,12 @@ func compileSelector(out map[TableKey]TableValue, sc selectorCompilation,
 						break
 					}
 				}
+			}
+		case len(audit) > 0:
+			// The audit policies are named; an allow only lets it pass.
+			v.Verdict, win = resolved.AuditDeny, audit
+			if len(allow) > 0 {
+				v.Verdict, v.Audit = resolved.Allow, true
 			}
 		case len(allow) > 0:
 			v.Verdict, win = resolved.Allow, allow
@@ -438,4 +474,17 @@ func (k TableKey) PortRange() (uint16, uint16) {
 	}
 	span := uint32(1) << (16 - uint32(k.PortBits))
 	return k.Port, uint16(uint32(k.Port) + span - 1)
+}
+
+// policyFlagAudit is BW_POLICY_F_AUDIT: an Allow value where an
+// audit-mode deny matches too.
+const policyFlagAudit = 1
+
+// policyValue is a TableValue as the bw_policy map holds it.
+func policyValue(v TableValue) bpfBwPolicyValue {
+	pv := bpfBwPolicyValue{Verdict: uint8(v.Verdict), ProxyPort: v.ProxyPort, RuleId: v.RuleID}
+	if v.Audit {
+		pv.Flags = policyFlagAudit
+	}
+	return pv
 }

@@ -24,6 +24,9 @@ const (
 	epFlagEnforceIngress = 1 << 1
 	epFlagEnforceEgress  = 1 << 2
 	epFlagOverflow       = 1 << 3
+	epFlagAuditIngress   = 1 << 4 // no match passes as audit (BW_EP_AUDIT_INGRESS)
+	epFlagAuditEgress    = 1 << 5
+	epFlagHasAudit       = 1 << 6 // the tables hold audit entries (BW_EP_HAS_AUDIT)
 
 	selFlagOverflow = 1 << 0
 

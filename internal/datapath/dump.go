@@ -36,8 +36,11 @@ type EndpointDump struct {
 	OverflowReason string
 	EnforceIngress bool
 	EnforceEgress  bool
-	TableID        uint32
-	Entries        []DumpEntry
+	// AuditIngress/AuditEgress: the default is audit (passes, flagged).
+	AuditIngress bool
+	AuditEgress  bool
+	TableID      uint32
+	Entries      []DumpEntry
 }
 
 // DumpEndpoint reads the endpoint's record and active table from the maps.
@@ -59,6 +62,8 @@ func (dp *Datapath) DumpEndpoint(id uint32) (*EndpointDump, error) {
 		OverflowReason: es.overflowReason,
 		EnforceIngress: rec.Flags&epFlagEnforceIngress != 0,
 		EnforceEgress:  rec.Flags&epFlagEnforceEgress != 0,
+		AuditIngress:   rec.Flags&epFlagAuditIngress != 0,
+		AuditEgress:    rec.Flags&epFlagAuditEgress != 0,
 		TableID:        rec.TableId[0],
 	}
 	loaded, err := dp.scanPolicy() // the kernel's table, not the syncer's view
@@ -129,7 +134,7 @@ func (d *EndpointDump) Format(w io.Writer) error {
 		state = "NOT READY (fail closed)"
 	}
 	fmt.Fprintf(w, "endpoint %d  ifindex %d  identity %s  table %d  %s\n", d.Endpoint.ID, d.Endpoint.IfIndex, d.Endpoint.Identity, d.TableID, state)
-	fmt.Fprintf(w, "default: ingress %s, egress %s\n", enforceWord(d.EnforceIngress), enforceWord(d.EnforceEgress))
+	fmt.Fprintf(w, "default: ingress %s, egress %s\n", enforceWord(d.EnforceIngress, d.AuditIngress), enforceWord(d.EnforceEgress, d.AuditEgress))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DIRECTION\tSELECTOR\tPEERS\tPROTO\tPORTS\tVERDICT\tPROXY\tRULE\tPOLICIES")
 	for _, e := range d.Entries {
@@ -162,9 +167,12 @@ func (d *EndpointDump) Format(w io.Writer) error {
 	return tw.Flush()
 }
 
-func enforceWord(b bool) string {
-	if b {
+func enforceWord(enforce, audit bool) string {
+	switch {
+	case enforce:
 		return "deny"
+	case audit:
+		return "audit"
 	}
 	return "allow"
 }

@@ -11,6 +11,7 @@ import (
 const (
 	metricCodes       = 32
 	codeForwarded     = 0
+	codeAudited       = 27 // new flows an audit-mode deny passed
 	codeForwardedFast = 28 // forwarded by the established fast path
 	codeRedirected    = 29
 	codeEventsLost    = 30
@@ -29,6 +30,9 @@ type DirMetrics struct {
 	// (fast_established in bpf/datapath.c).
 	Fast       Counter
 	Redirected Counter
+	// Audited counts the new flows (first packets) an audit-mode policy
+	// would have dropped and that passed; they are in Forwarded too.
+	Audited Counter
 	// LocalDelivered counts the packets the source pod's program handed
 	// straight to a pod on this node after deciding the destination's
 	// ingress too (egress only; they are also in the destination's
@@ -83,6 +87,8 @@ func (dp *Datapath) Metrics() (Metrics, error) {
 				dm.EventsLost = c.Packets
 			case code == codeLocalDelivery:
 				dm.LocalDelivered = c
+			case code == codeAudited:
+				dm.Audited = c
 			case c.Packets > 0:
 				dm.Dropped[event.DropReason(code)] = c
 			}

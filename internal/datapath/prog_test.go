@@ -70,6 +70,9 @@ func fixtureState() State {
 				{Peer: selAB, Proto: resolved.ProtoICMPv6, Verdict: resolved.Allow, Origin: ref("ping")},
 				{Peer: selABC, Proto: resolved.ProtoSCTP, PortLo: 5000, PortHi: 5000, Verdict: resolved.Allow, Origin: ref("sctp")},
 				{Peer: selNone, Proto: resolved.ProtoAny, Verdict: resolved.Allow, Origin: ref("nobody")},
+				{Peer: selABC, Proto: resolved.ProtoTCP, PortLo: 8090, PortHi: 8090, Verdict: resolved.AuditDeny, Origin: ref("audit-8090")},
+				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 7000, PortHi: 7000, Verdict: resolved.AuditDeny, Origin: ref("audit-7000")},
+				{Peer: selB, Proto: resolved.ProtoTCP, PortLo: 8080, PortHi: 8080, Verdict: resolved.AuditDeny, Origin: ref("audit-8080")},
 			},
 			Selecting: ref("web"),
 		},
@@ -78,6 +81,7 @@ func fixtureState() State {
 			Entries: []resolved.Entry{
 				{Peer: selW, Proto: resolved.ProtoTCP, PortLo: 443, PortHi: 443, Verdict: resolved.Deny, Origin: ref("no-world-tls")},
 				{Peer: selB, Verdict: resolved.Deny, Origin: ref("isolate-b")}, // L3-only deny
+				{Peer: selABC, Proto: resolved.ProtoTCP, PortLo: 7001, PortHi: 7001, Verdict: resolved.AuditDeny, Origin: ref("audit-7001")},
 			},
 		},
 	}
@@ -178,6 +182,11 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 		{"egress L3 deny B udp", resolved.Egress, egress(peerB, resolved.ProtoUDP, 9), resolved.Deny},
 		{"egress L3 deny B icmp", resolved.Egress, icmp(podAddr, peerB, resolved.ProtoICMP, 8), resolved.Deny},
 		{"egress L3 deny B gre", resolved.Egress, packet{src: podAddr, dst: peerB, proto: 47}, resolved.Deny},
+		{"audit deny flags an allow (C 8090)", resolved.Ingress, tcp(peerC, 8090), resolved.AuditDeny},
+		{"audit deny passes nothing default deny drops (A 7000)", resolved.Ingress, tcp(peerA, 7000), resolved.Deny},
+		{"enforcing deny wins over audit deny (B 8080)", resolved.Ingress, tcp(peerB, 8080), resolved.Deny},
+		{"egress audit deny under default allow (A 7001)", resolved.Egress, egress(peerA, resolved.ProtoTCP, 7001), resolved.AuditDeny},
+		{"egress deny wins over audit (B 7001)", resolved.Egress, egress(peerB, resolved.ProtoTCP, 7001), resolved.Deny},
 	}
 	comp := dp.Compiled()
 	pol := st.Endpoints[testEP]
@@ -221,7 +230,7 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			if ev.EndpointID != testEP || ev.Direction != c.dir || ev.Proto != c.pkt.proto || ev.Src != c.pkt.src || ev.Dst != c.pkt.dst {
 				t.Fatalf("event does not describe the packet: %+v", ev)
 			}
-			wantVerdict := map[resolved.Verdict]event.Verdict{resolved.Allow: event.Forwarded, resolved.Deny: event.Dropped, resolved.Redirect: event.Redirected}[c.want]
+			wantVerdict := map[resolved.Verdict]event.Verdict{resolved.Allow: event.Forwarded, resolved.Deny: event.Dropped, resolved.Redirect: event.Redirected, resolved.AuditDeny: event.Audit}[c.want]
 			if ev.Verdict != wantVerdict {
 				t.Fatalf("event verdict %s, want %s", ev.Verdict, wantVerdict)
 			}
@@ -698,5 +707,101 @@ func TestStructOffsetsMatchBTF(t *testing.T) {
 				t.Errorf("%s.%s: Go offset %d, C offset %d", name, m.Name, got, want)
 			}
 		}
+	}
+}
+
+// TestProgAuditDefault: a direction selected only by audit-mode policies
+// (DirectionPolicy.Audit) passes what nothing matches as an AUDIT verdict
+// naming no rule (default), an enforcing deny still drops, and conntrack
+// keeps the verdict: the flow's next packets pass without policy events
+// (one aggregated TRACE for the packet that adds a TCP flag).
+func TestProgAuditDefault(t *testing.T) {
+	dp := openTest(t, Sizes{Policy: 4096, IPCache: 1024, IdentitySelectors: 1024, Conntrack: 4096})
+	registerEndpoint(t, dp, Endpoint{ID: testEP, IfIndex: 1, Identity: idPod})
+	st := fixtureState()
+	st.Endpoints[testEP].Egress.Audit = true
+	st.Endpoints[testEP].Egress.Selecting = ref("audit-dd")
+	if err := dp.Sync(st); err != nil {
+		t.Fatal(err)
+	}
+	events := eventsOf(t, dp)
+	comp := dp.Compiled()
+	pol := st.Endpoints[testEP]
+	cases := []struct {
+		name   string
+		dst    netip.Addr
+		peer   identity.NumericIdentity
+		port   uint16
+		want   resolved.Verdict
+		reason event.DropReason
+	}{
+		{"audit default", peerA, idA, 443, resolved.AuditDeny, event.ReasonPolicyDenied},
+		{"audit deny entry", peerA, idA, 7001, resolved.AuditDeny, event.ReasonPolicyDenyRule},
+		{"enforcing deny wins", worldIP, identity.World, 443, resolved.Deny, event.ReasonPolicyDenyRule},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			goRef := pol.Egress.Lookup(st.Selectors, c.peer, resolved.ProtoTCP, c.port)
+			dpRef := comp.ReferenceLookup(testEP, resolved.Egress, c.peer, resolved.ProtoTCP, c.port)
+			if goRef.Verdict != c.want || dpRef.Verdict != c.want || dpRef.Reason != c.reason {
+				t.Fatalf("references: resolved %s, datapath %s (%s); want %s (%s)", goRef.Verdict, dpRef.Verdict, dpRef.Reason, c.want, c.reason)
+			}
+			before, err := dp.Metrics()
+			if err != nil {
+				t.Fatal(err)
+			}
+			syn := packet{src: podAddr, dst: c.dst, proto: resolved.ProtoTCP, sport: flowPort(), dport: c.port, tcpFlags: 0x02}
+			ret := run(t, dp, resolved.Egress, syn)
+			wantRet, wantEv := uint32(tcActOK), event.Audit
+			if c.want == resolved.Deny {
+				wantRet, wantEv = tcActShot, event.Dropped
+			}
+			if ret != wantRet {
+				t.Fatalf("kernel returned %d, want %d", ret, wantRet)
+			}
+			ev, ok := nextEvent(t, events)
+			if !ok || ev.Verdict != wantEv || ev.Reason != c.reason || ev.RuleID != dpRef.RuleID || ev.Dst != c.dst {
+				t.Fatalf("event %+v (ok %v); want %s reason %s rule %d", ev, ok, wantEv, c.reason, dpRef.RuleID)
+			}
+			if c.want != resolved.AuditDeny {
+				return
+			}
+			if dpRef.RuleID == 0 {
+				if got := goRef.Policies(&pol.Egress); len(got) != 1 || got[0].Name != "audit-dd" {
+					t.Fatalf("default audit names %v, want audit-dd", got)
+				}
+			} else if pols := dp.RulePolicies(dpRef.RuleID); len(pols) != 1 || pols[0].Name != "audit-7001" {
+				t.Fatalf("audit rule %d names %v, want audit-7001", dpRef.RuleID, pols)
+			}
+			after, err := dp.Metrics()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.Egress.Audited.Packets != before.Egress.Audited.Packets+1 {
+				t.Fatalf("audited packets %d -> %d, want one more", before.Egress.Audited.Packets, after.Egress.Audited.Packets)
+			}
+			// The flow's next packets: conntrack passes them. The first ACK
+			// adds a flag: one TRACE event (aggregated per connection); the
+			// second adds nothing: no event, so a dropped packet after it
+			// gives the next event.
+			ack := syn
+			ack.tcpFlags = 0x10
+			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
+				t.Fatalf("established packet of an audited flow: %d", ret)
+			}
+			if ev, ok := nextEvent(t, events); !ok || ev.Type != event.TypeTrace || ev.Verdict != event.Forwarded || ev.Dst != c.dst || ev.IsReply {
+				t.Fatalf("first ACK: event %+v (ok %v), want a TRACE of the flow", ev, ok)
+			}
+			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
+				t.Fatalf("established packet of an audited flow: %d", ret)
+			}
+			marker := packet{src: podAddr, dst: worldIP, proto: resolved.ProtoTCP, sport: flowPort(), dport: 443, tcpFlags: 0x02}
+			if ret := run(t, dp, resolved.Egress, marker); ret != tcActShot {
+				t.Fatalf("marker packet: %d", ret)
+			}
+			if ev, ok := nextEvent(t, events); !ok || ev.Verdict != event.Dropped || ev.Dst != worldIP {
+				t.Fatalf("after the audited flow's second packet: event %+v (ok %v), want the marker's drop", ev, ok)
+			}
+		})
 	}
 }

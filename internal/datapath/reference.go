@@ -8,8 +8,8 @@ import (
 
 // RefDecision is the outcome of ReferenceLookup.
 type RefDecision struct {
-	Verdict   resolved.Verdict // Allow, Deny or Redirect
-	Reason    event.DropReason // set when Deny
+	Verdict   resolved.Verdict // Allow, Deny, Redirect or AuditDeny (passes)
+	Reason    event.DropReason // set when Deny, and the would-be reason when AuditDeny
 	RuleID    uint32           // 0 for a default verdict
 	ProxyPort uint16
 }
@@ -18,8 +18,10 @@ type RefDecision struct {
 // policy_lookup does, on the same compiled tables: the selectors of the
 // peer in ascending order, per selector the longest port prefix under the
 // packet's protocol, else (not for TCP, UDP, SCTP, ICMP) under protocol 0; the strongest
-// verdict wins (deny > redirect > allow), first found on a tie; no match =
-// the direction's default. A redirect without a proxy port is a drop
+// verdict wins (deny > redirect > allow), first found on a tie; an
+// audit-deny value (the first found names the decision) turns an allow,
+// or a default that is not enforced, into AuditDeny; no match = the
+// direction's default (deny when enforced, audit-deny when audited). A redirect without a proxy port is a drop
 // (ReasonProxyUnavailable), as the program decides it.
 func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer identity.NumericIdentity,
 	proto resolved.Protocol, port uint16) RefDecision {
@@ -35,6 +37,8 @@ func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer ide
 		port = 0
 	}
 	var best RefDecision
+	var auditSeen bool
+	var auditRule uint32
 	rank := func(v resolved.Verdict) int {
 		switch v {
 		case resolved.Deny:
@@ -54,12 +58,23 @@ func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer ide
 		if !ok {
 			continue
 		}
+		if (v.Verdict == resolved.AuditDeny || v.Audit) && !auditSeen {
+			auditSeen, auditRule = true, v.RuleID
+		}
 		if rank(v.Verdict) > rank(best.Verdict) {
 			best = RefDecision{Verdict: v.Verdict, RuleID: v.RuleID, ProxyPort: v.ProxyPort}
 			if v.Verdict == resolved.Deny {
 				break
 			}
 		}
+	}
+	enforced := ep.EnforceIngress
+	if dir == resolved.Egress {
+		enforced = ep.EnforceEgress
+	}
+	if auditSeen && (best.Verdict == resolved.Allow || (best.Verdict == resolved.None && !enforced)) {
+		// An audit-mode deny flags what would pass anyway.
+		return RefDecision{Verdict: resolved.AuditDeny, Reason: event.ReasonPolicyDenyRule, RuleID: auditRule}
 	}
 	switch best.Verdict {
 	case resolved.Deny:
@@ -71,12 +86,15 @@ func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer ide
 			best.Verdict, best.Reason = resolved.Deny, event.ReasonProxyUnavailable
 		}
 	case resolved.None:
-		enforced := ep.EnforceIngress
-		if dir == resolved.Egress {
-			enforced = ep.EnforceEgress
-		}
 		if enforced {
 			return RefDecision{Verdict: resolved.Deny, Reason: event.ReasonPolicyDenied}
+		}
+		audited := ep.AuditIngress
+		if dir == resolved.Egress {
+			audited = ep.AuditEgress
+		}
+		if audited {
+			return RefDecision{Verdict: resolved.AuditDeny, Reason: event.ReasonPolicyDenied}
 		}
 		return RefDecision{Verdict: resolved.Allow}
 	}

@@ -147,6 +147,7 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 		if ce.EnforceEgress {
 			flags |= epFlagEnforceEgress
 		}
+		flags |= ce.auditFlags()
 		activeTID := id<<1 | es.gen
 		want := tableEntries(id<<1, ce)
 		if es.flags&epFlagReady != 0 && sameTable(loaded[activeTID], want) {
@@ -363,7 +364,7 @@ func (dp *Datapath) sendSynthetic(e event.Event) {
 func tableEntries(base uint32, ce *CompiledEndpoint) map[bpfBwPolicyKey]bpfBwPolicyValue {
 	out := make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(ce.Entries))
 	for k, v := range ce.Entries {
-		out[policyKey(base, k)] = bpfBwPolicyValue{Verdict: uint8(v.Verdict), ProxyPort: v.ProxyPort, RuleId: v.RuleID}
+		out[policyKey(base, k)] = policyValue(v)
 	}
 	return out
 }

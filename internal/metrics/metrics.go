@@ -104,6 +104,7 @@ type Metrics struct {
 	hubbleHTTPResponses        *prometheus.CounterVec
 	hubbleHTTPDuration         *prometheus.HistogramVec
 	dropsByPolicy              *prometheus.CounterVec
+	auditsByPolicy             *prometheus.CounterVec // AUDIT flows: what audit-mode policies would have dropped
 	dropsByNamespace           *prometheus.CounterVec
 }
 
@@ -167,6 +168,10 @@ func New(opts Options) (*Metrics, error) {
 		Name: bulwarkNS + "_drops_by_policy_total",
 		Help: "Drop events attributed to a policy (explicit deny or the default deny it imposes)",
 	}, []string{"namespace", "policy", "direction"})
+	m.auditsByPolicy = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: bulwarkNS + "_audits_by_policy_total",
+		Help: "New connections an audit-mode policy (policy.bulwark.io/audit) would have dropped and that passed",
+	}, []string{"namespace", "policy", "direction"})
 	m.dropsByNamespace = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: bulwarkNS + "_drops_by_namespace_total",
 		Help: "Drop events by the namespace of the local endpoint",
@@ -200,7 +205,7 @@ func New(opts Options) (*Metrics, error) {
 		cs = append(cs, v)
 	}
 	cs = append(cs, m.hubbleHTTPRequests, m.hubbleHTTPResponses, m.hubbleHTTPDuration)
-	cs = append(cs, m.dropsByPolicy, m.dropsByNamespace, &pullCollector{m: m, prefixes: prefixes})
+	cs = append(cs, m.dropsByPolicy, m.auditsByPolicy, m.dropsByNamespace, &pullCollector{m: m, prefixes: prefixes})
 	for _, c := range cs {
 		if err := m.registry.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -282,6 +287,16 @@ func (m *Metrics) ObserveFlow(ev *event.Event, f *flowpb.Flow) {
 				m.forwardBytes[i].WithLabelValues(d).Add(float64(ev.Bytes))
 			}
 		}
+	}
+	if ev.Verdict == event.Audit {
+		denied := f.GetIngressDeniedBy()
+		if ev.Direction == resolved.Egress {
+			denied = f.GetEgressDeniedBy()
+		}
+		for _, p := range denied {
+			m.auditsByPolicy.WithLabelValues(p.GetNamespace(), p.GetName(), ev.Direction.String()).Inc()
+		}
+		return
 	}
 	if ev.Verdict != event.Dropped {
 		return

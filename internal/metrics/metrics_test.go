@@ -125,6 +125,13 @@ func TestDropMetricsMoveWithDropEvents(t *testing.T) {
 	fwd := drop(event.ReasonNone, resolved.Egress, 0)
 	fwd.Verdict, fwd.Type, fwd.Bytes = event.Forwarded, event.TypePolicyVerdict, 100
 	o.Handle(fwd)
+	// An audit-mode default deny: forwarded, and counted against the policy
+	// as an audit, not a drop.
+	audit := drop(event.ReasonPolicyDenied, resolved.Ingress, 0)
+	audit.Verdict, audit.Type = event.Audit, event.TypePolicyVerdict
+	o.Handle(audit)
+	expect(t, m, "bulwark_audits_by_policy_total", map[string]string{"namespace": "demo", "policy": "default-deny", "direction": "ingress"}, 1)
+	expect(t, m, "bulwark_forward_count_total", map[string]string{"direction": "ingress"}, 1)
 
 	expect(t, m, "bulwark_drop_count_total", map[string]string{"reason": "POLICY_DENIED", "direction": "ingress"}, 2)
 	expect(t, m, "bulwark_drop_count_total", map[string]string{"reason": "POLICY_REVOKED", "direction": "ingress"}, 1)

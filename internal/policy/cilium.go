@@ -50,7 +50,11 @@ func compileCilium(p api.Policy) (*compiledPolicy, error) {
 	} else {
 		ref.Namespace = ""
 	}
-	cp := &compiledPolicy{ref: ref}
+	audit, err := auditMode(meta.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	cp := &compiledPolicy{ref: ref, audit: audit}
 	rules := p.Rules()
 	if len(rules) == 0 {
 		return nil, fmt.Errorf("%s: %w", where, fieldErrorf("spec", "neither spec nor specs is set"))
@@ -103,7 +107,7 @@ func (c *ciliumCompiler) rule(r *api.Rule, index int) (*compiledRule, error) {
 		// As Cilium's rule sanitiser: a rule without a section is refused.
 		return nil, fieldErrorf(c.path, "a rule needs at least one of ingress, ingressDeny, egress, egressDeny (Cilium rejects it)")
 	}
-	rule := &compiledRule{policy: c.cp.ref, index: index, path: c.path, subject: subject}
+	rule := &compiledRule{policy: c.cp.ref, audit: c.cp.audit, index: index, path: c.path, subject: subject}
 
 	in := &rule.dirs[resolved.Ingress]
 	in.present = len(r.Ingress) > 0 || len(r.IngressDeny) > 0

@@ -50,6 +50,7 @@ type section struct {
 // compiledRule is one rule of a policy, translated to selectors.
 type compiledRule struct {
 	policy  resolved.PolicyRef
+	audit   bool   // the policy is in audit mode (see audit.go)
 	index   int    // rule index within the policy (stable order)
 	path    string // "spec", "specs[1]", or "spec" for NetworkPolicy
 	subject selector.Selector
@@ -59,6 +60,7 @@ type compiledRule struct {
 // compiledPolicy is a policy document translated to rules.
 type compiledPolicy struct {
 	ref   resolved.PolicyRef
+	audit bool // policy.bulwark.io/audit: "true"; every rule's audit is the same
 	rules []*compiledRule
 	// cidrs are the prefixes the policy's CIDR peers name (with excepts):
 	// each gets a local identity and an ipcache entry.

@@ -12,6 +12,13 @@
 //     unless enableDefaultDeny says false).
 //   - Allows are additive across all kinds; a deny entry from any kind wins
 //     over every allow (resolved.Lookup).
+//   - Audit mode (AuditAnnotation, policy.bulwark.io/audit: "true" on a
+//     NetworkPolicy, CNP or CCNP; any value but "true"/"false" is refused):
+//     the policy's deny items become resolved.AuditDeny entries, its
+//     default deny counts only where no enforcing policy selects the
+//     endpoint in that direction (DirectionPolicy.Audit instead of
+//     Enforced), its allow items are plain allows. Audit never passes a
+//     packet an enforcing policy drops (resolved package doc).
 //   - Entries are a sum: one per (rule peer selector, protocol, port
 //     range, verdict), never one per peer identity.
 //   - Named ports resolve on the destination: for ingress, the endpoint's

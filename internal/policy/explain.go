@@ -9,6 +9,7 @@ type RuleInfo struct {
 	Policy  resolved.PolicyRef
 	Path    string // "spec", "specs[1]"
 	Subject string // the effective endpoint selector
+	Audit   bool   // the policy is in audit mode (AuditAnnotation)
 	// Sections, indexed by resolved.Direction.
 	Sections [2]SectionInfo
 }
@@ -36,12 +37,12 @@ func (s *Snapshot) Rules(k EndpointKey) []RuleInfo {
 	}
 	out := make([]RuleInfo, 0, len(ep.rules))
 	for _, r := range ep.rules {
-		ri := RuleInfo{Policy: r.policy, Path: r.path, Subject: "{" + r.subject.String() + "}"}
+		ri := RuleInfo{Policy: r.policy, Path: r.path, Subject: "{" + r.subject.String() + "}", Audit: r.audit}
 		for d := range r.dirs {
 			sec := &r.dirs[d]
 			si := SectionInfo{Present: sec.present, DefaultDeny: sec.defaultDeny}
 			for _, it := range sec.items {
-				ii := ItemInfo{Path: it.path, Verdict: it.verdict}
+				ii := ItemInfo{Path: it.path, Verdict: auditVerdict(it.verdict, r.audit)}
 				for _, p := range it.peers {
 					ii.Peers = append(ii.Peers, p.String())
 				}

@@ -98,8 +98,12 @@ func compileNetworkPolicy(np *networkingv1.NetworkPolicy) (*compiledPolicy, erro
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, fieldErrorf("spec.podSelector", "%v", err))
 	}
-	rule := &compiledRule{policy: ref, path: "spec", subject: subject.And(nsIs(np.Namespace))}
-	cp := &compiledPolicy{ref: ref, rules: []*compiledRule{rule}}
+	audit, err := auditMode(np.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	rule := &compiledRule{policy: ref, audit: audit, path: "spec", subject: subject.And(nsIs(np.Namespace))}
+	cp := &compiledPolicy{ref: ref, audit: audit, rules: []*compiledRule{rule}}
 
 	// Without policyTypes: Ingress, plus Egress when egress rules exist.
 	// With policyTypes: exactly the listed directions; a section for a

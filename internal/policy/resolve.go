@@ -93,12 +93,19 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 		idx[k] = len(dp.Entries)
 		dp.Entries = append(dp.Entries, e)
 	}
+	// Default deny: enforced when an enforcing policy selects the
+	// endpoint in this direction, else audit when an audit-mode one does.
+	var auditSelecting []resolved.PolicyRef
 	for _, rule := range rules {
 		sec := &rule.dirs[d]
 		if !sec.present {
 			continue
 		}
-		if sec.defaultDeny {
+		if sec.defaultDeny && rule.audit {
+			if !hasRef(auditSelecting, rule.policy) {
+				auditSelecting = append(auditSelecting, rule.policy)
+			}
+		} else if sec.defaultDeny {
 			dp.Enforced = true
 			if !hasRef(dp.Selecting, rule.policy) {
 				dp.Selecting = append(dp.Selecting, rule.policy)
@@ -107,10 +114,11 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 		ip := r.policies[policyKey(rule.policy)]
 		for i := range sec.items {
 			it := &sec.items[i]
+			verdict := auditVerdict(it.verdict, rule.audit)
 			for _, peer := range ip.itemPeers(it) {
 				sel := ip.selIDs[peer.key]
 				if it.l3Only {
-					add(resolved.Entry{Peer: sel, Proto: resolved.ProtoAny, Verdict: it.verdict}, rule.policy)
+					add(resolved.Entry{Peer: sel, Proto: resolved.ProtoAny, Verdict: verdict}, rule.policy)
 					continue
 				}
 				for _, ps := range it.ports {
@@ -125,7 +133,7 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 							if !ok {
 								continue
 							}
-							e := resolved.Entry{Peer: id, Proto: v.proto, PortLo: v.port, PortHi: v.port, Verdict: it.verdict}
+							e := resolved.Entry{Peer: id, Proto: v.proto, PortLo: v.port, PortHi: v.port, Verdict: verdict}
 							if ps.l7 != nil {
 								e.Verdict = resolved.Redirect
 								e.L7 = ps.l7
@@ -135,7 +143,7 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 						continue
 					}
 					r.expandPort(ps, d, ep, func(proto resolved.Protocol, lo, hi uint16) {
-						e := resolved.Entry{Peer: sel, Proto: proto, PortLo: lo, PortHi: hi, Verdict: it.verdict}
+						e := resolved.Entry{Peer: sel, Proto: proto, PortLo: lo, PortHi: hi, Verdict: verdict}
 						if ps.l7 != nil {
 							e.Verdict = resolved.Redirect
 							e.L7 = ps.l7
@@ -145,6 +153,10 @@ func (r *Repository) resolveDirection(dp *resolved.DirectionPolicy, d resolved.D
 				}
 			}
 		}
+	}
+	if !dp.Enforced && len(auditSelecting) > 0 {
+		dp.Audit = true
+		dp.Selecting = auditSelecting
 	}
 	sort.Slice(dp.Entries, func(i, j int) bool {
 		a, b := &dp.Entries[i], &dp.Entries[j]
@@ -246,7 +258,7 @@ func samePolicy(a, b *resolved.EndpointPolicy) bool {
 	}
 	for _, d := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
 		x, y := a.Dir(d), b.Dir(d)
-		if x.Enforced != y.Enforced || len(x.Entries) != len(y.Entries) || len(x.Selecting) != len(y.Selecting) {
+		if x.Enforced != y.Enforced || x.Audit != y.Audit || len(x.Entries) != len(y.Entries) || len(x.Selecting) != len(y.Selecting) {
 			return false
 		}
 		for i := range x.Selecting {

@@ -36,7 +36,10 @@ type Result struct {
 	Egress   string   `json:"egress"`  // verdict of the source's egress policy
 	Ingress  string   `json:"ingress"` // verdict of the destination's ingress policy
 	Policies []string `json:"policies"`
-	Expect   string   `json:"expect,omitempty"` // repeated from the flow
+	// Audit names the audit-mode policies that would have denied an
+	// allowed flow (policy.bulwark.io/audit: "true"); empty otherwise.
+	Audit  []string `json:"audit,omitempty"`
+	Expect string   `json:"expect,omitempty"` // repeated from the flow
 
 	// Details for trace and tests (not serialised).
 	SrcPeer, DstPeer Peer               `json:"-"`
@@ -159,7 +162,7 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 	if src.Endpoint != nil && dst.Endpoint != nil && src.Endpoint.Key == dst.Endpoint.Key {
 		return res
 	}
-	var refs []resolved.PolicyRef
+	var refs, auditRefs []resolved.PolicyRef
 	if src.Endpoint != nil {
 		dp := &src.Endpoint.Policy.Egress
 		d := dp.Lookup(s.Snap.Selectors, dst.Identity, proto, uint16(f.Port))
@@ -170,7 +173,11 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 		if d.Verdict == resolved.Redirect {
 			res.Proxy = true
 		}
-		refs = append(refs, d.Policies(dp)...)
+		if d.Verdict == resolved.AuditDeny {
+			auditRefs = append(auditRefs, d.Policies(dp)...)
+		} else {
+			refs = append(refs, d.Policies(dp)...)
+		}
 	}
 	if dst.Endpoint != nil {
 		dp := &dst.Endpoint.Policy.Ingress
@@ -182,7 +189,9 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 		if d.Verdict == resolved.Redirect {
 			res.Proxy = true
 		}
-		if res.Egress == denied && res.Ingress != denied {
+		if d.Verdict == resolved.AuditDeny {
+			auditRefs = append(auditRefs, d.Policies(dp)...)
+		} else if res.Egress == denied && res.Ingress != denied {
 			// Only the deciding side names policies.
 		} else if res.Ingress == denied && res.Egress != denied {
 			refs = refs[:0]
@@ -193,6 +202,15 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 	}
 	if res.Egress == denied || res.Ingress == denied {
 		res.Verdict = denied
+	} else {
+		// An audit-mode deny passes the flow; it is named apart.
+		seenAudit := map[string]bool{}
+		for _, r := range auditRefs {
+			if n := r.String(); !seenAudit[n] {
+				seenAudit[n] = true
+				res.Audit = append(res.Audit, n)
+			}
+		}
 	}
 	seen := map[string]bool{}
 	for _, r := range refs {

@@ -23,6 +23,9 @@ func (s *State) WriteTrace(w io.Writer, res Result) error {
 		s.describeDecision(b, "Ingress", res.DstPeer, res.SrcPeer, res.IngressDecision, resolved.Ingress)
 	}
 	fmt.Fprintf(b, "Final verdict: %s\n", strings.ToUpper(res.Verdict))
+	if len(res.Audit) > 0 {
+		fmt.Fprintf(b, "AUDIT: would be denied by %s (audit mode: the traffic passes and is flagged)\n", strings.Join(res.Audit, ", "))
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -54,6 +57,9 @@ func (s *State) describePeer(b *strings.Builder, role string, p Peer, dir resolv
 		if sec.DefaultDeny {
 			mode = "default deny"
 		}
+		if r.Audit {
+			mode += "; audit mode: its denies pass, flagged as AUDIT"
+		}
 		fmt.Fprintf(b, "  Selected for %s by %s %s %s (endpointSelector %s): %s\n", dir, r.Policy.Kind, r.Policy, r.Path, r.Subject, mode)
 		for _, it := range sec.Items {
 			ports := "all protocols and ports"
@@ -84,10 +90,13 @@ func (s *State) describeDecision(b *strings.Builder, what string, self, peer Pee
 	switch {
 	case d.Default && d.Verdict == resolved.Deny:
 		fmt.Fprintf(b, "DENIED by default deny: no rule allows it; default deny set by %s\n", refList(d.Policies(dp)))
+	case d.Default && d.Verdict == resolved.AuditDeny:
+		fmt.Fprintf(b, "ALLOWED, AUDIT: would be denied by default deny of %s (audit mode)\n", refList(d.Policies(dp)))
 	case d.Default:
 		fmt.Fprintf(b, "ALLOWED (no policy selects %s for %s)\n", self, dir)
 	default:
-		v := map[resolved.Verdict]string{resolved.Allow: "ALLOWED", resolved.Deny: "DENIED (deny wins)", resolved.Redirect: "L4 ALLOWED, each request judged by the L7 rules below (the proxy enforces them; with no proxy running the connection is dropped)"}[d.Verdict]
+		v := map[resolved.Verdict]string{resolved.Allow: "ALLOWED", resolved.Deny: "DENIED (deny wins)", resolved.Redirect: "L4 ALLOWED, each request judged by the L7 rules below (the proxy enforces them; with no proxy running the connection is dropped)",
+			resolved.AuditDeny: "ALLOWED, AUDIT: would be denied (audit mode)"}[d.Verdict]
 		fmt.Fprintf(b, "%s by %s\n", v, refList(d.Policies(dp)))
 		for _, e := range d.Matched {
 			fmt.Fprintf(b, "    matched: %s %s %s from %s\n", e.Verdict, s.Snap.Selectors.Describe(e.Peer), portText(e), refList(e.Origin))

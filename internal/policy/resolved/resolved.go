@@ -15,6 +15,23 @@
 //     otherwise a matching Allow forwards it.
 //   - Nothing matches: denied if the direction is Enforced (default deny),
 //     allowed if not.
+//
+// Audit mode (a policy annotated policy.bulwark.io/audit: "true") never
+// drops; it flags what it would have dropped, where the enforcing policies
+// let the packet through:
+//   - The audit policy's deny rules become AuditDeny entries. They never
+//     let a packet through that would drop without them: an enforcing Deny
+//     wins, a Redirect wins (the enforced L7 rules keep applying; no flag),
+//     and under an Enforced default with no Allow the packet drops. Where
+//     an Allow matches too, or the direction is not Enforced, the packet
+//     passes with an AuditDeny decision naming the audit policy.
+//   - Its default deny applies only as audit: a direction selected only by
+//     audit-mode policies is not Enforced but Audit, and a packet nothing
+//     matches passes with a default AuditDeny decision naming them. A
+//     direction also selected by an enforcing policy stays Enforced (the
+//     default deny drops), and the audit policy's allow entries count as
+//     allows there, as any policy's do.
+//   - Its allow rules are plain Allow entries.
 package resolved
 
 import (
@@ -47,7 +64,15 @@ const (
 	Allow    Verdict = 1
 	Deny     Verdict = 2
 	Redirect Verdict = 3 // allowed, through the L7 proxy
+	// AuditDeny is a deny of a policy in audit mode. As a decision it
+	// passes the packet (as Allow does) and flags it: the policy would
+	// have dropped it.
+	AuditDeny Verdict = 4
 )
+
+// Passes reports whether a decision with this verdict lets the packet
+// through (to the proxy for Redirect).
+func (v Verdict) Passes() bool { return v != Deny && v != None }
 
 func (v Verdict) String() string {
 	switch v {
@@ -57,6 +82,8 @@ func (v Verdict) String() string {
 		return "deny"
 	case Redirect:
 		return "redirect"
+	case AuditDeny:
+		return "audit-deny"
 	}
 	return "none"
 }
@@ -186,9 +213,14 @@ func (e *Entry) MatchesPort(proto Protocol, port uint16) bool {
 type DirectionPolicy struct {
 	// Enforced: the endpoint is default-deny in this direction.
 	Enforced bool
-	Entries  []Entry
+	// Audit: not Enforced, but selected by audit-mode policies with a
+	// default deny, so a packet nothing matches passes as a default
+	// AuditDeny. Never set together with Enforced.
+	Audit   bool
+	Entries []Entry
 	// Selecting lists the policies with a rule for this direction that
-	// selects the endpoint: they are named when a default deny drops.
+	// selects the endpoint: they are named when a default deny drops. When
+	// Enforced, only the enforcing ones; when Audit, the audit-mode ones.
 	Selecting []PolicyRef
 }
 
@@ -216,7 +248,7 @@ type Selectors interface {
 
 // Decision is the reference evaluation of one packet against a table.
 type Decision struct {
-	Verdict Verdict // Allow, Deny or Redirect: never None
+	Verdict Verdict // Allow, Deny, Redirect or AuditDeny: never None
 	// Matched are the entries that decided (all matching deny entries for a
 	// deny, all matching allow/redirect entries otherwise); empty for a
 	// default decision.
@@ -234,7 +266,7 @@ type Decision struct {
 func (d Decision) Policies(dp *DirectionPolicy) []PolicyRef {
 	var refs []PolicyRef
 	if d.Default {
-		if d.Verdict == Deny {
+		if d.Verdict == Deny || d.Verdict == AuditDeny {
 			refs = append(refs, dp.Selecting...)
 		}
 	} else {
@@ -254,9 +286,11 @@ func (d Decision) Policies(dp *DirectionPolicy) []PolicyRef {
 }
 
 // Lookup is the reference evaluation that the datapath mirrors: deny wins,
-// then redirect, then allow, then the default of the direction.
+// then redirect, then allow (flagged as AuditDeny when an audit-deny entry
+// matches too), then the default of the direction (Enforced: deny; else a
+// matching audit-deny entry, else Audit: a default AuditDeny; else allow).
 func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity, proto Protocol, port uint16) Decision {
-	var deny, allow, redirect []*Entry
+	var deny, allow, redirect, audit []*Entry
 	for i := range dp.Entries {
 		e := &dp.Entries[i]
 		if !e.MatchesPort(proto, port) || !sels.Selects(e.Peer, peer) {
@@ -269,6 +303,8 @@ func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity,
 			redirect = append(redirect, e)
 		case Allow:
 			allow = append(allow, e)
+		case AuditDeny:
+			audit = append(audit, e)
 		}
 	}
 	switch {
@@ -288,10 +324,16 @@ func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity,
 			}
 		}
 		return d
+	case len(allow) > 0 && len(audit) > 0:
+		return Decision{Verdict: AuditDeny, Matched: audit}
 	case len(allow) > 0:
 		return Decision{Verdict: Allow, Matched: allow}
 	case dp.Enforced:
 		return Decision{Verdict: Deny, Default: true}
+	case len(audit) > 0:
+		return Decision{Verdict: AuditDeny, Matched: audit}
+	case dp.Audit:
+		return Decision{Verdict: AuditDeny, Default: true}
 	default:
 		return Decision{Verdict: Allow, Default: true}
 	}

@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/bulwark-net/bulwark/test/sandboxtest"
+)
+
+// auditFlowsNaming returns the AUDIT flows of 'observe --verdict AUDIT'
+// (JSON) that name policy as the one that would have denied them.
+func auditFlowsNaming(t *testing.T, s *sandboxtest.Instance, policy string) int {
+	t.Helper()
+	out := s.MustRun("observe", "--verdict", "AUDIT", "--last", "1000", "-o", "json")
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.ReplaceAll(line, " ", "") // protojson varies its spacing
+		if line == "" {
+			continue
+		}
+		if !strings.Contains(line, `"verdict":"AUDIT"`) {
+			t.Fatalf("observe --verdict AUDIT printed a flow of another verdict: %s", line)
+		}
+		if strings.Contains(line, `"name":"`+policy+`","namespace":"demo"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestAuditMode: the seed's default-deny-all applied with 'apply --audit'
+// (policy.bulwark.io/audit: "true") passes the traffic it would drop, and
+// Hubble shows AUDIT flows naming it; policy trace says the same. Applied
+// again without the annotation, the same traffic drops. An enforcing
+// policy next to an audit one keeps enforcing.
+func TestAuditMode(t *testing.T) {
+	t.Parallel()
+	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-audit"})
+	s.MustRun("up", "-f", sandboxtest.Seed(t, "sample-app.yaml"))
+	backendIP := s.Pod("deploy/backend").IPs[0].String()
+	if n := auditFlowsNaming(t, s, "default-deny-all"); n != 0 {
+		t.Fatalf("%d AUDIT flows before any audit policy", n)
+	}
+
+	// Audit mode: default deny in both directions becomes audit.
+	out := s.MustRun("apply", "--audit", "-f", sandboxtest.Seed(t, "default-deny.yaml"))
+	if !strings.Contains(out, "default-deny-all") {
+		t.Fatalf("apply --audit output: %s", out)
+	}
+	s.ExpectHTTP("deploy/frontend", "http://"+backendIP+":8080", "pod=demo/backend-")
+	s.ExpectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-") // DNS passes too
+	if n := auditFlowsNaming(t, s, "default-deny-all"); n == 0 {
+		t.Errorf("no AUDIT flow naming demo/default-deny-all after traffic under the audit-mode policy")
+	}
+	// Trace events: the connections' packets that add TCP flags, at both
+	// pods' hooks (aggregated per connection).
+	traces := strings.ReplaceAll(s.MustRun("observe", "--type", "trace", "--last", "1000", "-o", "json"), " ", "")
+	for _, want := range []string{`"traceObservationPoint":"TO_ENDPOINT"`, `"traceObservationPoint":"FROM_ENDPOINT"`, `"isReply":true`} {
+		if !strings.Contains(traces, want) {
+			t.Errorf("observe --type trace: no flow with %s:\n%.2000s", want, traces)
+		}
+	}
+	fe, be := s.Pod("deploy/frontend"), s.Pod("deploy/backend")
+	trace := s.MustRun("policy", "trace", "--src-k8s-pod", "demo:"+fe.Name, "--dst-k8s-pod", "demo:"+be.Name, "--dport", "8080")
+	if !strings.Contains(trace, "Final verdict: ALLOWED") || !strings.Contains(trace, "AUDIT: would be denied by demo/default-deny-all") {
+		t.Errorf("policy trace under the audit-mode policy:\n%s", trace)
+	}
+
+	// An enforcing policy beside it keeps enforcing: backend's ingress is
+	// default deny again (it allows only frontend), so database -> backend
+	// drops while frontend -> backend passes, still flagged by the audit
+	// policy on frontend's egress.
+	s.MustRun("apply", "-f", sandboxtest.Seed(t, "frontend-to-backend.yaml"))
+	s.ExpectHTTP("deploy/frontend", "http://"+backendIP+":8080", "pod=demo/backend-")
+	s.ExpectTCP("deploy/database", backendIP, "8080", false)
+	s.MustRun("delete", "-f", sandboxtest.Seed(t, "frontend-to-backend.yaml"))
+
+	// The annotation removed: the same policy enforces.
+	s.MustRun("apply", "-f", sandboxtest.Seed(t, "default-deny.yaml"))
+	s.ExpectHTTPBlocked("deploy/frontend", "http://"+backendIP+":8080")
+	if !hubbleSawDrop(t, s, "default-deny-all") {
+		t.Errorf("no DROPPED flow naming default-deny-all once the audit annotation is gone")
+	}
+	// apply --audit again: the open connection's verdict is revalidated
+	// and new ones pass again.
+	s.MustRun("apply", "--audit", "-f", sandboxtest.Seed(t, "default-deny.yaml"))
+	s.ExpectHTTP("deploy/frontend", "http://"+backendIP+":8080", "pod=demo/backend-")
+}
