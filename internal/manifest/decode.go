@@ -210,9 +210,6 @@ func decodeDocument(src Source, data []byte, firstLine int) (*Object, *Error) {
 			APIVersion: h.APIVersion, Kind: kind, Namespace: ns, Name: name, Raw: raw,
 			Note: fmt.Sprintf("kind %s (%s) is not modelled by Bulwark; kept as-is and not enforced", kind, h.APIVersion),
 		}
-		if refusal, ok := refusedKinds[kind]; ok && strings.HasPrefix(h.APIVersion, "cilium.io/") {
-			u.Note, u.Refused = refusal, true
-		}
 		if u.IsEnvoyConfig() {
 			u.Note = fmt.Sprintf("%s: its local_ratelimit token bucket is enforced by Bulwark's HTTP proxy on the named Services' backends", kind)
 		}
@@ -380,10 +377,6 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
-
-// refusedKinds are the kinds decoded as Unsupported with Refused set
-// (none today: CiliumEnvoyConfig is enforced, see envoyConfigKinds).
-var refusedKinds = map[string]string{}
 
 // envoyConfigKinds are kept as Unsupported documents whose content the
 // agent enforces (a local_ratelimit token bucket applied by the HTTP

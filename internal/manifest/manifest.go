@@ -93,13 +93,8 @@ func (es Errors) Error() string {
 // can say what they ignored.
 type Unsupported struct {
 	APIVersion, Kind, Namespace, Name string
-	Note                              string // why it is not modelled
-	// Refused is set for kinds whose content would change enforcement if
-	// honoured (a CiliumEnvoyConfig's rate limit): ignoring them would
-	// leave users believing in limits nothing applies, so validate and
-	// apply refuse them (rule zero) instead of keeping them as-is.
-	Refused bool
-	Raw     map[string]any // the document
+	Note                              string         // why it is not modelled
+	Raw                               map[string]any // the document
 }
 
 // IsEnvoyConfig reports whether u is a CiliumEnvoyConfig or

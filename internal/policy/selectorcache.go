@@ -230,35 +230,6 @@ func (c *selectorCache) removeIdentity(id identity.NumericIdentity) {
 	}
 }
 
-// refreshFQDN recomputes the membership of every FQDN selector.
-func (c *selectorCache) refreshFQDN(fq *fqdnState) {
-	for _, e := range c.byID {
-		if e.peer.fqdn == nil {
-			continue
-		}
-		c.setMembers(e, fq.identitiesMatching(e.peer.fqdn))
-	}
-}
-
-// setMembers replaces an entry's members, marking it changed if they differ.
-func (c *selectorCache) setMembers(e *selEntry, want map[identity.NumericIdentity]struct{}) {
-	if len(want) == len(e.members) {
-		same := true
-		for id := range want {
-			if _, ok := e.members[id]; !ok {
-				same = false
-				break
-			}
-		}
-		if same {
-			return
-		}
-	}
-	e.members = want
-	e.dirty, e.rebuild = true, true
-	c.touch(e.id)
-}
-
 // acquireWith is acquire for a selector whose members are computed from
 // state other than labels (derived named-port peers).
 func (c *selectorCache) acquireWith(p peerSpec, members func(peerSpec) map[identity.NumericIdentity]struct{}) resolved.SelectorID {

@@ -28,11 +28,7 @@ func Object(o *manifest.Object) []Finding {
 			}
 			return r.out
 		}
-		if u.Refused {
-			r.add(Error, "refused", nil, "%s", u.Note)
-		} else {
-			r.add(Info, "unsupported", nil, "%s", u.Note)
-		}
+		r.add(Info, "unsupported", nil, "%s", u.Note)
 		return r.out
 	}
 	validateMeta(r, o)
