@@ -146,6 +146,24 @@ static __always_inline int has_own_entries(__u8 proto)
 	       proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
 }
 
+/* selector_entry is a selector's entry for a packet in the table and
+ * direction k carries: the port LPM under the packet's protocol, else under
+ * protocol ANY (except for protocols with entries of their own). */
+static __always_inline struct bw_policy_value *selector_entry(struct bw_policy_key *k, __u32 selector,
+							       __u32 proto, __u32 port)
+{
+	k->prefixlen = BW_POLICY_FULL_BITS;
+	k->selector = selector;
+	k->proto = proto;
+	k->port = port;
+	struct bw_policy_value *v = bpf_map_lookup_elem(&bw_policy, k);
+	if (!v && !has_own_entries(proto)) {
+		k->proto = 0;
+		v = bpf_map_lookup_elem(&bw_policy, k);
+	}
+	return v;
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	switch (p->proto) {
@@ -401,15 +419,7 @@ __attribute__((noinline)) __u64 audit_lookup(__u32 table_id, __u32 peer, __u32 m
 	for (__u32 i = 0; i < BW_MAX_SELECTORS; i++) {
 		if (i >= n)
 			break;
-		k.prefixlen = BW_POLICY_FULL_BITS;
-		k.selector = sl->selectors[i];
-		k.proto = proto;
-		k.port = port;
-		struct bw_policy_value *v = bpf_map_lookup_elem(&bw_policy, &k);
-		if (!v && !has_own_entries(proto)) {
-			k.proto = 0;
-			v = bpf_map_lookup_elem(&bw_policy, &k);
-		}
+		struct bw_policy_value *v = selector_entry(&k, sl->selectors[i], proto, port);
 		if (v && (v->verdict == BW_VERDICT_AUDIT || (v->flags & BW_POLICY_F_AUDIT)))
 			return ((__u64)v->rule_id << 1) | 1;
 	}
@@ -448,15 +458,7 @@ __attribute__((noinline)) __u64 policy_lookup(__u32 table_id, __u32 ep_flags, __
 		for (__u32 i = 0; i < BW_MAX_SELECTORS; i++) {
 			if (i >= n)
 				break;
-			k.prefixlen = BW_POLICY_FULL_BITS;
-			k.selector = sl->selectors[i];
-			k.proto = proto;
-			k.port = port;
-			struct bw_policy_value *v = bpf_map_lookup_elem(&bw_policy, &k);
-			if (!v && !has_own_entries(proto)) {
-				k.proto = 0;
-				v = bpf_map_lookup_elem(&bw_policy, &k);
-			}
+			struct bw_policy_value *v = selector_entry(&k, sl->selectors[i], proto, port);
 			if (!v)
 				continue;
 			__u8 r = verdict_rank(v->verdict);
