@@ -1,11 +1,10 @@
-package agent
+package validate
 
 import (
 	"strings"
 	"testing"
 
 	"github.com/bulwark-net/bulwark/internal/agentapi"
-	"github.com/bulwark-net/bulwark/internal/offline/validate"
 )
 
 // A CiliumEnvoyConfig's local_ratelimit is enforced by the HTTP proxy: the
@@ -35,11 +34,11 @@ spec:
               token_bucket: {max_tokens: 10, tokens_per_fill: 10, fill_interval: 1s}
 `
 	good := agentapi.Document{Source: "rl.yaml", Data: []byte(head)}
-	if _, err := validate.Documents([]agentapi.Document{good}, true); err != nil {
+	if _, err := Documents([]agentapi.Document{good}, true); err != nil {
 		t.Fatalf("apply refused an enforceable CiliumEnvoyConfig: %v", err)
 	}
 	bad := agentapi.Document{Source: "rl.yaml", Data: []byte(head + "              descriptors: [{entries: [{key: k, value: v}]}]\n")}
-	_, err := validate.Documents([]agentapi.Document{bad}, true)
+	_, err := Documents([]agentapi.Document{bad}, true)
 	if err == nil {
 		t.Fatal("apply accepted a CiliumEnvoyConfig with descriptors, which nothing enforces")
 	}
@@ -48,7 +47,7 @@ spec:
 			t.Errorf("error %q does not name %q", err, want)
 		}
 	}
-	if _, err := validate.Documents([]agentapi.Document{bad}, false); err != nil {
+	if _, err := Documents([]agentapi.Document{bad}, false); err != nil {
 		t.Errorf("delete of a CiliumEnvoyConfig refused: %v", err)
 	}
 }
