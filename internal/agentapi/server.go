@@ -185,6 +185,7 @@ func newMux(b Backend) *http.ServeMux {
 	post("/v1/shutdown", func() any { return &ShutdownRequest{} }, func(ctx context.Context, v any) (any, error) {
 		return struct{}{}, b.Shutdown(ctx, *v.(*ShutdownRequest))
 	})
+	cniRoutes(b, post, get)
 	if u, ok := b.(UIBackend); ok {
 		post("/v1/ui", func() any { return &struct{}{} }, func(ctx context.Context, _ any) (any, error) { return u.StartUI(ctx) })
 	}
