@@ -1,7 +1,7 @@
-// Command kube is Kubernetes v1.37.2's control plane, kubelet and kubectl in
+// Command kube is Kubernetes v1.37.2's control plane, kube-proxy, kubelet and kubectl in
 // one multi-call binary, built from the Go module proxy for `bulwark cluster
 // up` and the Kubernetes-mode tests. One binary shares the compilation of the
-// packages the five programs have in common, which roughly halves the first
+// packages the six programs have in common, which roughly halves the first
 // build on a two-core machine. The program is chosen by the name it is run
 // as (a symlink such as kube-apiserver -> kube) or by its first argument.
 //
@@ -26,12 +26,13 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // Programs are the names this binary answers to.
-var programs = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
+var programs = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl"}
 
 func main() {
 	name := filepath.Base(os.Args[0])
@@ -46,6 +47,8 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "kubelet":
 		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
 	case "kubectl":
