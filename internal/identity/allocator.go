@@ -80,6 +80,28 @@ type Allocator struct {
 	unusedSince map[NumericIdentity]time.Time
 	freePod     []NumericIdentity // sorted
 	freeLocal   []NumericIdentity // sorted
+
+	// numbering, when set, numbers cluster identities (see ClusterNumbering).
+	numbering ClusterNumbering
+}
+
+// ClusterNumbering numbers cluster identities (label sets of pods) so that
+// every node of a cluster gives the same label set the same number: in
+// Kubernetes mode, through CiliumIdentity objects in the API server.
+// Local (CIDR) identities stay node-scoped and never go through it.
+type ClusterNumbering interface {
+	// Number returns the cluster-wide number of a label set, allocating
+	// one when the set is new to the cluster. The number must be in
+	// [MinCluster, LocalScope).
+	Number(ls Labels) (NumericIdentity, error)
+}
+
+// NewClusterAllocator returns an allocator whose cluster identities come
+// from n (reserved and local identities are as in NewAllocator).
+func NewClusterAllocator(n ClusterNumbering) *Allocator {
+	a := NewAllocator()
+	a.numbering = n
+	return a
 }
 
 // NewAllocator returns an allocator holding the reserved identities.
@@ -134,6 +156,18 @@ func (a *Allocator) allocateLocked(key string, ls Labels, local bool) (NumericId
 	}
 	var id NumericIdentity
 	switch {
+	case !local && a.numbering != nil:
+		n, err := a.numbering.Number(ls)
+		if err != nil {
+			return 0, false, fmt.Errorf("allocate identity for %s: %w", key, err)
+		}
+		if n < MinCluster || n >= LocalScope {
+			return 0, false, fmt.Errorf("allocate identity for %s: cluster numbering gave %d, outside [%d, %d)", key, n, MinCluster, LocalScope)
+		}
+		if other, taken := a.labels[n]; taken {
+			return 0, false, fmt.Errorf("allocate identity for %s: cluster numbering gave %d, which this node holds for %s", key, n, other)
+		}
+		id = n
 	case local && len(a.freeLocal) > 0:
 		id, a.freeLocal = a.freeLocal[0], a.freeLocal[1:]
 	case local:
