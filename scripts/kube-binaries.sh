@@ -42,7 +42,11 @@ build_module() { # NAME DIR LDFLAGS
 	if fresh "$name" "$key"; then return; fi
 	log "building $name from $dir (slow the first time)"
 	local start=$SECONDS
-	(cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" .)
+	# One retry: a build cache shared with other concurrent builds has
+	# been seen to fail an import once ("could not import ... open :");
+	# a real compile error fails twice.
+	(cd "$dir" && { CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" . ||
+		CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" .; })
 	mv -f "$BIN/$name.tmp" "$BIN/$name"
 	echo "$key" >"$(keyfile "$name")"
 	log "built $name in $((SECONDS - start)) s"
