@@ -550,8 +550,9 @@ static __always_inline __u8 ct_key(struct bw_ct_key *k, const __u8 saddr[16], co
 
 static __always_inline void emit(struct __sk_buff *skb, __u8 dir, __u8 type, __u8 verdict, __u8 reason,
 				 const struct pkt *p, __u32 ep_id, __u32 local_id, __u32 peer_id,
-				 const struct decision *d, __u8 is_reply)
+				 const struct decision *d, __u8 is_reply_point)
 {
+	__u8 is_reply = is_reply_point & 1, point = is_reply_point >> 1;
 	struct bw_event *e = bpf_ringbuf_reserve(&bw_events, sizeof(*e), 0);
 	if (!e) {
 		count(dir, BW_CODE_EVENTS_LOST, 0);
@@ -586,6 +587,7 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 dir, __u8 type, __u
 	e->is_reply = is_reply;
 	e->is_ipv6 = p->is_ipv6;
 	e->proxy_port = d ? d->proxy_port : 0;
+	e->trace_point = point;
 	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
 }
@@ -710,24 +712,78 @@ static __noinline int icmp_error_related(struct __sk_buff *skb, const struct pkt
  * a proxy is marked for it and, at tc ingress (the source's hook, or local
  * delivery), assigned to the proxy's socket or dropped when there is none;
  * at the destination's hook (tc egress) the caller hairpins it. */
-/* trace_flags emits the TRACE event of a tracked connection's packet that
- * added TCP flags (BW_EVENT_TRACE); off the fast path, a few per
- * connection. */
-static __noinline void trace_flags(struct __sk_buff *skb, __u32 dir_reply, __u32 ifindex, const struct pkt *p,
-				   const struct bw_ct_entry *ct)
+/* Whether a hook's packet is to be traced (TRACE_WANTED, | TRACE_REPLY for
+ * the reply direction) is left in skb->cb[TRACE_CB(dir)], so that the
+ * trace is emitted once the caller knows where the packet goes
+ * (trace_at), without a stack slot on the deepest call chain: the pod's
+ * egress and the destination's ingress decided by local delivery each have
+ * their own. The programs clear the slots they read first. */
+#define TRACE_WANTED 1
+#define TRACE_REPLY 2
+
+static __always_inline void trace_request(struct __sk_buff *skb, __u8 dir, __u32 trace)
 {
-	__u8 dir = dir_reply & 0xff, is_reply = (dir_reply >> 8) & 1;
+	if (dir == BW_EGRESS)
+		skb->cb[1] = trace;
+	else
+		skb->cb[0] = trace;
+}
+
+/* trace_bits is what a packet shows for trace aggregation (BW_TRACE_SEEN_*). */
+static __always_inline __u8 trace_bits(__u8 proto, __u8 tcp_flags)
+{
+	if (proto != IPPROTO_TCP)
+		return BW_TRACE_SEEN_OPEN;
+	return ((tcp_flags & (TCP_SYN | TCP_ACK)) ? BW_TRACE_SEEN_OPEN : 0) |
+	       ((tcp_flags & TCP_FIN) ? BW_TRACE_SEEN_FIN : 0) | ((tcp_flags & TCP_RST) ? BW_TRACE_SEEN_RST : 0);
+}
+
+/* trace_aggregate records what the packet shows in its direction's nibble
+ * of ct->trace_seen and returns the trace request when that added
+ * something (Cilium's monitor aggregation: flags seen, not every packet). */
+static __always_inline __u32 trace_aggregate(struct bw_ct_entry *ct, __u8 bits, __u8 is_reply)
+{
+	__u8 shift = is_reply ? 4 : 0;
+	__u8 add = (__u8)(bits << shift) & ~ct->trace_seen;
+	if (!add)
+		return 0;
+	ct->trace_seen |= add;
+	return TRACE_WANTED | (is_reply ? TRACE_REPLY : 0);
+}
+
+/* trace_emit emits the TRACE event of a packet that a hook passed, at the
+ * trace point where it went. It runs only for the packets trace_aggregate
+ * chose, a few per connection, so the packet is parsed and its flow's
+ * entry found again here: nothing is carried on the hooks' stacks. */
+static __noinline void trace_emit(struct __sk_buff *skb, __u32 trace_dir_point, __u32 ifindex)
+{
+	__u8 dir = (trace_dir_point >> 8) & 0xff, point = trace_dir_point >> 16;
 	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
-	if (!ep)
+	struct pkt p = {};
+	struct bw_ct_key key = {};
+	if (!ep || parse(skb, &p) != PARSE_OK)
+		return;
+	ct_key(&key, p.saddr, p.daddr, p.sport, p.dport, p.proto, ifindex);
+	struct bw_ct_entry *ct = bpf_map_lookup_elem(&bw_conntrack, &key);
+	if (!ct)
 		return;
 	struct decision d = { .verdict = ct->verdict, .proxy_port = ct->proxy_port, .rule_id = ct->rule_id };
-	emit(skb, dir, BW_EVENT_TRACE, BW_EV_FORWARDED, 0, p, ep->endpoint_id, ep->identity, ct->peer_identity, &d,
-	     is_reply);
+	emit(skb, dir, BW_EVENT_TRACE, BW_EV_FORWARDED, 0, &p, ep->endpoint_id, ep->identity, ct->peer_identity, &d,
+	     (trace_dir_point & TRACE_REPLY ? 1 : 0) | point << 1);
+}
+
+/* trace_at emits the trace the hook for dir on ifindex asked for, at
+ * point. */
+static __always_inline void trace_at(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, __u8 point)
+{
+	__u32 trace = dir == BW_EGRESS ? skb->cb[1] : skb->cb[0];
+	if (trace)
+		trace_emit(skb, trace | (__u32)dir << 8 | (__u32)point << 16, ifindex);
 }
 
 static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const struct pkt *p,
 				       struct bw_ct_entry *ct, __u8 is_reply, __u64 now, __u64 hz,
-				       const __u8 deliver)
+				       const __u8 deliver, struct bw_ct_entry **out)
 {
 	if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
 		redirect_to_proxy(skb, ct->proxy_port);
@@ -739,14 +795,15 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __
 			/* the tuple is reused by a new connection */
 			ct->tcp_flags_seen = 0;
 			ct->closing = 0;
+			ct->trace_seen = 0;
 		}
-		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen) {
+		if ((ct->tcp_flags_seen | p->tcp_flags) != ct->tcp_flags_seen)
 			ct->tcp_flags_seen |= p->tcp_flags;
-			trace_flags(skb, (__u32)dir | (__u32)is_reply << 8, ifindex, p, ct);
-		}
 		if ((p->tcp_flags & (TCP_FIN | TCP_RST)) && !ct->closing)
 			ct->closing = 1;
 	}
+	*out = ct;
+	trace_request(skb, dir, trace_aggregate(ct, trace_bits(p->proto, p->tcp_flags), is_reply));
 	ct_refresh(ct, p->proto, now, hz);
 	if (ct->verdict == BW_VERDICT_REDIRECT && !is_reply) {
 		count(dir, BW_CODE_REDIRECTED, skb->len);
@@ -762,7 +819,7 @@ static __always_inline int established(struct __sk_buff *skb, const __u8 dir, __
  * without options or fragmentation, or IPv6 without extension headers,
  * carrying TCP without SYN, FIN or RST, or UDP, headers in the linear area,
  * and a conntrack entry of the current revision that the packet changes
- * nothing in but the expiry. It reads the headers in
+ * nothing in but the expiry (nor anything to trace). It reads the headers in
  * place and decides exactly as handle_full would; any other packet is
  * FAST_MISS, for handle_full. */
 static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __u32 ifindex,
@@ -832,6 +889,7 @@ static __noinline int fast_established(struct __sk_buff *skb, const __u8 dir, __
 	struct bw_config *cfg = bpf_map_lookup_elem(&bw_config_map, &zero);
 	if (!cfg || ct->revision != cfg->revision || ct->closing ||
 	    (ct->tcp_flags_seen | flags) != ct->tcp_flags_seen ||
+	    !(ct->trace_seen & (is_reply ? BW_TRACE_SEEN_OPEN << 4 : BW_TRACE_SEEN_OPEN)) ||
 	    (ct->verdict == BW_VERDICT_REDIRECT && !is_reply))
 		return FAST_MISS;
 	__u64 hz = config_hz(cfg);
@@ -862,6 +920,7 @@ static __noinline void ct_create(const struct bw_ct_key *key, const struct decis
 		.closing = (tcp_flags & (TCP_FIN | TCP_RST)) ? 1 : 0,
 		.orig_lo = src_lo,
 		.flags = flags,
+		.trace_seen = trace_bits(key->proto, tcp_flags),
 	};
 	nct.expires = bpf_jiffies64() + ct_lifetime(key->proto, &nct) * hz;
 	bpf_map_update_elem(&bw_conntrack, key, &nct, BPF_ANY);
@@ -871,8 +930,8 @@ static __noinline void ct_create(const struct bw_ct_key *key, const struct decis
  * is a function of its own so that the fast path's code stays short and
  * contiguous. deliver: the packet is on its way to this endpoint by local
  * delivery (decided from the source's hook); a verdict that needs the
- * stack's path is DEFERred before anything is recorded. *out is set to the
- * conntrack entry of an established flow. */
+ * stack's path is DEFERred before anything is recorded. out is set to the
+ * flow's conntrack entry and the trace the packet asks for. */
 static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const __u8 deliver,
 				  struct bw_ct_entry **out)
 {
@@ -915,10 +974,8 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 	 * without the endpoint record. Every endpoint record change (removal,
 	 * not ready, overflow, new tables, new identity) moves the revision,
 	 * and a removed endpoint's flows are purged. */
-	if (ct && ct->revision == revision) {
-		*out = ct;
-		return established(skb, dir, ifindex, &p, ct, is_reply, now, hz, deliver);
-	}
+	if (ct && ct->revision == revision)
+		return established(skb, dir, ifindex, &p, ct, is_reply, now, hz, deliver, out);
 
 	struct bw_endpoint *ep = bpf_map_lookup_elem(&bw_endpoints, &ifindex);
 	__u8 *peer_addr = dir == BW_EGRESS ? p.daddr : p.saddr;
@@ -962,8 +1019,7 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 		ct->verdict = d.verdict;
 		ct->proxy_port = d.proxy_port;
 		ct->peer_identity = peer_id;
-		*out = ct;
-		return established(skb, dir, ifindex, &p, ct, is_reply, now, hz, deliver);
+		return established(skb, dir, ifindex, &p, ct, is_reply, now, hz, deliver, out);
 	}
 
 	if (p.inner_off && icmp_error_related(skb, &p, ifindex, dir)) {
@@ -996,10 +1052,13 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 		}
 	}
 
-	if (p.icmp_kind != ICMP_OTHER && !untracked)
+	if (p.icmp_kind != ICMP_OTHER && !untracked) {
 		ct_create(&key, &d, peer_id, revision,
 			  (__u32)dir | (__u32)p.tcp_flags << 8 | (__u32)src_lo << 16 |
 				  (__u32)(from_proxy ? BW_CT_FROM_PROXY : 0) << 24);
+		/* the new flow's first packet is traced too, as Cilium's */
+		trace_request(skb, dir, TRACE_WANTED);
+	}
 	if (d.verdict == BW_VERDICT_REDIRECT) {
 		count(dir, BW_CODE_REDIRECTED, skb->len);
 		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_REDIRECTED, 0, &p, ep_id, local_id, peer_id, &d, 0);
@@ -1015,12 +1074,12 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 }
 
 static __always_inline int handle(struct __sk_buff *skb, const __u8 dir, __u32 ifindex, const __u8 deliver,
-				  struct bw_ct_entry **ct)
+				  struct bw_ct_entry **out)
 {
-	int r = fast_established(skb, dir, ifindex, ct);
+	int r = fast_established(skb, dir, ifindex, out);
 	if (r != FAST_MISS)
 		return r;
-	return handle_full(skb, dir, ifindex, deliver, ct);
+	return handle_full(skb, dir, ifindex, deliver, out);
 }
 
 /* A route to a local endpoint. */
@@ -1159,8 +1218,13 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_ent
 	int r = handle(skb, BW_INGRESS, rt.ifindex, 1, &dct);
 	if (r == DEFER)
 		return TC_ACT_OK;
-	if (r != TC_ACT_OK || skb->mark)
-		return r; /* dropped, or assigned to the proxy for the destination's L7 rules */
+	if (r != TC_ACT_OK)
+		return r; /* dropped */
+	if (skb->mark) {
+		/* assigned to the proxy for the destination's L7 rules */
+		trace_at(skb, BW_INGRESS, rt.ifindex, BW_TRACE_TO_PROXY);
+		return r;
+	}
 
 	/* Route it: deciding read the packet, it did not move it. */
 	data = (void *)(long)skb->data;
@@ -1185,6 +1249,7 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct bw_ct_ent
 	__builtin_memcpy(eth->h_dest, rt.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, rt.smac, ETH_ALEN);
 	count(BW_EGRESS, BW_CODE_LOCAL_DELIVERY, skb->len);
+	trace_at(skb, BW_INGRESS, rt.ifindex, BW_TRACE_TO_ENDPOINT);
 	return bpf_redirect_peer(rt.ifindex, 0);
 }
 
@@ -1224,19 +1289,40 @@ int bulwark_from_pod(struct __sk_buff *skb)
 	if (is_to_proxy_mark(skb->mark))
 		return proxy_hairpinned(skb); /* decided at this endpoint's ingress hook */
 	struct bw_ct_entry *ct = 0;
+	skb->cb[0] = 0;
+	skb->cb[1] = 0;
 	int r = handle(skb, BW_EGRESS, skb->ifindex, 0, &ct);
-	if (r != TC_ACT_OK || skb->mark)
-		return r; /* dropped, or assigned to the L7 proxy */
-	return local_deliver(skb, ct);
+	if (r != TC_ACT_OK)
+		return r; /* dropped */
+	if (skb->mark) {
+		/* assigned to the L7 proxy */
+		trace_at(skb, BW_EGRESS, skb->ifindex, BW_TRACE_TO_PROXY);
+		return r;
+	}
+	r = local_deliver(skb, ct);
+	/* passed to the stack, or delivered to a local pod (whose to-endpoint
+	 * trace local_deliver emitted); one the destination dropped is not
+	 * traced */
+	if (r == TC_ACT_OK)
+		trace_at(skb, BW_EGRESS, skb->ifindex, skb->mark ? BW_TRACE_TO_PROXY : BW_TRACE_TO_STACK);
+	else if (r == TC_ACT_REDIRECT)
+		trace_at(skb, BW_EGRESS, skb->ifindex, BW_TRACE_FROM_ENDPOINT);
+	return r;
 }
 
 SEC("tc")
 int bulwark_to_pod(struct __sk_buff *skb)
 {
 	struct bw_ct_entry *ct = 0;
+	skb->cb[0] = 0;
 	int r = handle(skb, BW_INGRESS, skb->ifindex, 0, &ct);
-	if (r == TC_ACT_OK && is_to_proxy_mark(skb->mark))
+	if (r != TC_ACT_OK)
+		return r;
+	if (is_to_proxy_mark(skb->mark)) {
+		trace_at(skb, BW_INGRESS, skb->ifindex, BW_TRACE_TO_PROXY);
 		return hairpin_to_proxy(skb);
+	}
+	trace_at(skb, BW_INGRESS, skb->ifindex, BW_TRACE_TO_ENDPOINT);
 	return r;
 }
 

@@ -270,6 +270,24 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			if gotPeer != wantPeer {
 				t.Fatalf("event peer identity %d, want %d", gotPeer, wantPeer)
 			}
+			// A passed packet that starts a tracked flow is traced too, as
+			// Cilium's first packet, where it went: the pod (or the proxy)
+			// at ingress, the node's stack at egress (no local pod here).
+			if ret == tcActShot {
+				return
+			}
+			wantPoint := event.ToEndpoint
+			switch {
+			case c.want == resolved.Redirect:
+				wantPoint = event.ToProxy
+			case c.dir == resolved.Egress:
+				wantPoint = event.ToStack
+			}
+			tr, ok := nextEvent(t, events)
+			if !ok || tr.Type != event.TypeTrace || tr.TracePoint != wantPoint || tr.Verdict != event.Forwarded || tr.IsReply ||
+				tr.Src != c.pkt.src || tr.Dst != c.pkt.dst || tr.Proto != c.pkt.proto || tr.RuleID != ev.RuleID || tr.Direction != c.dir {
+				t.Fatalf("trace of the new flow: %+v (ok %v), want %s of the packet", tr, ok, wantPoint)
+			}
 		})
 	}
 }
@@ -713,8 +731,7 @@ func TestStructOffsetsMatchBTF(t *testing.T) {
 // TestProgAuditDefault: a direction selected only by audit-mode policies
 // (DirectionPolicy.Audit) passes what nothing matches as an AUDIT verdict
 // naming no rule (default), an enforcing deny still drops, and conntrack
-// keeps the verdict: the flow's next packets pass without policy events
-// (one aggregated TRACE for the packet that adds a TCP flag).
+// keeps the verdict: the flow's next packets pass without events.
 func TestProgAuditDefault(t *testing.T) {
 	dp := openTest(t, Sizes{Policy: 4096, IPCache: 1024, IdentitySelectors: 1024, Conntrack: 4096})
 	registerEndpoint(t, dp, Endpoint{ID: testEP, IfIndex: 1, Identity: idPod})
@@ -780,17 +797,15 @@ func TestProgAuditDefault(t *testing.T) {
 			if after.Egress.Audited.Packets != before.Egress.Audited.Packets+1 {
 				t.Fatalf("audited packets %d -> %d, want one more", before.Egress.Audited.Packets, after.Egress.Audited.Packets)
 			}
-			// The flow's next packets: conntrack passes them. The first ACK
-			// adds a flag: one TRACE event (aggregated per connection); the
-			// second adds nothing: no event, so a dropped packet after it
-			// gives the next event.
+			// The first packet is traced after its verdict (aggregated per
+			// connection: TestProgTraceAggregation); the flow's next
+			// packets show nothing new: conntrack passes them without an
+			// event, so a dropped packet after them gives the next event.
+			expectTrace(t, events, "audited SYN", resolved.Egress, event.ToStack, false, syn)
 			ack := syn
 			ack.tcpFlags = 0x10
 			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
 				t.Fatalf("established packet of an audited flow: %d", ret)
-			}
-			if ev, ok := nextEvent(t, events); !ok || ev.Type != event.TypeTrace || ev.Verdict != event.Forwarded || ev.Dst != c.dst || ev.IsReply {
-				t.Fatalf("first ACK: event %+v (ok %v), want a TRACE of the flow", ev, ok)
 			}
 			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
 				t.Fatalf("established packet of an audited flow: %d", ret)
