@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"fmt"
+	"maps"
 	"testing"
+	"time"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
@@ -117,4 +119,109 @@ func TestProgTraceAggregation(t *testing.T) {
 		send("echo reply again", resolved.Ingress, rep)
 		expectQuiet(t, dp, events, "icmp after the first of each direction")
 	})
+}
+
+// traceKey is what identifies a trace in TestTraceEventsOnRealTraffic: the
+// endpoint whose hook reported it, where the packet went, which way.
+type traceKey struct {
+	ep    uint32
+	point event.TracePoint
+	reply bool
+}
+
+// tracesOf returns the traces among evs of the flow with the given L4
+// protocol and port (either end), by traceKey, and the flow's policy
+// verdicts.
+func tracesOf(evs []event.Event, proto resolved.Protocol, port uint16) (map[traceKey]int, int) {
+	traces, verdicts := map[traceKey]int{}, 0
+	for _, ev := range evs {
+		if ev.Proto != proto || (port != 0 && ev.SrcPort != port && ev.DstPort != port) {
+			continue
+		}
+		switch ev.Type {
+		case event.TypeTrace:
+			traces[traceKey{ev.EndpointID, ev.TracePoint, ev.IsReply}]++
+		case event.TypePolicyVerdict:
+			verdicts++
+		}
+	}
+	return traces, verdicts
+}
+
+// TestTraceEventsOnRealTraffic: real UDP, TCP and ICMP between two pod
+// namespaces give the trace events Cilium's datapath gives, per endpoint:
+// through the node's stack (local delivery off) each pod's egress traces
+// to-stack and its ingress to-endpoint; with local delivery the source's
+// hook traces from-endpoint for itself and to-endpoint for the destination.
+// Replies are marked, and a connection's traces stay a few however many
+// packets it carries (aggregation per direction: first packet, FIN).
+func TestTraceEventsOnRealTraffic(t *testing.T) {
+	t.Parallel()
+	const a, b = 1, 2 // endpoint ids of pods 0 and 1
+	for _, local := range []bool{false, true} {
+		t.Run(fmt.Sprintf("local-delivery=%v", local), func(t *testing.T) {
+			t.Parallel()
+			tp, dp := localDeliveryNode(t, 2, !local, func(tp *topology) State { return e2eState(tp, []uint16{8080}, true) })
+			tp.listenTCP(1, 8080)
+			tp.listenUDP(1, 5353)
+			events := eventsOf(t, dp)
+			// The first packets resolve the node's neighbour entries through
+			// the stack; ICMP echo is one flow (one echo id) from then on.
+			for range 2 {
+				if err := tp.ping(0, 1); err != nil {
+					t.Fatalf("ping: %v", err)
+				}
+				if err := tp.udpExchange(0, 1, 5353); err != nil {
+					t.Fatalf("udp: %v", err)
+				}
+			}
+			out, in := event.ToStack, event.ToEndpoint
+			if local {
+				out = event.FromEndpoint
+			}
+			pings, _ := tracesOf(drainEvents(events), resolved.ProtoICMP, 0)
+			for _, k := range []traceKey{{a, event.ToEndpoint, true}, {b, event.ToEndpoint, false}} {
+				if pings[k] == 0 {
+					t.Errorf("ICMP echo: no trace %+v among %v", k, pings)
+				}
+			}
+
+			if err := tp.udpExchange(0, 1, 5353); err != nil {
+				t.Fatalf("udp: %v", err)
+			}
+			udp, verdicts := tracesOf(drainEvents(events), resolved.ProtoUDP, 5353)
+			want := map[traceKey]int{{a, out, false}: 1, {b, in, false}: 1, {b, out, true}: 1, {a, in, true}: 1}
+			if !maps.Equal(udp, want) || verdicts != 2 {
+				t.Errorf("UDP request and reply: traces %v and %d policy verdicts, want %v and 2 (one per endpoint)", udp, verdicts, want)
+			}
+
+			c, err := tp.dialTCP(0, 1, 8080)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const rounds = 30
+			for i := range rounds {
+				if err := roundTrip(c, fmt.Sprint("round ", i)); err != nil {
+					t.Fatalf("round %d: %v", i, err)
+				}
+			}
+			c.Close()
+			time.Sleep(200 * time.Millisecond) // the FINs
+			tcp, _ := tracesOf(drainEvents(events), resolved.ProtoTCP, 8080)
+			total := 0
+			for _, n := range tcp {
+				total += n
+			}
+			for _, k := range []traceKey{{a, out, false}, {b, in, false}, {b, out, true}, {a, in, true}} {
+				if tcp[k] == 0 {
+					t.Errorf("TCP connection: no trace %+v among %v", k, tcp)
+				}
+			}
+			t.Logf("TCP connection of %d round trips: traces %v", rounds, tcp)
+			// Per endpoint and direction: the first packet, FIN (RST).
+			if total > 12 {
+				t.Errorf("TCP connection of %d round trips: %d traces %v, want at most 12 (aggregated)", rounds, total, tcp)
+			}
+		})
+	}
 }
