@@ -20,7 +20,9 @@
  *    AUDIT flag is set is AUDIT too. AUDIT passes like allow; the new flow emits
  *    a policy-verdict event BW_EV_AUDIT with the rule id and the drop
  *    reason it would have had; conntrack keeps the verdict, so its later
- *    packets pass without events.
+ *    packets pass without events. A redirect to a proxy that an audit-mode
+ *    deny matches stays a redirect (the proxy enforces its L7 rules) and
+ *    its new flow emits BW_EV_AUDIT naming the audit rule.
  *  - Non-IP (ARP) and IPv6 neighbour discovery pass.
  *  - Local delivery (BW_CFG_LOCAL_DELIVERY): a packet the source pod may
  *    send to a pod on this node is decided there for the destination's
@@ -377,7 +379,8 @@ static __noinline int assign_proxy(struct __sk_buff *skb, const struct pkt *p)
 
 struct decision {
 	__u8 verdict; /* BW_VERDICT_ALLOW, _DENY, _REDIRECT or _AUDIT */
-	__u8 reason;  /* drop reason when DENY; the would-be one when AUDIT */
+	__u8 reason;  /* drop reason when DENY; the would-be one when AUDIT, or
+		       * when an audit-mode deny flags a REDIRECT */
 	__u16 proxy_port;
 	__u32 rule_id;
 };
@@ -474,13 +477,19 @@ __attribute__((noinline)) __u64 policy_lookup(__u32 table_id, __u32 ep_flags, __
 	}
 	if (verdict == BW_VERDICT_DENY) {
 		reason = BW_REASON_POLICY_DENY_RULE;
-	} else if ((ep_flags & BW_EP_HAS_AUDIT) && (verdict == BW_VERDICT_ALLOW || (verdict == BW_VERDICT_NONE && !enforce)) &&
+	} else if ((ep_flags & BW_EP_HAS_AUDIT) &&
+		   (verdict == BW_VERDICT_ALLOW || (verdict == BW_VERDICT_REDIRECT && proxy_port) ||
+		    (verdict == BW_VERDICT_NONE && !enforce)) &&
 		   (audit_rule = audit_lookup(table_id, peer, match))) {
-		/* an audit-mode deny flags what passes anyway */
-		verdict = BW_VERDICT_AUDIT;
+		/* An audit-mode deny flags what passes anyway. A redirect stays
+		 * one (the proxy enforces the L7 rules), flagged by the reason
+		 * the deny would have given and the audit rule. */
+		if (verdict != BW_VERDICT_REDIRECT) {
+			verdict = BW_VERDICT_AUDIT;
+			proxy_port = 0;
+		}
 		reason = BW_REASON_POLICY_DENY_RULE;
 		rule_id = audit_rule >> 1;
-		proxy_port = 0;
 	} else if (verdict == BW_VERDICT_NONE) {
 		if (enforce) {
 			verdict = BW_VERDICT_DENY;
@@ -1059,7 +1068,12 @@ static __noinline int handle_full(struct __sk_buff *skb, const __u8 dir, __u32 i
 		/* the new flow's first packet is traced too, as Cilium's */
 		trace_request(skb, dir, TRACE_WANTED);
 	}
-	if (d.verdict == BW_VERDICT_REDIRECT) {
+	if (d.verdict == BW_VERDICT_REDIRECT && d.reason) {
+		/* to the proxy, flagged by an audit-mode deny */
+		count(dir, BW_CODE_REDIRECTED, skb->len);
+		count(dir, BW_CODE_AUDITED, skb->len);
+		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_AUDIT, d.reason, &p, ep_id, local_id, peer_id, &d, 0);
+	} else if (d.verdict == BW_VERDICT_REDIRECT) {
 		count(dir, BW_CODE_REDIRECTED, skb->len);
 		emit(skb, dir, BW_EVENT_POLICY_VERDICT, BW_EV_REDIRECTED, 0, &p, ep_id, local_id, peer_id, &d, 0);
 	} else if (d.verdict == BW_VERDICT_AUDIT) {

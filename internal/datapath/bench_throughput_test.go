@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -140,6 +141,19 @@ func BenchmarkThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { dp.Destroy() })
+	// The agent reads every event (policy verdicts, traces) off the ring:
+	// a ring nobody drains fills, and then the programs' events cost only
+	// a failed reservation.
+	evCtx, evStop := context.WithCancel(context.Background())
+	b.Cleanup(evStop)
+	evs, err := dp.Events(evCtx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for range evs {
+		}
+	}()
 	attachAllTB(b, dp, tp)
 	for _, n := range sizes {
 		if err := dp.Sync(throughputState(tp, n)); err != nil {

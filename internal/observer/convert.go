@@ -141,8 +141,8 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 		f.DropReasonDesc = code
 		f.DropReason = uint32(code)
 	}
-	if ev.Verdict == event.Redirected {
-		f.ProxyPort = uint32(ev.ProxyPort)
+	if ev.Verdict == event.Redirected || ev.Verdict == event.Audit {
+		f.ProxyPort = uint32(ev.ProxyPort) // an audited flow may go to the proxy too
 	}
 	f.EventType = c.eventType(ev, f.DropReasonDesc)
 	// As in Cilium, only policy verdicts carry a match type, and a default
