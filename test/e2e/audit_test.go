@@ -86,3 +86,42 @@ func TestAuditMode(t *testing.T) {
 	s.MustRun("apply", "--audit", "-f", sandboxtest.Seed(t, "default-deny.yaml"))
 	s.ExpectHTTP("deploy/frontend", "http://"+backendIP+":8080", "pod=demo/backend-")
 }
+
+// TestAuditModeOnL7RedirectedPort: an audit-mode deny of a port that
+// another policy's L7 rules send to the proxy passes the connection to the
+// proxy, which keeps enforcing the L7 rules (allowed requests 200, others
+// 403), and the connection's flow is AUDIT naming the audit policy; policy
+// trace says both. L7 rules in an audit-mode policy are refused.
+// Enforcing, the same deny drops the connection.
+func TestAuditModeOnL7RedirectedPort(t *testing.T) {
+	t.Parallel()
+	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-auditl7"})
+	s.MustRun("up", "-f", sandboxtest.Seed(t, "sample-app.yaml"))
+	s.MustRun("apply", "-f", sandboxtest.Seed(t, "l7-http-policy.yaml"))
+	const fe, base, audit = "deploy/frontend", "http://backend:8080", "audit-deny-frontend-to-backend"
+	s.MustRun("apply", "--audit", "-f", "testdata/audit-deny-frontend-to-backend.yaml")
+	if got := curlCodes(s, fe, nil, base+"/health", base+"/admin/secret"); got != "200:1 403:0" {
+		t.Errorf("under the audit-mode deny: %q, want 200:1 403:0 (the proxy still judges each request)", got)
+	}
+	if n := auditFlowsNaming(t, s, audit); n == 0 {
+		t.Errorf("no AUDIT flow naming demo/%s for connections to the L7-redirected port", audit)
+	}
+	fePod, be := s.Pod(fe), s.Pod("deploy/backend")
+	trace := s.MustRun("policy", "trace", "--src-k8s-pod", "demo:"+fePod.Name, "--dst-k8s-pod", "demo:"+be.Name, "--dport", "8080")
+	if !strings.Contains(trace, "each request judged by the L7 rules") || !strings.Contains(trace, "AUDIT: would be denied by demo/"+audit) {
+		t.Errorf("policy trace under the audit-mode deny of the redirected port:\n%s", trace)
+	}
+
+	// L7 rules in an audit-mode policy are refused: the proxy has no audit
+	// mode, it would enforce them.
+	if out, errOut, code := s.Run("apply", "--audit", "-f", sandboxtest.Seed(t, "l7-http-policy.yaml")); code == 0 ||
+		!strings.Contains(out+errOut, "audit-mode") || !strings.Contains(out+errOut, "l7-http-policy") {
+		t.Errorf("apply --audit of a policy with L7 rules: exit %d, %s%s; want a refusal naming the policy", code, out, errOut)
+	}
+
+	// Enforcing: the deny wins over the redirect.
+	s.MustRun("apply", "-f", "testdata/audit-deny-frontend-to-backend.yaml")
+	if got := curlCodes(s, fe, nil, base+"/health"); got != "000:0" {
+		t.Errorf("under the enforcing deny: %q, want the connection dropped (000:0)", got)
+	}
+}
