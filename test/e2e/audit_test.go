@@ -1,8 +1,14 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
+	"maps"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bulwark-net/bulwark/test/sandboxtest"
 )
@@ -52,10 +58,11 @@ func TestAuditMode(t *testing.T) {
 	if n := auditFlowsNaming(t, s, "default-deny-all"); n == 0 {
 		t.Errorf("no AUDIT flow naming demo/default-deny-all after traffic under the audit-mode policy")
 	}
-	// Trace events: the connections' packets that add TCP flags, at both
-	// pods' hooks (aggregated per connection).
+	// Trace events, aggregated per connection and direction: at both pods'
+	// hooks, for TCP and for the DNS lookups (UDP), replies marked.
 	traces := strings.ReplaceAll(s.MustRun("observe", "--type", "trace", "--last", "1000", "-o", "json"), " ", "")
-	for _, want := range []string{`"traceObservationPoint":"TO_ENDPOINT"`, `"traceObservationPoint":"FROM_ENDPOINT"`, `"isReply":true`} {
+	t.Logf("trace flows:\n%.3000s", traces)
+	for _, want := range []string{`"traceObservationPoint":"TO_ENDPOINT"`, `"traceObservationPoint":"FROM_ENDPOINT"`, `"isReply":true`, `"UDP":{`} {
 		if !strings.Contains(traces, want) {
 			t.Errorf("observe --type trace: no flow with %s:\n%.2000s", want, traces)
 		}
@@ -96,12 +103,49 @@ func TestAuditMode(t *testing.T) {
 func TestAuditModeOnL7RedirectedPort(t *testing.T) {
 	t.Parallel()
 	s := sandboxtest.New(t, sandboxtest.Options{Prefix: "e2e-auditl7"})
-	s.MustRun("up", "-f", sandboxtest.Seed(t, "sample-app.yaml"))
+	// Through the node's stack: the pods' egress traces are to-stack.
+	s.MustRun("up", "--local-delivery=false", "-f", sandboxtest.Seed(t, "sample-app.yaml"))
 	s.MustRun("apply", "-f", sandboxtest.Seed(t, "l7-http-policy.yaml"))
 	const fe, base, audit = "deploy/frontend", "http://backend:8080", "audit-deny-frontend-to-backend"
 	s.MustRun("apply", "--audit", "-f", "testdata/audit-deny-frontend-to-backend.yaml")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mon := exec.CommandContext(ctx, sandboxtest.Binary(), s.Args("monitor", "--type", "trace")...)
+	monOut, err := mon.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = mon.Wait() }()
+	time.Sleep(time.Second) // the monitor's subscription
 	if got := curlCodes(s, fe, nil, base+"/health", base+"/admin/secret"); got != "200:1 403:0" {
 		t.Errorf("under the audit-mode deny: %q, want 200:1 403:0 (the proxy still judges each request)", got)
+	}
+	// monitor --type trace shows the packets' way: to the stack from the
+	// client (and the DNS server's replies), to the proxy, to the pods.
+	wantLines := map[string]bool{"-> stack": false, "-> proxy": false, "-> endpoint": false, "state reply": false}
+	lines := bufio.NewScanner(monOut)
+	go func() { time.Sleep(10 * time.Second); cancel() }()
+	for lines.Scan() {
+		for w := range wantLines {
+			if strings.Contains(lines.Text(), w) {
+				wantLines[w] = true
+			}
+		}
+		if !slices.Contains(slices.Collect(maps.Values(wantLines)), false) {
+			break
+		}
+	}
+	for w, seen := range wantLines {
+		if !seen {
+			t.Errorf("monitor --type trace printed no line with %q", w)
+		}
+	}
+	stack := strings.ReplaceAll(s.MustRun("observe", "--type", "trace:to-stack", "--last", "1000", "-o", "json"), " ", "")
+	if !strings.Contains(stack, `"traceObservationPoint":"TO_STACK"`) || strings.Contains(stack, `"traceObservationPoint":"TO_ENDPOINT"`) {
+		t.Errorf("observe --type trace:to-stack:\n%.2000s", stack)
 	}
 	if n := auditFlowsNaming(t, s, audit); n == 0 {
 		t.Errorf("no AUDIT flow naming demo/%s for connections to the L7-redirected port", audit)
