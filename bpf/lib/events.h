@@ -45,7 +45,11 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 dir, __u8 type, __u
 	e->proxy_port = d ? d->proxy_port : 0;
 	e->trace_point = point;
 	e->pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	/* A trace does not wake the reader: it rides along with the next
+	 * event that does, or the reader's poll deadline (the agent's is
+	 * 200 ms), so the few traces of a connection do not each cost the
+	 * reader's wakeup on the packet's path. */
+	bpf_ringbuf_submit(e, type == BW_EVENT_TRACE ? BPF_RB_NO_WAKEUP : 0);
 }
 
 /* drop counts the drop and emits an event, at most one per flow per
