@@ -128,7 +128,10 @@ struct bw_ct_entry {
 	__u8 route_smac[6];
 	__u16 route_mtu;
 	__u8 flags; /* BW_CT_* */
-	__u8 pad;
+	/* Trace aggregation: the BW_TRACE_SEEN_* bits the flow's packets have
+	 * shown, original direction in the low nibble, reply in the high one.
+	 * A packet that adds a bit to its direction's nibble is traced. */
+	__u8 trace_seen;
 };
 
 /* The flow is the L7 proxy's upstream connection: its packets carried the
@@ -198,12 +201,22 @@ struct bw_metric {
 /* Event types and verdicts: internal/datapath/event.Type and .Verdict. */
 #define BW_EVENT_POLICY_VERDICT 1
 #define BW_EVENT_DROP 2
-/* TRACE: a forwarded packet of a tracked connection, aggregated as
- * Cilium's monitor aggregation: only TCP packets that add a flag to those
- * the connection has seen (SYN-ACK, FIN, RST), so a connection gives a
- * few. At the pod's egress hook it is from-endpoint, at its ingress hook
- * (or local delivery) to-endpoint. */
+/* TRACE: a forwarded packet of a tracked connection (TCP, UDP, SCTP, ICMP
+ * echo), aggregated as Cilium's monitor aggregation: per direction of the
+ * connection, only a packet that adds to what that direction has shown
+ * (BW_TRACE_SEEN_*: its first packet, FIN, RST) is traced, so a connection
+ * gives a few, whatever its packet count. The trace point says where the
+ * packet went: to the pod (its ingress hook or local delivery), to another
+ * local pod from the source's hook (from-endpoint; the destination's
+ * to-endpoint follows), to the node's stack, or to the L7 proxy. */
 #define BW_EVENT_TRACE 3
+#define BW_TRACE_TO_ENDPOINT 0 /* Cilium TraceToLxc */
+#define BW_TRACE_TO_PROXY 1    /* TraceToProxy */
+#define BW_TRACE_TO_STACK 3    /* TraceToStack */
+#define BW_TRACE_FROM_ENDPOINT 5 /* TraceFromLxc */
+#define BW_TRACE_SEEN_OPEN 1 /* a packet (TCP: with SYN or ACK) */
+#define BW_TRACE_SEEN_FIN 2
+#define BW_TRACE_SEEN_RST 4
 #define BW_EV_FORWARDED 1
 #define BW_EV_DROPPED 2
 #define BW_EV_REDIRECTED 3
@@ -229,7 +242,8 @@ struct bw_event {
 	__u8 is_reply;
 	__u8 is_ipv6;
 	__u16 proxy_port;
-	__u16 pad;
+	__u8 trace_point; /* BW_TRACE_* of a TRACE event */
+	__u8 pad;
 };
 
 /* Sizes below are defaults; the loader sets max_entries from its options. */

@@ -519,8 +519,13 @@ func isEmptyFilter(ff *flowpb.FlowFilter) bool {
 		len(ff.HttpMethod)+len(ff.HttpPath)+len(ff.HttpUrl)+len(ff.HttpStatusCode) == 0
 }
 
+// traceSubTypes are the trace sub-types --type trace:NAME accepts (Cilium's
+// numbers, hubble's names).
+var traceSubTypes = map[string]int32{"to-endpoint": 0, "to-proxy": 1, "to-stack": 3, "from-endpoint": 5}
+
 // parseEventType reads --type: drop, policy-verdict, trace, optionally
-// trace:to-endpoint / trace:from-endpoint, or a monitor type number.
+// trace:to-endpoint / :to-proxy / :to-stack / :from-endpoint, or a monitor
+// type number.
 func parseEventType(s string) (*flowpb.EventTypeFilter, error) {
 	name, sub, hasSub := strings.Cut(strings.ToLower(s), ":")
 	et := &flowpb.EventTypeFilter{}
@@ -536,16 +541,15 @@ func parseEventType(s string) (*flowpb.EventTypeFilter, error) {
 	default:
 		n, err := strconv.ParseInt(name, 10, 32)
 		if err != nil {
-			return nil, fmt.Errorf("--type %q: want drop, policy-verdict, trace[:to-endpoint|:from-endpoint] or a monitor type number", s)
+			return nil, fmt.Errorf("--type %q: want drop, policy-verdict, trace[:to-endpoint|:to-proxy|:to-stack|:from-endpoint] or a monitor type number", s)
 		}
 		et.Type = int32(n)
 	}
 	if hasSub {
+		n, named := traceSubTypes[sub]
 		switch {
-		case et.Type == observer.MonitorTypeTrace && sub == "to-endpoint":
-			et.MatchSubType, et.SubType = true, 0
-		case et.Type == observer.MonitorTypeTrace && sub == "from-endpoint":
-			et.MatchSubType, et.SubType = true, 5
+		case et.Type == observer.MonitorTypeTrace && named:
+			et.MatchSubType, et.SubType = true, n
 		default:
 			n, err := strconv.ParseInt(sub, 10, 32)
 			if err != nil {

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -140,6 +141,19 @@ func BenchmarkThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { dp.Destroy() })
+	// The agent reads every event (policy verdicts, traces) off the ring:
+	// a ring nobody drains fills, and then the programs' events cost only
+	// a failed reservation.
+	evCtx, evStop := context.WithCancel(context.Background())
+	b.Cleanup(evStop)
+	evs, err := dp.Events(evCtx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for range evs {
+		}
+	}()
 	attachAllTB(b, dp, tp)
 	for _, n := range sizes {
 		if err := dp.Sync(throughputState(tp, n)); err != nil {
@@ -221,10 +235,80 @@ func setLocalDelivery(b *testing.B, dp *Datapath, on bool) {
 	}
 }
 
+// BenchmarkTransactionCost reports the programs' own time per transaction
+// from the kernel's BPF run statistics, with one allow entry, local
+// delivery on and the events read as the agent reads them: per rr
+// transaction (one byte each way on an established connection) and per
+// crr transaction (connect, one byte each way, close: a new flow, its
+// policy verdicts and its traces, at both endpoints). Unlike the rate
+// ratios of BenchmarkThroughput it does not depend on the machine's other
+// load, only on the programs. BULWARK_BENCH_PAIRS windows of each (1 s);
+// the median and the range are printed.
+//
+//	sudo go test -run XXX -bench BenchmarkTransactionCost -benchtime 1x ./internal/datapath/
+func BenchmarkTransactionCost(b *testing.B) {
+	requireRoot(b)
+	tp := newTopology(b, 2)
+	tp.cpu = runtime.NumCPU() - 1
+	tp.serveRR(b, 1, rrPort)
+	windows := 5
+	if v, err := strconv.Atoi(os.Getenv("BULWARK_BENCH_PAIRS")); err == nil && v > 0 {
+		windows = v
+	}
+	pin := "/sys/fs/bpf/bulwark-bench-" + tp.sfx
+	b.Cleanup(func() { os.RemoveAll(pin) })
+	dp, err := Open(Options{PinDir: pin})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dp.Destroy() })
+	evCtx, evStop := context.WithCancel(context.Background())
+	b.Cleanup(evStop)
+	evs, err := dp.Events(evCtx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for range evs {
+		}
+	}()
+	attachAllTB(b, dp, tp)
+	if err := dp.Sync(throughputState(tp, 1)); err != nil {
+		b.Fatal(err)
+	}
+	crrRate := func(b *testing.B, d time.Duration) float64 {
+		var rate float64
+		tp.inPod0(b, func() { rate = crrWindow(b, tp.pods[1].addr, d) })
+		return rate
+	}
+	var rrTx, crrTx, crrRun []float64
+	for range windows {
+		_, perTx := tp.progRunCostOf(b, dp, time.Second, tp.rrRate)
+		rrTx = append(rrTx, perTx)
+		perRun, perTx := tp.progRunCostOf(b, dp, time.Second, crrRate)
+		crrTx, crrRun = append(crrTx, perTx), append(crrRun, perRun)
+	}
+	for _, r := range []struct {
+		name string
+		v    []float64
+	}{{"ns per rr transaction", rrTx}, {"ns per crr transaction", crrTx}, {"ns per program run in crr", crrRun}} {
+		lo, hi := minMax(r.v)
+		fmt.Printf("%-28s median %5.0f  range %5.0f-%5.0f  (%d windows of 1s, kernel BPF stats)\n", r.name, median(r.v), lo, hi, len(r.v))
+	}
+	for range b.N {
+	} // the measurement above is the benchmark; b.N does not apply
+}
+
 // progRunCost runs one rr window with the kernel's BPF statistics on and
 // returns the mean run time of the two programs and their time per
 // request/response transaction.
 func (tp *topology) progRunCost(b *testing.B, dp *Datapath, window time.Duration) (perRun, perTx float64) {
+	return tp.progRunCostOf(b, dp, window, tp.rrRate)
+}
+
+// progRunCostOf is progRunCost for the transactions rate measures.
+func (tp *topology) progRunCostOf(b *testing.B, dp *Datapath, window time.Duration,
+	rate func(*testing.B, time.Duration) float64) (perRun, perTx float64) {
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		b.Skipf("bpf stats: %v", err)
@@ -245,9 +329,9 @@ func (tp *topology) progRunCost(b *testing.B, dp *Datapath, window time.Duration
 		return t, n
 	}
 	t0, n0 := read()
-	rate := tp.rrRate(b, window)
+	r := rate(b, window)
 	t1, n1 := read()
-	return float64(t1-t0) / float64(max(1, n1-n0)), float64(t1-t0) / max(1, rate*window.Seconds())
+	return float64(t1-t0) / float64(max(1, n1-n0)), float64(t1-t0) / max(1, r*window.Seconds())
 }
 
 type sample struct{ gbps, rr, crr float64 } // 0: not measured in this pair

@@ -39,7 +39,7 @@ type bpfBwCtEntry struct {
 	RouteSmac    [6]uint8
 	RouteMtu     uint16
 	Flags        uint8
-	Pad          uint8
+	TraceSeen    uint8
 }
 
 type bpfBwCtKey struct {
@@ -83,7 +83,8 @@ type bpfBwEvent struct {
 	IsReply     uint8
 	IsIpv6      uint8
 	ProxyPort   uint16
-	Pad         uint16
+	TracePoint  uint8
+	Pad         uint8
 	_           [4]byte
 }
 

@@ -33,8 +33,8 @@ type TableKey struct {
 // TableValue is what a TableKey decides.
 type TableValue struct {
 	// Verdict: Allow, Deny, Redirect or AuditDeny (an audit-mode deny
-	// alone). Audit on an Allow: an audit-mode deny matches too, and RuleID
-	// names it (BW_POLICY_F_AUDIT).
+	// alone). Audit on an Allow or a Redirect: an audit-mode deny matches
+	// too, and RuleID names it (BW_POLICY_F_AUDIT).
 	Verdict   resolved.Verdict
 	Audit     bool
 	ProxyPort uint16
@@ -338,6 +338,10 @@ func compileSelector(out map[TableKey]TableValue, sc selectorCompilation,
 					}
 				}
 			}
+			if len(audit) > 0 {
+				// The redirect passes flagged: the audit policies are named.
+				v.Audit, win = true, audit
+			}
 		case len(audit) > 0:
 			// The audit policies are named; an allow only lets it pass.
 			v.Verdict, win = resolved.AuditDeny, audit
@@ -476,8 +480,8 @@ func (k TableKey) PortRange() (uint16, uint16) {
 	return k.Port, uint16(uint32(k.Port) + span - 1)
 }
 
-// policyFlagAudit is BW_POLICY_F_AUDIT: an Allow value where an
-// audit-mode deny matches too.
+// policyFlagAudit is BW_POLICY_F_AUDIT: an Allow or Redirect value where
+// an audit-mode deny matches too (its RuleID names the audit policies).
 const policyFlagAudit = 1
 
 // policyValue is a TableValue as the bw_policy map holds it.

@@ -129,6 +129,7 @@ func rawToEvent(r *bpfBwEvent, boot time.Time) event.Event {
 		Bytes:       r.Bytes,
 		RuleID:      r.RuleId,
 		ProxyPort:   r.ProxyPort,
+		TracePoint:  event.TracePoint(r.TracePoint),
 	}
 	if ev.Proto == resolved.ProtoICMP || ev.Proto == resolved.ProtoICMPv6 {
 		ev.SrcPort = htons(r.Sport) // echo id, network order on the wire

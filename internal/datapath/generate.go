@@ -1,7 +1,8 @@
 // Package datapath loads Bulwark's eBPF programs and maps, attaches them to
 // pod interfaces and keeps the maps in sync with the resolved policy.
 //
-// Programs (bpf/datapath.c, one body for both directions):
+// Programs (bpf/datapath.c and its parts by job in bpf/lib/*.h, one body for
+// both directions):
 // bulwark_from_pod runs at tc/TCX ingress of a pod's host-side veth (the
 // pod's egress), bulwark_to_pod at its egress (the pod's ingress). TCX is
 // used where the kernel has it, clsact + cls_bpf otherwise.
@@ -42,6 +43,14 @@
 // destination's ingress judges them as the original source and a redirect
 // allows them (the proxy enforced the L7 rules), so they are never
 // redirected again.
+//
+// Trace events (Cilium's TRACE) are aggregated per connection and
+// direction in a byte of the conntrack entry: a packet is traced when it is
+// its direction's first or adds FIN or RST. The hook leaves the request in
+// skb->cb and the program emits the trace once it knows where the packet
+// went (to-endpoint, from-endpoint, to-stack, to-proxy). Traces do not wake
+// the event reader: the wakeups were most of a new connection's program
+// time (BenchmarkTransactionCost).
 //
 // The BPF objects are compiled by bpf2go; the generated bpf_bpfel.go and
 // bpf_bpfel.o are committed so that `go build` needs no clang. Regenerate

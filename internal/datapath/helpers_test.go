@@ -229,14 +229,15 @@ func nextEvent(t testing.TB, ch <-chan event.Event) (event.Event, bool) {
 	}
 }
 
-// noEvent reports an event already queued, if any, after a short drain.
+// drainEvents returns the events queued until none came for longer than
+// the reader's poll deadline (200 ms): traces do not wake the reader.
 func drainEvents(ch <-chan event.Event) []event.Event {
 	var out []event.Event
 	for {
 		select {
 		case ev := <-ch:
 			out = append(out, ev)
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(300 * time.Millisecond):
 			return out
 		}
 	}

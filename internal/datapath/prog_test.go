@@ -73,6 +73,12 @@ func fixtureState() State {
 				{Peer: selABC, Proto: resolved.ProtoTCP, PortLo: 8090, PortHi: 8090, Verdict: resolved.AuditDeny, Origin: ref("audit-8090")},
 				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 7000, PortHi: 7000, Verdict: resolved.AuditDeny, Origin: ref("audit-7000")},
 				{Peer: selB, Proto: resolved.ProtoTCP, PortLo: 8080, PortHi: 8080, Verdict: resolved.AuditDeny, Origin: ref("audit-8080")},
+				// audit-mode denies of redirected ports: in the redirect's
+				// own table slot, and under another selector
+				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 9090, PortHi: 9090, Verdict: resolved.AuditDeny, Origin: ref("audit-9090")},
+				{Peer: selAB, Proto: resolved.ProtoTCP, PortLo: 9093, PortHi: 9093, Verdict: resolved.Redirect, Origin: ref("l7"),
+					L7: &resolved.L7Rules{HTTP: []resolved.HTTPRule{{Method: "GET"}}}},
+				{Peer: selB, Proto: resolved.ProtoTCP, PortLo: 9093, PortHi: 9093, Verdict: resolved.AuditDeny, Origin: ref("audit-9093")},
 			},
 			Selecting: ref("web"),
 		},
@@ -165,6 +171,9 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 		{"A 8080 allowed by range", resolved.Ingress, tcp(peerA, 8080), resolved.Allow},
 		{"redirect 9090", resolved.Ingress, tcp(peerA, 9090), resolved.Redirect},
 		{"redirect without a proxy 9091 drops", resolved.Ingress, tcp(peerA, 9091), resolved.Deny},
+		{"audit deny flags a redirect (A 9090, same slot)", resolved.Ingress, tcp(peerA, 9090), resolved.Redirect},
+		{"redirect not flagged (A 9093)", resolved.Ingress, tcp(peerA, 9093), resolved.Redirect},
+		{"audit deny flags a redirect (B 9093, other selector)", resolved.Ingress, tcp(peerB, 9093), resolved.Redirect},
 		{"proto any port 53 udp", resolved.Ingress, l4(peerB, resolved.ProtoUDP, 53), resolved.Allow},
 		{"proto any port 53 tcp", resolved.Ingress, l4(peerB, resolved.ProtoTCP, 53), resolved.Allow},
 		{"proto any port 53 sctp", resolved.Ingress, l4(peerB, resolved.ProtoSCTP, 53), resolved.Allow},
@@ -230,7 +239,16 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			if ev.EndpointID != testEP || ev.Direction != c.dir || ev.Proto != c.pkt.proto || ev.Src != c.pkt.src || ev.Dst != c.pkt.dst {
 				t.Fatalf("event does not describe the packet: %+v", ev)
 			}
+			if dpRef.Audited != (len(goRef.Audit) > 0) {
+				t.Fatalf("reference audit flags: datapath %v, resolved %d audit entries", dpRef.Audited, len(goRef.Audit))
+			}
 			wantVerdict := map[resolved.Verdict]event.Verdict{resolved.Allow: event.Forwarded, resolved.Deny: event.Dropped, resolved.Redirect: event.Redirected, resolved.AuditDeny: event.Audit}[c.want]
+			if dpRef.Audited {
+				wantVerdict = event.Audit // to the proxy, flagged
+				if got, want := dp.RulePolicies(dpRef.RuleID), goRef.AuditPolicies(pol.Dir(c.dir)); !slices.Equal(got, want) || len(want) == 0 {
+					t.Fatalf("audited redirect: rule %d names %v, want the audit policies %v", dpRef.RuleID, got, want)
+				}
+			}
 			if ev.Verdict != wantVerdict {
 				t.Fatalf("event verdict %s, want %s", ev.Verdict, wantVerdict)
 			}
@@ -243,6 +261,9 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			// The rule's policies are among the reference decision's.
 			refPols := map[resolved.PolicyRef]bool{}
 			for _, r := range goRef.Policies(pol.Dir(c.dir)) {
+				refPols[r] = true
+			}
+			for _, r := range goRef.AuditPolicies(pol.Dir(c.dir)) {
 				refPols[r] = true
 			}
 			for _, r := range dp.RulePolicies(ev.RuleID) {
@@ -259,7 +280,7 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			if goRef.Default != (mt == event.MatchNone) {
 				t.Fatalf("rule %d match type %s, default decision %v", ev.RuleID, mt, goRef.Default)
 			}
-			if !goRef.Default && !slices.ContainsFunc(goRef.Matched, func(e *resolved.Entry) bool { return entryMatchType(e, false) == mt }) {
+			if !goRef.Default && !slices.ContainsFunc(append(goRef.Matched, goRef.Audit...), func(e *resolved.Entry) bool { return entryMatchType(e, false) == mt }) {
 				t.Fatalf("rule %d match type %s is the shape of no deciding entry %+v", ev.RuleID, mt, goRef.Matched)
 			}
 			wantPeer := peer
@@ -269,6 +290,24 @@ func TestProgVerdictsMatchReference(t *testing.T) {
 			}
 			if gotPeer != wantPeer {
 				t.Fatalf("event peer identity %d, want %d", gotPeer, wantPeer)
+			}
+			// A passed packet that starts a tracked flow is traced too, as
+			// Cilium's first packet, where it went: the pod (or the proxy)
+			// at ingress, the node's stack at egress (no local pod here).
+			if ret == tcActShot {
+				return
+			}
+			wantPoint := event.ToEndpoint
+			switch {
+			case c.want == resolved.Redirect:
+				wantPoint = event.ToProxy
+			case c.dir == resolved.Egress:
+				wantPoint = event.ToStack
+			}
+			tr, ok := nextEvent(t, events)
+			if !ok || tr.Type != event.TypeTrace || tr.TracePoint != wantPoint || tr.Verdict != event.Forwarded || tr.IsReply ||
+				tr.Src != c.pkt.src || tr.Dst != c.pkt.dst || tr.Proto != c.pkt.proto || tr.RuleID != ev.RuleID || tr.Direction != c.dir {
+				t.Fatalf("trace of the new flow: %+v (ok %v), want %s of the packet", tr, ok, wantPoint)
 			}
 		})
 	}
@@ -713,8 +752,7 @@ func TestStructOffsetsMatchBTF(t *testing.T) {
 // TestProgAuditDefault: a direction selected only by audit-mode policies
 // (DirectionPolicy.Audit) passes what nothing matches as an AUDIT verdict
 // naming no rule (default), an enforcing deny still drops, and conntrack
-// keeps the verdict: the flow's next packets pass without policy events
-// (one aggregated TRACE for the packet that adds a TCP flag).
+// keeps the verdict: the flow's next packets pass without events.
 func TestProgAuditDefault(t *testing.T) {
 	dp := openTest(t, Sizes{Policy: 4096, IPCache: 1024, IdentitySelectors: 1024, Conntrack: 4096})
 	registerEndpoint(t, dp, Endpoint{ID: testEP, IfIndex: 1, Identity: idPod})
@@ -780,17 +818,15 @@ func TestProgAuditDefault(t *testing.T) {
 			if after.Egress.Audited.Packets != before.Egress.Audited.Packets+1 {
 				t.Fatalf("audited packets %d -> %d, want one more", before.Egress.Audited.Packets, after.Egress.Audited.Packets)
 			}
-			// The flow's next packets: conntrack passes them. The first ACK
-			// adds a flag: one TRACE event (aggregated per connection); the
-			// second adds nothing: no event, so a dropped packet after it
-			// gives the next event.
+			// The first packet is traced after its verdict (aggregated per
+			// connection: TestProgTraceAggregation); the flow's next
+			// packets show nothing new: conntrack passes them without an
+			// event, so a dropped packet after them gives the next event.
+			expectTrace(t, events, "audited SYN", resolved.Egress, event.ToStack, false, syn)
 			ack := syn
 			ack.tcpFlags = 0x10
 			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
 				t.Fatalf("established packet of an audited flow: %d", ret)
-			}
-			if ev, ok := nextEvent(t, events); !ok || ev.Type != event.TypeTrace || ev.Verdict != event.Forwarded || ev.Dst != c.dst || ev.IsReply {
-				t.Fatalf("first ACK: event %+v (ok %v), want a TRACE of the flow", ev, ok)
 			}
 			if ret := run(t, dp, resolved.Egress, ack); ret != tcActOK {
 				t.Fatalf("established packet of an audited flow: %d", ret)

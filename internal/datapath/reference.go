@@ -12,6 +12,10 @@ type RefDecision struct {
 	Reason    event.DropReason // set when Deny, and the would-be reason when AuditDeny
 	RuleID    uint32           // 0 for a default verdict
 	ProxyPort uint16
+	// Audited: a Redirect that an audit-mode deny flags (enforced, the deny
+	// would win); RuleID names the audit policies, Reason is the would-be
+	// reason.
+	Audited bool
 }
 
 // ReferenceLookup evaluates a new flow of an endpoint the way the C
@@ -20,7 +24,8 @@ type RefDecision struct {
 // packet's protocol, else (not for TCP, UDP, SCTP, ICMP) under protocol 0; the strongest
 // verdict wins (deny > redirect > allow), first found on a tie; an
 // audit-deny value (the first found names the decision) turns an allow,
-// or a default that is not enforced, into AuditDeny; no match = the
+// or a default that is not enforced, into AuditDeny, and flags a redirect
+// to a proxy (Audited); no match = the
 // direction's default (deny when enforced, audit-deny when audited). A redirect without a proxy port is a drop
 // (ReasonProxyUnavailable), as the program decides it.
 func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer identity.NumericIdentity,
@@ -75,6 +80,11 @@ func (c *Compiled) ReferenceLookup(epID uint32, dir resolved.Direction, peer ide
 	if auditSeen && (best.Verdict == resolved.Allow || (best.Verdict == resolved.None && !enforced)) {
 		// An audit-mode deny flags what would pass anyway.
 		return RefDecision{Verdict: resolved.AuditDeny, Reason: event.ReasonPolicyDenyRule, RuleID: auditRule}
+	}
+	if auditSeen && best.Verdict == resolved.Redirect && best.ProxyPort != 0 {
+		// The connection goes to the proxy (its L7 rules apply), flagged.
+		return RefDecision{Verdict: resolved.Redirect, Reason: event.ReasonPolicyDenyRule, RuleID: auditRule,
+			ProxyPort: best.ProxyPort, Audited: true}
 	}
 	switch best.Verdict {
 	case resolved.Deny:

@@ -156,11 +156,26 @@ func Line(f *flowpb.Flow) string {
 		return fmt.Sprintf("Policy verdict log: local EP ID %s, remote ID %d, proto %d, %s, action %s, %s",
 			local, remote, protoNumber(f), strings.ToLower(f.GetTrafficDirection().String()), action(f.GetVerdict()), packet(f))
 	case observer.MonitorTypeTrace:
-		arrow := "-> endpoint "
-		if egress {
-			arrow = "<- endpoint "
+		// Cilium's observation point wording; the state says which way
+		// of the connection the packet went.
+		var where string
+		switch f.GetTraceObservationPoint() {
+		case flowpb.TraceObservationPoint_FROM_ENDPOINT:
+			where = "<- endpoint " + local
+		case flowpb.TraceObservationPoint_TO_STACK:
+			where = "-> stack"
+		case flowpb.TraceObservationPoint_TO_PROXY:
+			where = "-> proxy"
+		default:
+			where = "-> endpoint " + local
 		}
-		return arrow + local + ", identity " + ids + ": " + packet(f)
+		state := "new"
+		if f.GetIsReply().GetValue() {
+			state = "reply"
+		} else if f.GetL4().GetTCP() != nil && !f.GetL4().GetTCP().GetFlags().GetSYN() {
+			state = "established"
+		}
+		return where + ", identity " + ids + " state " + state + ": " + packet(f)
 	}
 	return "?? event " + strconv.Itoa(int(f.GetEventType().GetType())) + ": " + packet(f)
 }

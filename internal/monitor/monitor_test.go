@@ -40,7 +40,17 @@ func TestLines(t *testing.T) {
 		}, "Policy verdict log: local EP ID 123, remote ID 789, proto 17, egress, action redirect, 10.0.0.1:1234 -> 10.0.0.2:80 udp"},
 		{"trace icmp", func(e *event.Event) {
 			e.Type, e.Verdict, e.Proto, e.DstPort, e.DstIdentity = event.TypeTrace, event.Forwarded, resolved.ProtoICMP, 8<<8, identity.World
-		}, "-> endpoint 123, identity 456->2: 10.0.0.1 -> 10.0.0.2 EchoRequest"},
+		}, "-> endpoint 123, identity 456->2 state new: 10.0.0.1 -> 10.0.0.2 EchoRequest"},
+		{"trace udp reply to stack", func(e *event.Event) {
+			e.Type, e.Verdict, e.Direction, e.Proto, e.TCPFlags = event.TypeTrace, event.Forwarded, resolved.Egress, resolved.ProtoUDP, 0
+			e.TracePoint, e.IsReply = event.ToStack, true
+		}, "-> stack, identity 456->789 state reply: 10.0.0.1:1234 -> 10.0.0.2:80 udp"},
+		{"trace tcp fin from endpoint", func(e *event.Event) {
+			e.Type, e.Verdict, e.Direction, e.TCPFlags, e.TracePoint = event.TypeTrace, event.Forwarded, resolved.Egress, 0x11, event.FromEndpoint
+		}, "<- endpoint 123, identity 456->789 state established: 10.0.0.1:1234 -> 10.0.0.2:80 tcp ACK, FIN"},
+		{"trace to proxy", func(e *event.Event) {
+			e.Type, e.Verdict, e.TracePoint = event.TypeTrace, event.Forwarded, event.ToProxy
+		}, "-> proxy, identity 456->789 state new: 10.0.0.1:1234 -> 10.0.0.2:80 tcp SYN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

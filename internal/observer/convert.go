@@ -23,11 +23,14 @@ const (
 	MonitorTypePolicyVerdict = 5
 )
 
-// Cilium trace sub-types for the observation points the datapath reports.
-const (
-	traceToEndpoint   = 0 // TraceToLxc
-	traceFromEndpoint = 5 // TraceFromLxc
-)
+// tracePoints maps the datapath's trace points (whose numbers are Cilium's
+// trace sub-types) to Hubble's observation points.
+var tracePoints = map[event.TracePoint]flowpb.TraceObservationPoint{
+	event.ToEndpoint:   flowpb.TraceObservationPoint_TO_ENDPOINT,
+	event.ToProxy:      flowpb.TraceObservationPoint_TO_PROXY,
+	event.ToStack:      flowpb.TraceObservationPoint_TO_STACK,
+	event.FromEndpoint: flowpb.TraceObservationPoint_FROM_ENDPOINT,
+}
 
 // DropReasonCode maps Bulwark's drop reason to the Hubble enum. Reasons
 // without an exact Cilium twin take the closest Cilium code; the metrics keep
@@ -138,8 +141,8 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 		f.DropReasonDesc = code
 		f.DropReason = uint32(code)
 	}
-	if ev.Verdict == event.Redirected {
-		f.ProxyPort = uint32(ev.ProxyPort)
+	if ev.Verdict == event.Redirected || ev.Verdict == event.Audit {
+		f.ProxyPort = uint32(ev.ProxyPort) // an audited flow may go to the proxy too
 	}
 	f.EventType = c.eventType(ev, f.DropReasonDesc)
 	// As in Cilium, only policy verdicts carry a match type, and a default
@@ -148,11 +151,7 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 		f.PolicyMatchType = uint32(c.matchTyper.RuleMatchType(ev.RuleID))
 	}
 	if ev.Type == event.TypeTrace {
-		if ev.Direction == resolved.Egress {
-			f.TraceObservationPoint = flowpb.TraceObservationPoint_FROM_ENDPOINT
-		} else {
-			f.TraceObservationPoint = flowpb.TraceObservationPoint_TO_ENDPOINT
-		}
+		f.TraceObservationPoint = tracePoints[ev.TracePoint]
 	}
 
 	if ev.Src.IsValid() || ev.Dst.IsValid() {
@@ -177,10 +176,15 @@ func (c *converter) toFlow(ev *event.Event) *flowpb.Flow {
 // Flows are immutable once built, so values every flow would allocate the
 // same way are shared between flows.
 var (
-	isReplyValue          = [2]*wrapperspb.BoolValue{wrapperspb.Bool(false), wrapperspb.Bool(true)}
-	policyVerdictType     = &flowpb.CiliumEventType{Type: MonitorTypePolicyVerdict}
-	traceToEndpointType   = &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: traceToEndpoint}
-	traceFromEndpointType = &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: traceFromEndpoint}
+	isReplyValue      = [2]*wrapperspb.BoolValue{wrapperspb.Bool(false), wrapperspb.Bool(true)}
+	policyVerdictType = &flowpb.CiliumEventType{Type: MonitorTypePolicyVerdict}
+	traceTypes        = func() map[event.TracePoint]*flowpb.CiliumEventType {
+		m := map[event.TracePoint]*flowpb.CiliumEventType{}
+		for p := range tracePoints {
+			m[p] = &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: int32(p)}
+		}
+		return m
+	}()
 )
 
 func boolIndex(b bool) int {
@@ -195,10 +199,10 @@ func (c *converter) eventType(ev *event.Event, code flowpb.DropReason) *flowpb.C
 	case event.TypePolicyVerdict:
 		return policyVerdictType
 	case event.TypeTrace:
-		if ev.Direction == resolved.Egress {
-			return traceFromEndpointType
+		if t, ok := traceTypes[ev.TracePoint]; ok {
+			return t
 		}
-		return traceToEndpointType
+		return &flowpb.CiliumEventType{Type: MonitorTypeTrace, SubType: int32(ev.TracePoint)}
 	}
 	// Drops and overflows (an endpoint failing closed) are drop events; as
 	// in Cilium the sub-type is the drop reason code.

@@ -179,8 +179,14 @@ func TestFlowVerdictsAndTypes(t *testing.T) {
 	}{
 		{"audit", func(e *event.Event) { e.Verdict = event.Audit }, flowpb.Verdict_AUDIT, MonitorTypePolicyVerdict, 0},
 		{"redirected", func(e *event.Event) { e.Verdict, e.ProxyPort = event.Redirected, 15001 }, flowpb.Verdict_REDIRECTED, MonitorTypePolicyVerdict, 0},
-		{"trace to endpoint", func(e *event.Event) { e.Type = event.TypeTrace }, flowpb.Verdict_FORWARDED, MonitorTypeTrace, traceToEndpoint},
-		{"trace from endpoint", func(e *event.Event) { e.Type, e.Direction = event.TypeTrace, resolved.Egress }, flowpb.Verdict_FORWARDED, MonitorTypeTrace, traceFromEndpoint},
+		{"trace to endpoint", func(e *event.Event) { e.Type = event.TypeTrace }, flowpb.Verdict_FORWARDED, MonitorTypeTrace, 0},
+		{"trace from endpoint", func(e *event.Event) {
+			e.Type, e.Direction, e.TracePoint = event.TypeTrace, resolved.Egress, event.FromEndpoint
+		}, flowpb.Verdict_FORWARDED, MonitorTypeTrace, 5},
+		{"trace to stack", func(e *event.Event) {
+			e.Type, e.Direction, e.TracePoint = event.TypeTrace, resolved.Egress, event.ToStack
+		}, flowpb.Verdict_FORWARDED, MonitorTypeTrace, 3},
+		{"trace to proxy", func(e *event.Event) { e.Type, e.TracePoint = event.TypeTrace, event.ToProxy }, flowpb.Verdict_FORWARDED, MonitorTypeTrace, 1},
 		{"overflow fails closed", func(e *event.Event) {
 			e.Type, e.Verdict, e.Reason, e.RuleID = event.TypeOverflow, event.Dropped, event.ReasonTableOverflow, 0
 		}, flowpb.Verdict_DROPPED, MonitorTypeDrop, int32(flowpb.DropReason_NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION)},
@@ -192,6 +198,10 @@ func TestFlowVerdictsAndTypes(t *testing.T) {
 			f := o.Handle(&ev)
 			if f.GetVerdict() != tt.verdict || f.GetEventType().GetType() != tt.eventType || f.GetEventType().GetSubType() != tt.subType {
 				t.Errorf("verdict %v type %v, want %v %d/%d", f.GetVerdict(), f.GetEventType(), tt.verdict, tt.eventType, tt.subType)
+			}
+			// Hubble's observation point agrees with Cilium's sub-type.
+			if ev.Type == event.TypeTrace && f.GetTraceObservationPoint() != tracePoints[ev.TracePoint] {
+				t.Errorf("observation point %v for %v", f.GetTraceObservationPoint(), ev.TracePoint)
 			}
 		})
 	}

@@ -105,6 +105,37 @@ spec: {podSelector: {}}
 			t.Fatalf("audit annotation \"yes\": err %v, want a refusal naming the annotation", err)
 		}
 	})
+	l7 := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7, namespace: a}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET}]}}]
+`
+	t.Run("audit deny of an L7-redirected port flags it; the proxy still enforces", func(t *testing.T) {
+		st := loadYAML(t, baseState, l7, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: audit-deny, namespace: a, annotations: {policy.bulwark.io/audit: "true"}}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingressDeny: [{fromEndpoints: [{matchLabels: {app: frontend}}], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}]
+`)
+		runAudit(t, st, []auditCase{{"a/frontend", "a/backend", 8080, "allowed", "a/audit-deny"}})
+		res, err := st.Check(check.Flow{Src: "a/frontend", Dst: "a/backend", Port: 8080, Protocol: "TCP"})
+		if err != nil || !res.Proxy {
+			t.Fatalf("flagged redirect: %+v (%v), want it still sent to the proxy", res, err)
+		}
+	})
+	t.Run("L7 rules in an audit-mode policy refused", func(t *testing.T) {
+		_, err := loadYAMLErr(baseState, strings.Replace(l7, "namespace: a}", `namespace: a, annotations: {policy.bulwark.io/audit: "true"}}`, 1))
+		if err == nil || !strings.Contains(err.Error(), "spec.ingress[0].toPorts[0].rules") || !strings.Contains(err.Error(), "audit-mode") {
+			t.Fatalf("L7 rules in an audit-mode policy: err %v, want a refusal naming the field", err)
+		}
+	})
 }
 
 // loadYAMLErr is loadYAML returning the decode or load error.

@@ -268,6 +268,14 @@ func (c *ciliumCompiler) item(path string, verdict resolved.Verdict, in *api.Ing
 	for j := range toPorts {
 		pr := &toPorts[j]
 		pp := fmt.Sprintf("%s.toPorts[%d]", path, j)
+		if c.cp.audit && pr.HasL7() {
+			// Rule zero: the proxy enforces L7 rules (a request they do
+			// not allow gets 403); it has no audit mode, so such rules in
+			// an audit-mode policy would drop what the policy promises to
+			// pass. An enforcing policy may carry them, and an audit-mode
+			// deny of the port flags the redirected traffic.
+			return it, fieldErrorf(pp+".rules", "L7 rules in an audit-mode policy (annotation %s) are not supported: the L7 proxy would enforce them; put them in an enforcing policy", AuditAnnotation)
+		}
 		l7, err := l7Rules(pr, pp, verdict, dir)
 		if err != nil {
 			return it, err

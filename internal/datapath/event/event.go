@@ -105,6 +105,31 @@ func (r DropReason) Description() string {
 
 func (r DropReason) String() string { return r.Description() }
 
+// TracePoint is where a traced packet went (Cilium's trace observation
+// points; the values are Cilium's trace sub-types).
+type TracePoint uint8
+
+const (
+	ToEndpoint   TracePoint = 0 // into the local pod (its ingress hook, or local delivery)
+	ToProxy      TracePoint = 1 // to the node's L7 proxy
+	ToStack      TracePoint = 3 // out of the pod to the node's stack (another node, the host, the world)
+	FromEndpoint TracePoint = 5 // out of the pod, delivered straight to a local pod
+)
+
+func (p TracePoint) String() string {
+	switch p {
+	case ToEndpoint:
+		return "to-endpoint"
+	case ToProxy:
+		return "to-proxy"
+	case ToStack:
+		return "to-stack"
+	case FromEndpoint:
+		return "from-endpoint"
+	}
+	return fmt.Sprintf("trace-point-%d", uint8(p))
+}
+
 // Event is one decoded datapath event.
 type Event struct {
 	Time       time.Time
@@ -127,4 +152,6 @@ type Event struct {
 	RuleID uint32
 	// ProxyPort is set on Redirected.
 	ProxyPort uint16
+	// TracePoint is set on a TypeTrace event.
+	TracePoint TracePoint
 }

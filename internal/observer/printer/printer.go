@@ -304,8 +304,13 @@ func EventDescription(f *flowpb.Flow) string {
 		}
 		return kind + typ
 	case observer.MonitorTypeTrace:
-		if f.GetTraceObservationPoint() == flowpb.TraceObservationPoint_FROM_ENDPOINT {
+		switch f.GetTraceObservationPoint() {
+		case flowpb.TraceObservationPoint_FROM_ENDPOINT:
 			return "from-endpoint"
+		case flowpb.TraceObservationPoint_TO_STACK:
+			return "to-stack"
+		case flowpb.TraceObservationPoint_TO_PROXY:
+			return "to-proxy"
 		}
 		return "to-endpoint"
 	}

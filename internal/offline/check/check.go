@@ -173,9 +173,8 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 		if d.Verdict == resolved.Redirect {
 			res.Proxy = true
 		}
-		if d.Verdict == resolved.AuditDeny {
-			auditRefs = append(auditRefs, d.Policies(dp)...)
-		} else {
+		auditRefs = append(auditRefs, d.AuditPolicies(dp)...)
+		if d.Verdict != resolved.AuditDeny {
 			refs = append(refs, d.Policies(dp)...)
 		}
 	}
@@ -189,8 +188,9 @@ func (s *State) decidePeers(f Flow, src, dst Peer, proto resolved.Protocol, prot
 		if d.Verdict == resolved.Redirect {
 			res.Proxy = true
 		}
+		auditRefs = append(auditRefs, d.AuditPolicies(dp)...)
 		if d.Verdict == resolved.AuditDeny {
-			auditRefs = append(auditRefs, d.Policies(dp)...)
+			// named apart
 		} else if res.Egress == denied && res.Ingress != denied {
 			// Only the deciding side names policies.
 		} else if res.Ingress == denied && res.Egress != denied {

@@ -112,6 +112,9 @@ func (s *State) describeDecision(b *strings.Builder, what string, self, peer Pee
 		if d.AllowAllL7 {
 			b.WriteString("      (a plain allow also matches: every L7 request is allowed)\n")
 		}
+		if d.Verdict == resolved.Redirect && len(d.Audit) > 0 {
+			fmt.Fprintf(b, "    AUDIT: would be denied by %s (audit mode; the L7 rules still apply)\n", refList(d.AuditPolicies(dp)))
+		}
 	}
 	b.WriteString("\n")
 }

@@ -21,10 +21,13 @@
 // let the packet through:
 //   - The audit policy's deny rules become AuditDeny entries. They never
 //     let a packet through that would drop without them: an enforcing Deny
-//     wins, a Redirect wins (the enforced L7 rules keep applying; no flag),
-//     and under an Enforced default with no Allow the packet drops. Where
-//     an Allow matches too, or the direction is not Enforced, the packet
-//     passes with an AuditDeny decision naming the audit policy.
+//     wins, and under an Enforced default with no Allow the packet drops.
+//     Where an Allow matches too, or the direction is not Enforced, the
+//     packet passes with an AuditDeny decision naming the audit policy.
+//     Where a Redirect matches, the decision stays Redirect (the enforced
+//     L7 rules keep applying: the proxy judges each request) and carries
+//     the AuditDeny entries in Audit: enforced, the deny would have won, so
+//     the connection is flagged as audited, naming the audit policy.
 //   - Its default deny applies only as audit: a direction selected only by
 //     audit-mode policies is not Enforced but Audit, and a packet nothing
 //     matches passes with a default AuditDeny decision naming them. A
@@ -259,6 +262,22 @@ type Decision struct {
 	// AllowAllL7 when a plain Allow also matched (L7 wildcard, as Cilium).
 	L7         *L7Rules
 	AllowAllL7 bool
+	// Audit are the matching AuditDeny entries of a Redirect decision: the
+	// connection goes to the proxy, flagged as one they would have denied.
+	Audit []*Entry
+}
+
+// AuditPolicies returns the sorted, distinct policies that flag a decision
+// as audited: those behind an AuditDeny decision, or behind a Redirect
+// decision's Audit entries; none otherwise.
+func (d Decision) AuditPolicies(dp *DirectionPolicy) []PolicyRef {
+	switch {
+	case d.Verdict == AuditDeny:
+		return d.Policies(dp)
+	case d.Verdict == Redirect && len(d.Audit) > 0:
+		return Decision{Verdict: AuditDeny, Matched: d.Audit}.Policies(dp)
+	}
+	return nil
 }
 
 // Policies returns the sorted, distinct policies behind a decision; for a
@@ -286,7 +305,7 @@ func (d Decision) Policies(dp *DirectionPolicy) []PolicyRef {
 }
 
 // Lookup is the reference evaluation that the datapath mirrors: deny wins,
-// then redirect, then allow (flagged as AuditDeny when an audit-deny entry
+// then redirect (flagged when an audit-deny entry matches too), then allow (flagged as AuditDeny when an audit-deny entry
 // matches too), then the default of the direction (Enforced: deny; else a
 // matching audit-deny entry, else Audit: a default AuditDeny; else allow).
 func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity, proto Protocol, port uint16) Decision {
@@ -311,7 +330,7 @@ func (dp *DirectionPolicy) Lookup(sels Selectors, peer identity.NumericIdentity,
 	case len(deny) > 0:
 		return Decision{Verdict: Deny, Matched: deny}
 	case len(redirect) > 0:
-		d := Decision{Verdict: Redirect, Matched: append(redirect, allow...)}
+		d := Decision{Verdict: Redirect, Matched: append(redirect, allow...), Audit: audit}
 		if len(allow) > 0 {
 			d.AllowAllL7 = true
 		} else {
