@@ -14,10 +14,11 @@ import (
 
 // prevResult parses the result of the plugins before this one.
 func (r *request) prevResult() (*current.Result, error) {
-	if r.conf.RawPrevResult == nil {
-		return nil, fmt.Errorf("bulwark-cni: chained mode needs a prevResult: list it after ptp or bridge in the network's plugins")
-	}
 	if r.conf.PrevResult == nil {
+		// ParsePrevResult moves RawPrevResult to PrevResult.
+		if r.conf.RawPrevResult == nil {
+			return nil, fmt.Errorf("bulwark-cni: chained mode needs a prevResult: list it after ptp or bridge in the network's plugins")
+		}
 		if err := version.ParsePrevResult(&r.conf.PluginConf); err != nil {
 			return nil, fmt.Errorf("bulwark-cni: prevResult: %w", err)
 		}

@@ -182,13 +182,14 @@ func ConfList(opts ConfOptions) ([]byte, error) {
 }
 
 // hostLocal returns host-local's configuration over the pod CIDRs: one
-// range set per address family.
+// range set and one default route per address family.
 func hostLocal(cidrs []netip.Prefix, dataDir string) (map[string]any, error) {
 	if len(cidrs) == 0 {
 		return nil, errors.New("no pod CIDR (the node's spec.podCIDRs is empty)")
 	}
 	var v4, v6 int
 	var ranges [][]map[string]string
+	var routes []map[string]string
 	for _, p := range cidrs {
 		if !p.IsValid() {
 			return nil, errors.New("invalid pod CIDR")
@@ -202,13 +203,17 @@ func hostLocal(cidrs []netip.Prefix, dataDir string) (map[string]any, error) {
 		}
 		if p.Addr().Is4() {
 			v4++
+			routes = append(routes, map[string]string{"dst": "0.0.0.0/0"})
 		} else {
 			v6++
+			routes = append(routes, map[string]string{"dst": "::/0"})
 		}
 		ranges = append(ranges, []map[string]string{{"subnet": p.String()}})
 	}
 	if v4 > 1 || v6 > 1 {
 		return nil, fmt.Errorf("pod CIDRs %v: at most one per address family", cidrs)
 	}
-	return map[string]any{"type": "host-local", "ranges": ranges, "dataDir": dataDir}, nil
+	// The default routes matter in chained mode (ptp installs them via its
+	// gateway); standalone routes them via its link-local gateways.
+	return map[string]any{"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": dataDir}, nil
 }
