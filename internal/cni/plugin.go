@@ -15,7 +15,8 @@
 //
 // In both modes ADD returns only after the agent has attached the endpoint
 // (agentapi EndpointAdd), which drops every packet until the pod's policy
-// is loaded: the pod is fail-closed from its first packet. When the agent
+// is loaded: the pod is fail-closed from its first packet. In standalone
+// mode the agent attaches before the pod has any address or route. When the agent
 // refuses, ADD fails and undoes what it created. DEL is idempotent and does
 // not wait forever for an agent that is down. ConfList writes the
 // configuration the agent installs.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -118,6 +119,9 @@ type testAgent struct {
 	attached map[string]agentapi.CNIEndpointRequest
 	refuse   error // EndpointAdd and EndpointCheck answer it
 	notReady string
+	// podAddrsAtAttach: global addresses the pod interfaces had when
+	// EndpointAdd was called.
+	podAddrsAtAttach []string
 }
 
 var errNotServed = errors.New("not served by the CNI test agent")
@@ -174,6 +178,23 @@ func (a *testAgent) EndpointAdd(_ context.Context, r agentapi.CNIEndpointRequest
 	}
 	if err := a.hostVeth(r); err != nil {
 		return agentapi.CNIEndpointResponse{}, err
+	}
+	// What the pod could already send: its global addresses now.
+	err := netns.Do(r.Netns, func() error {
+		l, err := netlink.LinkByName(r.IfName)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		for _, ad := range addrs {
+			if ad.IP.IsGlobalUnicast() {
+				a.podAddrsAtAttach = append(a.podAddrsAtAttach, ad.IPNet.String())
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return agentapi.CNIEndpointResponse{}, fmt.Errorf("pod interface %s in %s: %w", r.IfName, r.Netns, err)
 	}
 	a.attached[key(r)] = r
 	return agentapi.CNIEndpointResponse{EndpointID: uint32(len(a.adds)), Identity: 1000}, nil
@@ -506,10 +527,12 @@ func TestStandalone(t *testing.T) {
 	f.agent.set(func(a *testAgent) { a.notReady = "" })
 
 	rt := f.newPod("web-1")
+	start := time.Now()
 	res, err := f.add(rt)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
+	t.Logf("ADD (dual-stack, one pod) took %s", time.Since(start))
 	hostName := HostIfName(rt.ContainerID, "eth0")
 	if len(hostName) > 15 || !strings.HasPrefix(hostName, "bwk") {
 		t.Fatalf("host veth name %q", hostName)
@@ -560,6 +583,13 @@ func TestStandalone(t *testing.T) {
 	if strings.Join(got.IPs, ",") != podV4.String()+"/32,"+podV6.String()+"/128" {
 		t.Fatalf("EndpointAdd IPs %v, want %s/32 and %s/128", got.IPs, podV4, podV6)
 	}
+	// Fail closed: the pod had no address to send from before the agent
+	// attached its endpoint.
+	f.agent.set(func(a *testAgent) {
+		if len(a.podAddrsAtAttach) != 0 {
+			t.Errorf("the pod had addresses %v before the agent attached it", a.podAddrsAtAttach)
+		}
+	})
 
 	// The pod has its MTU, and reaches the node over both families; the
 	// node reaches the pod by its /32 route.
@@ -773,6 +803,13 @@ func TestChained(t *testing.T) {
 	if len(adds) != 1 || adds[0].HostIfName != res.Interfaces[0].Name || adds[0].PodName != "db-1" || len(adds[0].IPs) != 1 || adds[0].IPs[0] != res.IPs[0].Address.String() {
 		t.Fatalf("EndpointAdd calls %+v for result %+v", adds, res)
 	}
+	// ptp configured the pod before bulwark-cni ran (the runtime has not
+	// started the pod's containers yet).
+	f.agent.set(func(a *testAgent) {
+		if len(a.podAddrsAtAttach) != 1 || a.podAddrsAtAttach[0] != res.IPs[0].Address.String() {
+			t.Errorf("pod addresses at attach %v, want ptp's %s", a.podAddrsAtAttach, res.IPs[0].Address.String())
+		}
+	})
 	ln := listen(t, f.node, nodeV4)
 	seen, err := roundTrip(rt.NetNS, ln.Addr())
 	if err != nil || seen != res.IPs[0].Address.IP.String() {
@@ -810,5 +847,103 @@ func TestChained(t *testing.T) {
 	}
 	if r := f.reserved(); len(r) != 0 {
 		t.Fatalf("host-local reservations after a failed ADD and DEL: %v", r)
+	}
+}
+
+// TestSpec100: a runtime speaking CNI 1.0.0 (no STATUS, no GC) gets ADD,
+// CHECK and DEL.
+func TestSpec100(t *testing.T) {
+	f := newFixture(t, ModeStandalone, netip.MustParsePrefix("10.96.200.0/24"))
+	conf := strings.Replace(string(f.conf), `"cniVersion": "1.1.0"`, `"cniVersion": "1.0.0"`, 1)
+	list, err := libcni.ConfListFromBytes([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.list = list
+	rt := f.newPod("v100")
+	var res types.Result
+	err = f.inNode(func(ctx context.Context) error {
+		var err error
+		res, err = f.cni.AddNetworkList(ctx, f.list, rt)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if res.Version() != "1.0.0" {
+		t.Fatalf("ADD result of version %s, want 1.0.0", res.Version())
+	}
+	if err := f.check(rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := f.del(rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if links := f.nodeLinks(); len(links) != 0 {
+		t.Fatalf("node links after DEL: %v", links)
+	}
+}
+
+// TestStandaloneConcurrent: pods added and deleted at once, as a node
+// starting many pods does, get distinct addresses and links, and all of
+// them are released. Logs the ADD latency.
+func TestStandaloneConcurrent(t *testing.T) {
+	const n = 8
+	f := newFixture(t, ModeStandalone, netip.MustParsePrefix("10.97.0.0/24"))
+	rts := make([]*libcni.RuntimeConf, n)
+	for i := range rts {
+		rts[i] = f.newPod(fmt.Sprintf("c-%d", i))
+	}
+	addrs := make([]string, n)
+	took := make([]time.Duration, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range rts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			res, err := f.add(rts[i])
+			took[i] = time.Since(start)
+			if err == nil {
+				addrs[i] = res.IPs[0].Address.String()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("ADD %d: %v", i, err)
+		}
+		if seen[addrs[i]] {
+			t.Fatalf("address %s given twice", addrs[i])
+		}
+		seen[addrs[i]] = true
+	}
+	if links := f.nodeLinks(); len(links) != n {
+		t.Fatalf("%d host veths for %d pods: %v", len(links), n, links)
+	}
+	slices.Sort(took)
+	t.Logf("ADD of %d pods at once: median %s, max %s", n, took[n/2], took[n-1])
+	for i := range rts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f.del(rts[i])
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("DEL %d: %v", i, err)
+		}
+	}
+	if links := f.nodeLinks(); len(links) != 0 {
+		t.Fatalf("node links after DEL: %v", links)
+	}
+	if r := f.reserved(); len(r) != 0 {
+		t.Fatalf("host-local reservations after DEL: %v", r)
 	}
 }

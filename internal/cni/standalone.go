@@ -17,6 +17,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/bulwark-net/bulwark/internal/agentapi"
 )
 
 // The pod's gateways: link-local addresses that exist on no interface. A
@@ -66,6 +68,7 @@ func (r *request) addStandalone(ctx context.Context) (err error) {
 	}
 	hostName := HostIfName(args.ContainerID, args.IfName)
 	linkMade := false
+	var attached *agentapi.CNIEndpointRequest
 	defer func() {
 		if err == nil {
 			return
@@ -74,6 +77,11 @@ func (r *request) addStandalone(ctx context.Context) (err error) {
 		// be the thing that expired.
 		uctx, cancel := context.WithTimeout(context.Background(), delTimeout)
 		defer cancel()
+		if attached != nil {
+			if derr := r.delAgent(uctx, *attached); derr != nil {
+				err = fmt.Errorf("%w (and detaching it: %v)", err, derr)
+			}
+		}
 		if linkMade {
 			if derr := delHostLink(hostName); derr != nil {
 				err = fmt.Errorf("%w (and undoing it: %v)", err, derr)
@@ -141,18 +149,21 @@ func (r *request) addStandalone(ctx context.Context) (err error) {
 		res.DNS = dns
 	}
 
-	if err := podNS.Do(func(ns.NetNS) error { return configurePod(args.IfName, hostIf.HardwareAddr, res) }); err != nil {
-		return fmt.Errorf("bulwark-cni: configure %s in %s: %w", args.IfName, args.Netns, err)
-	}
-	if err := configureHost(hostLink, podIf.HardwareAddr, res.IPs); err != nil {
-		return fmt.Errorf("bulwark-cni: configure host veth %s: %w", hostName, err)
-	}
-
+	// The agent attaches the endpoint before the pod has an address or a
+	// route: no IP packet crosses the veth without the datapath.
 	ep := r.endpoint()
 	ep.HostIfName, ep.HostIfIndex = hostName, hostLink.Attrs().Index
 	ep.IPs = resultIPs(res.IPs)
 	if _, err := r.addAgent(ctx, ep); err != nil {
 		return err
+	}
+	attached = &ep
+
+	if err := podNS.Do(func(ns.NetNS) error { return configurePod(args.IfName, hostIf.HardwareAddr, res) }); err != nil {
+		return fmt.Errorf("bulwark-cni: configure %s in %s: %w", args.IfName, args.Netns, err)
+	}
+	if err := configureHost(hostLink, podIf.HardwareAddr, res.IPs); err != nil {
+		return fmt.Errorf("bulwark-cni: configure host veth %s: %w", hostName, err)
 	}
 	return types.PrintResult(res, conf.CNIVersion)
 }
