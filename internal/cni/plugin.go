@@ -60,13 +60,14 @@ func Main() {
 	}, supported, "bulwark-cni: Bulwark's CNI plugin (CNI spec "+version.Current()+")")
 }
 
-// podArgs are the Kubernetes arguments a CRI runtime passes in CNI_ARGS.
+// podArgs are the Kubernetes arguments a CRI runtime passes in CNI_ARGS
+// (types.LoadArgs matches the keys to the field names, hence the
+// underscores).
 type podArgs struct {
 	types.CommonArgs
-	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // names fixed by the CRI runtimes
-	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
-	K8S_POD_UID                types.UnmarshallableString //nolint:revive
-	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_NAMESPACE types.UnmarshallableString
+	K8S_POD_NAME      types.UnmarshallableString
+	K8S_POD_UID       types.UnmarshallableString
 }
 
 // request is what every verb of one attachment starts from.
