@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Bulwark needs on a fresh Debian machine (root) and builds
-# ./bin/bulwark. Idempotent.
+# ./bin/bulwark and ./bin/bulwark-cni (the CNI plugin). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
@@ -27,4 +27,5 @@ fi
 
 mkdir -p bin
 go build -o bin/bulwark ./cmd/bulwark
-echo "setup: built bin/bulwark"
+go build -o bin/bulwark-cni ./cmd/bulwark-cni
+echo "setup: built bin/bulwark and bin/bulwark-cni"
