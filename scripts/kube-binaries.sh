@@ -5,10 +5,11 @@
 #
 #   $BULWARK_KUBE_CACHE (default ~/.cache/bulwark/kube/v1.37.2)/bin
 #     kube          kube-apiserver, kube-controller-manager, kube-scheduler,
-#                   kubelet and kubectl in one multi-call binary (tools/kube),
+#                   kube-proxy, kubelet and kubectl in one multi-call binary (tools/kube),
 #                   with a symlink for each name
 #     etcd          etcd v3.7.3 (tools/etcd)
 #     containerd, containerd-shim-runc-v2      containerd v2.4.2
+#     coredns       CoreDNS v1.15.0, the cluster DNS
 #     cni/          CNI plugins v1.10.0: bridge, ptp, host-local, loopback
 #
 # runc comes from Debian (scripts/setup.sh installs it). A binary is rebuilt
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 K8S_VERSION=v1.37.2
 CONTAINERD_VERSION=v2.4.2
 CNI_PLUGINS_VERSION=v1.10.0
+COREDNS_VERSION=v1.15.0
 CACHE=${BULWARK_KUBE_CACHE:-${HOME:-/root}/.cache/bulwark/kube/$K8S_VERSION}
 BIN=$CACHE/bin
 mkdir -p "$BIN/cni"
@@ -72,13 +74,14 @@ build_module kube tools/kube "-s -w \
  -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) \
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-for p in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+for p in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl; do
 	ln -sfn kube "$BIN/$p"
 done
 build_module etcd tools/etcd "-s -w"
 
 install_pkg containerd "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION"
 install_pkg containerd-shim-runc-v2 "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+install_pkg coredns "github.com/coredns/coredns@$COREDNS_VERSION"
 for p in main/bridge main/ptp main/loopback ipam/host-local; do
 	install_pkg "${p#*/}" "github.com/containernetworking/plugins/plugins/$p@$CNI_PLUGINS_VERSION" cni/
 done
