@@ -245,7 +245,7 @@ func (w *Writer) flush(ctx context.Context) int {
 		switch {
 		case err == nil:
 			w.written[ref] = st
-		case apierrors.IsNotFound(err):
+		case gone(err):
 			delete(w.written, ref) // the policy is gone
 		default:
 			failed++
@@ -261,7 +261,7 @@ func (w *Writer) flush(ctx context.Context) int {
 		w.writing--
 		_, newer := w.want[ref]
 		switch {
-		case err == nil || apierrors.IsNotFound(err):
+		case err == nil || gone(err):
 			if !newer {
 				delete(w.written, ref)
 			}
@@ -275,6 +275,11 @@ func (w *Writer) flush(ctx context.Context) int {
 	}
 	return failed
 }
+
+// gone reports a write to a policy that no longer exists: not found, or
+// (with a UID precondition) replaced by another object of the same name.
+// Force is set, so a conflict is never about field ownership.
+func gone(err error) bool { return apierrors.IsNotFound(err) || apierrors.IsConflict(err) }
 
 // apply server-side-applies this node's part of ref's status: st, or
 // nothing (which removes what the node owned) when st is nil.
