@@ -41,7 +41,8 @@ func start(t *testing.T) env {
 }
 
 func (e env) writer(t *testing.T, node string) *status.Writer {
-	w, err := status.NewWriter(e.dyn, node, status.Options{Interval: 20 * time.Millisecond})
+	w, err := status.NewWriter(e.dyn, node, status.Options{Interval: 20 * time.Millisecond,
+		OnError: func(ref status.PolicyRef, err error) { t.Logf("%s: %v", ref, err) }})
 	if err != nil {
 		t.Fatal(err)
 	}
