@@ -188,9 +188,9 @@ func hasColumn(v *apiextensionsv1.CustomResourceDefinitionVersion, name string) 
 // labels, annotations) and spec, without status or server-set fields.
 func YAML(c *apiextensionsv1.CustomResourceDefinition) ([]byte, error) {
 	m := struct {
-		APIVersion string                                      `json:"apiVersion"`
-		Kind       string                                      `json:"kind"`
-		Metadata   map[string]any                              `json:"metadata"`
+		APIVersion string                                       `json:"apiVersion"`
+		Kind       string                                       `json:"kind"`
+		Metadata   map[string]any                               `json:"metadata"`
 		Spec       apiextensionsv1.CustomResourceDefinitionSpec `json:"spec"`
 	}{
 		APIVersion: "apiextensions.k8s.io/v1",
