@@ -120,6 +120,11 @@ func load(name string) (*apiextensionsv1.CustomResourceDefinition, error) {
 	if !hasColumn(v, "Age") { // Cilium's CCNP lacks it; CNP has it first
 		v.AdditionalPrinterColumns = append([]apiextensionsv1.CustomResourceColumnDefinition{ageColumn}, v.AdditionalPrinterColumns...)
 	}
+	if name == CNP || name == CCNP {
+		if err := addNodeStatus(v); err != nil {
+			return nil, fmt.Errorf("crds: Cilium's %s: %w", file, err)
+		}
+	}
 	for _, col := range extraColumns[name] {
 		if !hasColumn(v, col.Name) {
 			v.AdditionalPrinterColumns = append(v.AdditionalPrinterColumns, col)
@@ -134,6 +139,31 @@ func load(name string) (*apiextensionsv1.CustomResourceDefinition, error) {
 	}
 	c.Annotations[ManagedAnnotation] = "bulwark"
 	return c, nil
+}
+
+// addNodeStatus adds .status.nodes to a policy CRD's schema: the per-node
+// status (CiliumNetworkPolicyNodeStatus: ok, enforcing, error, lastUpdated,
+// localPolicyRevision, annotations) that Cilium up to 1.14 wrote and
+// Bulwark's status writer writes, keyed by node name. Cilium v1.20.2's
+// schema keeps that type only under .status.derivativePolicies; the schema
+// here is otherwise Cilium's, so objects stay valid under either.
+func addNodeStatus(v *apiextensionsv1.CustomResourceDefinitionVersion) error {
+	props := v.Schema.OpenAPIV3Schema.Properties
+	st, ok := props["status"]
+	if !ok {
+		return fmt.Errorf("no status in the schema")
+	}
+	dp, ok := st.Properties["derivativePolicies"]
+	if !ok || dp.AdditionalProperties == nil || dp.AdditionalProperties.Schema == nil {
+		return fmt.Errorf("no status.derivativePolicies node status type in the schema")
+	}
+	if _, ok := st.Properties["nodes"]; !ok {
+		nodes := *dp.DeepCopy()
+		nodes.Description = "Nodes is the Cilium policy status for each node (written by Bulwark's agents)."
+		st.Properties["nodes"] = nodes
+	}
+	props["status"] = st
+	return nil
 }
 
 func servedVersion(c *apiextensionsv1.CustomResourceDefinition, name string) *apiextensionsv1.CustomResourceDefinitionVersion {
@@ -158,9 +188,9 @@ func hasColumn(v *apiextensionsv1.CustomResourceDefinitionVersion, name string) 
 // labels, annotations) and spec, without status or server-set fields.
 func YAML(c *apiextensionsv1.CustomResourceDefinition) ([]byte, error) {
 	m := struct {
-		APIVersion string                                      `json:"apiVersion"`
-		Kind       string                                      `json:"kind"`
-		Metadata   map[string]any                              `json:"metadata"`
+		APIVersion string                                       `json:"apiVersion"`
+		Kind       string                                       `json:"kind"`
+		Metadata   map[string]any                               `json:"metadata"`
 		Spec       apiextensionsv1.CustomResourceDefinitionSpec `json:"spec"`
 	}{
 		APIVersion: "apiextensions.k8s.io/v1",

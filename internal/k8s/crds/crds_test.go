@@ -58,6 +58,12 @@ func TestAllColumnsAndLabels(t *testing.T) {
 			if v.Subresources == nil || v.Subresources.Status == nil {
 				t.Errorf("%s: no status subresource", c.Name)
 			}
+			nodes := v.Schema.OpenAPIV3Schema.Properties["status"].Properties["nodes"]
+			for _, f := range []string{"ok", "enforcing", "error", "lastUpdated", "localPolicyRevision"} {
+				if _, ok := nodes.AdditionalProperties.Schema.Properties[f]; !ok {
+					t.Errorf("%s: status.nodes[*] has no %s", c.Name, f)
+				}
+			}
 		}
 		for _, col := range want {
 			if !hasColumn(v, col) {

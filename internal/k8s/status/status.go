@@ -8,10 +8,15 @@
 // its own field manager ("bulwark-agent/<node>"), so it owns only its own
 // entry of the nodes map: nodes never overwrite each other, and a node
 // that forgets a policy removes exactly its entry. The Valid condition is
-// co-owned by every node that reports the same value. Writes are batched
+// co-owned by every node that reports the same value (a node reporting
+// another value takes it over; Forget leaves it). Writes are batched
 // (the last Set of a policy within an interval wins, an unchanged status is
 // not written again) and rate-limited; a failed write is retried at the
 // next flush, a policy that no longer exists is dropped.
+//
+// The per-node map is in Bulwark's CRDs (package crds); Cilium's own CRDs
+// since v1.15 have no status.nodes, and against those the writer detects
+// the missing field and writes only the Valid condition.
 //
 // Kubernetes NetworkPolicy has no status Cilium writes; Set ignores kinds
 // other than the two above.
@@ -21,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -104,6 +110,9 @@ type Options struct {
 	Burst int
 	// FieldManagerPrefix is followed by "/<node>" (default "bulwark-agent").
 	FieldManagerPrefix string
+	// OnError, if set, is told of each failed write (it is retried) for
+	// logging; a write to a deleted policy is not an error.
+	OnError func(PolicyRef, error)
 }
 
 // Writer writes one node's statuses. Set and Forget are safe for
@@ -120,6 +129,7 @@ type Writer struct {
 	forget  map[PolicyRef]bool   // Forget and not yet written
 	written map[PolicyRef]Status // last written
 	writing int                  // writes of the current flush not done
+	noNodes map[string]bool      // kinds whose CRD has no status.nodes
 	kick    chan struct{}
 }
 
@@ -146,6 +156,7 @@ func NewWriter(dyn dynamic.Interface, nodeName string, o Options) (*Writer, erro
 		want:    map[PolicyRef]Status{},
 		forget:  map[PolicyRef]bool{},
 		written: map[PolicyRef]Status{},
+		noNodes: map[string]bool{},
 		kick:    make(chan struct{}, 1),
 	}, nil
 }
@@ -175,7 +186,7 @@ func (w *Writer) Set(ref PolicyRef, st Status) {
 }
 
 // Forget stops reporting a policy on this node and removes the node's
-// entry (and its share of the Valid condition) from the policy's status.
+// entry from the policy's status (the Valid condition stays).
 func (w *Writer) Forget(ref PolicyRef) {
 	if !Supports(ref.Kind) {
 		return
@@ -238,7 +249,7 @@ func (w *Writer) flush(ctx context.Context) int {
 
 	failed := 0
 	for ref, st := range want {
-		err := w.apply(ctx, ref, &st)
+		err := w.apply(ctx, ref, &forgotten{st, false})
 		w.mu.Lock()
 		w.writing--
 		_, newer := w.want[ref]
@@ -249,6 +260,7 @@ func (w *Writer) flush(ctx context.Context) int {
 			delete(w.written, ref) // the policy is gone
 		default:
 			failed++
+			w.report(ref, err)
 			if !newer && !w.forget[ref] {
 				w.want[ref] = st
 			}
@@ -256,7 +268,13 @@ func (w *Writer) flush(ctx context.Context) int {
 		w.mu.Unlock()
 	}
 	for ref := range forget {
-		err := w.apply(ctx, ref, nil)
+		w.mu.Lock()
+		last, ok := w.written[ref]
+		w.mu.Unlock()
+		var err error
+		if ok {
+			err = w.apply(ctx, ref, &forgotten{last, true})
+		}
 		w.mu.Lock()
 		w.writing--
 		_, newer := w.want[ref]
@@ -267,6 +285,7 @@ func (w *Writer) flush(ctx context.Context) int {
 			}
 		default:
 			failed++
+			w.report(ref, err)
 			if !newer {
 				w.forget[ref] = true
 			}
@@ -276,19 +295,65 @@ func (w *Writer) flush(ctx context.Context) int {
 	return failed
 }
 
+func (w *Writer) report(ref PolicyRef, err error) {
+	if w.opts.OnError != nil {
+		w.opts.OnError(ref, err)
+	}
+}
+
 // gone reports a write to a policy that no longer exists: not found, or
 // (with a UID precondition) replaced by another object of the same name.
 // Force is set, so a conflict is never about field ownership.
 func gone(err error) bool { return apierrors.IsNotFound(err) || apierrors.IsConflict(err) }
 
-// apply server-side-applies this node's part of ref's status: st, or
-// nothing (which removes what the node owned) when st is nil.
-func (w *Writer) apply(ctx context.Context, ref PolicyRef, st *Status) error {
+// forgotten is what apply writes: a status, or (gone) only its Valid
+// condition, which drops the node's entry from the nodes map but keeps the
+// node's share of the condition (removing it could leave a condition other
+// nodes co-own without its required fields).
+type forgotten struct {
+	Status
+	gone bool
+}
+
+// apply server-side-applies this node's part of ref's status.
+func (w *Writer) apply(ctx context.Context, ref PolicyRef, st *forgotten) error {
+	w.mu.Lock()
+	noNodes := w.noNodes[ref.Kind]
+	w.mu.Unlock()
+	err := w.applyOnce(ctx, ref, st, !noNodes)
+	if err != nil && !noNodes && strings.Contains(err.Error(), ".status.nodes: field not declared in schema") {
+		// Cilium's own CRD (v1.15 and later) has no per-node status: keep
+		// to the Valid condition.
+		w.mu.Lock()
+		w.noNodes[ref.Kind] = true
+		w.mu.Unlock()
+		err = w.applyOnce(ctx, ref, st, false)
+	}
+	return err
+}
+
+func (w *Writer) applyOnce(ctx context.Context, ref PolicyRef, st *forgotten, nodes bool) error {
 	if err := w.limit.Wait(ctx); err != nil {
 		return err
 	}
+	gvr := resources[ref.Kind]
+	var ri dynamic.ResourceInterface = w.dyn.Resource(gvr)
+	if ref.Kind == KindCNP {
+		ri = w.dyn.Resource(gvr).Namespace(ref.Namespace)
+	}
+	if ref.UID != "" {
+		// The status subresource ignores metadata.uid in an apply, so
+		// check that the policy is still the one meant.
+		cur, err := ri.Get(ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("status: read %s: %w", ref, err)
+		}
+		if cur.GetUID() != ref.UID {
+			return apierrors.NewNotFound(gvr.GroupResource(), ref.Name)
+		}
+	}
 	status := map[string]any{}
-	if st != nil {
+	{
 		node := map[string]any{
 			"ok":                  st.OK,
 			"enforcing":           st.Enforcing,
@@ -298,17 +363,16 @@ func (w *Writer) apply(ctx context.Context, ref PolicyRef, st *Status) error {
 		if st.Error != "" {
 			node["error"] = st.Error
 		}
-		cond := map[string]any{"type": "Valid", "status": "True"}
+		cond := map[string]any{"type": "Valid", "status": "True", "reason": "ValidPolicy", "message": "Policy validation succeeded"}
 		if !st.OK {
 			cond = map[string]any{"type": "Valid", "status": "False", "reason": "InvalidPolicy", "message": st.Error}
 		}
-		status["nodes"] = map[string]any{w.node: node}
+		if nodes && !st.gone {
+			status["nodes"] = map[string]any{w.node: node}
+		}
 		status["conditions"] = []any{cond}
 	}
 	meta := map[string]any{"name": ref.Name}
-	if ref.UID != "" {
-		meta["uid"] = string(ref.UID) // a precondition: never another object's status
-	}
 	if ref.Kind == KindCNP {
 		meta["namespace"] = ref.Namespace
 	}
@@ -318,11 +382,6 @@ func (w *Writer) apply(ctx context.Context, ref PolicyRef, st *Status) error {
 	})
 	if err != nil {
 		return err
-	}
-	gvr := resources[ref.Kind]
-	var ri dynamic.ResourceInterface = w.dyn.Resource(gvr)
-	if ref.Kind == KindCNP {
-		ri = w.dyn.Resource(gvr).Namespace(ref.Namespace)
 	}
 	force := true
 	_, err = ri.Patch(ctx, ref.Name, types.ApplyPatchType, body,

@@ -8,11 +8,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/bulwark-net/bulwark/internal/k8s/crds"
 	"github.com/bulwark-net/bulwark/internal/k8s/k8stest"
@@ -41,7 +42,8 @@ func start(t *testing.T) env {
 }
 
 func (e env) writer(t *testing.T, node string) *status.Writer {
-	w, err := status.NewWriter(e.dyn, node, status.Options{Interval: 20 * time.Millisecond})
+	w, err := status.NewWriter(e.dyn, node, status.Options{Interval: 20 * time.Millisecond,
+		OnError: func(ref status.PolicyRef, err error) { t.Logf("%s: %v", ref, err) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +57,7 @@ func (e env) createPolicies(t *testing.T) (cnp, ccnp *unstructured.Unstructured)
 	}
 	spec := map[string]any{
 		"endpointSelector": map[string]any{"matchLabels": map[string]any{"app": "backend"}},
-		"ingress": []any{map[string]any{"fromEndpoints": []any{map[string]any{"matchLabels": map[string]any{"app": "frontend"}}}}},
+		"ingress":          []any{map[string]any{"fromEndpoints": []any{map[string]any{"matchLabels": map[string]any{"app": "frontend"}}}}},
 	}
 	var err error
 	cnp, err = e.dyn.Resource(cnpGVR).Namespace("demo").Create(e.ctx, &unstructured.Unstructured{Object: map[string]any{
@@ -219,5 +221,42 @@ func TestNewWriterNeedsNode(t *testing.T) {
 	}
 	if st := status.Invalid(fmt.Errorf("bad")); st.OK || st.Enforcing || st.Error != "bad" {
 		t.Fatalf("Invalid: %+v", st)
+	}
+}
+
+// On a cluster with Cilium's own CRDs (no status.nodes since Cilium 1.15)
+// the writer still reports the Valid condition.
+func TestCiliumCRDsWithoutNodeStatus(t *testing.T) {
+	c := k8stest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	all, err := crds.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := apiextensionsclient.NewForConfigOrDie(c.Config).ApiextensionsV1().CustomResourceDefinitions()
+	for _, crd := range all {
+		delete(crd.Annotations, crds.ManagedAnnotation)
+		if st, ok := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["status"]; ok {
+			delete(st.Properties, "nodes")
+			crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["status"] = st
+		}
+		if _, err := ext.Create(ctx, crd, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := crds.Install(ctx, c.Config); err != nil { // waits until Established
+		t.Fatal(err)
+	}
+	e := env{c, dynamic.NewForConfigOrDie(c.Config), ctx}
+	cnp, _ := e.createPolicies(t)
+	w := e.writer(t, "node-a")
+	ref := status.PolicyRef{Kind: status.KindCNP, Namespace: "demo", Name: cnp.GetName(), UID: cnp.GetUID()}
+	w.Set(ref, status.Invalid(errors.New("bad selector")))
+	st := waitFor(t, e, cnpGVR, "demo", cnp.GetName(), "Valid=False", func(st policyStatus) bool {
+		return len(st.Conditions) == 1 && st.Conditions[0].Status == "False"
+	})
+	if st.Conditions[0].Message != "bad selector" || len(st.Nodes) != 0 {
+		t.Fatalf("status %+v", st)
 	}
 }
