@@ -24,16 +24,12 @@ import (
 	"github.com/bulwark-net/bulwark/internal/cni"
 	"github.com/bulwark-net/bulwark/internal/datapath"
 	"github.com/bulwark-net/bulwark/internal/identity"
+	"github.com/bulwark-net/bulwark/internal/k8s/crds"
+	k8sidentity "github.com/bulwark-net/bulwark/internal/k8s/identity"
 	"github.com/bulwark-net/bulwark/internal/k8s/source"
+	"github.com/bulwark-net/bulwark/internal/k8s/status"
 	"github.com/bulwark-net/bulwark/internal/policy"
 )
-
-// PolicyStatusWriter records, per cilium.io policy, what this node does
-// with it: err == nil is "enforcing", otherwise the reason it is not. It is
-// called when a policy's result changes (and once for each after start).
-type PolicyStatusWriter interface {
-	PolicyStatus(ctx context.Context, kind, namespace, name string, err error) error
-}
 
 // KubeOptions configure RunKubernetes.
 type KubeOptions struct {
@@ -58,11 +54,15 @@ type KubeOptions struct {
 	// NativeRouting installs a route to every other node's pod CIDRs via
 	// that node's InternalIP.
 	NativeRouting bool
-	// Numbering numbers cluster identities the same on every node
-	// (CiliumIdentity objects); nil numbers them on this node alone.
-	Numbering identity.ClusterNumbering
-	// PolicyStatus, when set, receives each cilium.io policy's result.
-	PolicyStatus PolicyStatusWriter
+	// LocalIdentities numbers identities on this node alone instead of
+	// through CiliumIdentity objects (a single-node cluster only: other
+	// nodes would number the same labels differently).
+	LocalIdentities bool
+	// SkipCRDs leaves the cilium.io CRDs as they are; by default the
+	// agent installs (or updates) them on start, as Cilium's does.
+	SkipCRDs bool
+	// NoPolicyStatus writes no status into the cilium.io policies.
+	NoPolicyStatus bool
 	// Batch is how long informer events are gathered into one reconcile
 	// (0: 10ms).
 	Batch time.Duration
@@ -84,6 +84,8 @@ type kubeAgent struct {
 	ready     chan struct{}  // closed after the first reconcile
 	readyOnce sync.Once
 	k         *kubeState // what the last reconcile applied; under a.mu
+	numbering identity.ClusterNumbering // nil: node-local identities
+	status    *status.Writer            // nil: no policy status written
 }
 
 var (
@@ -156,8 +158,41 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	if !opts.SkipCRDs {
+		crdCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := crds.Install(crdCtx, opts.REST)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	if k.src, err = source.New(source.Options{Client: client, Dynamic: dyn, NodeName: opts.NodeName, Batch: opts.Batch, Log: a.log}); err != nil {
 		return err
+	}
+	if !opts.LocalIdentities {
+		num, err := k8sidentity.New(dyn, k8sidentity.Options{FieldManager: "bulwark-agent/" + opts.NodeName})
+		if err != nil {
+			return err
+		}
+		numCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		// The informer runs for the agent's life (ctx), the wait is bounded.
+		errc := make(chan error, 1)
+		go func() { errc <- num.Start(ctx) }()
+		select {
+		case err = <-errc:
+		case <-numCtx.Done():
+			err = fmt.Errorf("CiliumIdentity cache did not sync: %w", context.Cause(numCtx))
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+		k.numbering = num
+	}
+	if !opts.NoPolicyStatus {
+		if k.status, err = status.NewWriter(dyn, opts.NodeName, status.Options{}); err != nil {
+			return err
+		}
 	}
 	if a.node, err = openKubeNode(ctx, k); err != nil {
 		return fmt.Errorf("open node: %w", err)
@@ -171,6 +206,9 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	srcCtx, stopSrc := context.WithCancel(ctx)
 	defer stopSrc()
 	k.src.Start(srcCtx)
+	if k.status != nil {
+		go k.status.Run(srcCtx)
+	}
 
 	// The CNI API answers from now on: STATUS says not ready and ADD
 	// waits until the informers synced and the first reconcile ran.
@@ -249,8 +287,8 @@ func openKubeNode(ctx context.Context, k *kubeAgent) (*node, error) {
 		identityGrace: defaultIdentityGrace,
 	}
 	var alloc *identity.Allocator
-	if k.kopts.Numbering != nil {
-		alloc = identity.NewClusterAllocator(k.kopts.Numbering)
+	if k.numbering != nil {
+		alloc = identity.NewClusterAllocator(k.numbering)
 	} else {
 		alloc = identity.NewAllocator()
 		if err := restoreIdentities(n.identitiesFile(), alloc); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/datapath"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/k8s/source"
+	"github.com/bulwark-net/bulwark/internal/k8s/status"
 	"github.com/bulwark-net/bulwark/internal/policy"
 	"github.com/bulwark-net/bulwark/internal/policy/api"
 )
@@ -28,11 +29,18 @@ type kubeState struct {
 	objs     map[string]appliedObject // by source.Key
 	pods     map[string]string        // pod key → resourceVersion|local addresses
 	epIdent  map[uint32]identity.NumericIdentity
-	reported map[string]string // cilium policy key → last status reported ("" = enforcing)
+	reported   map[status.PolicyRef]bool // cilium policies given a status
+	enforcedAt map[string]enforcedAt     // policy key → revision its current version took effect
+	syncErr    error                     // the last reconcile's datapath error
 	conf     []byte            // the CNI configuration written
 	last     *source.State
 	errs     map[string]error // policy key → why it is not (fully) enforced
 	first    bool             // the first reconcile has run
+}
+
+type enforcedAt struct {
+	rv  string
+	rev uint64
 }
 
 type appliedObject struct {
@@ -42,7 +50,7 @@ type appliedObject struct {
 
 func newKubeState() *kubeState {
 	return &kubeState{objs: map[string]appliedObject{}, pods: map[string]string{}, epIdent: map[uint32]identity.NumericIdentity{},
-		reported: map[string]string{}, errs: map[string]error{}}
+		reported: map[status.PolicyRef]bool{}, enforcedAt: map[string]enforcedAt{}, errs: map[string]error{}}
 }
 
 func (s *kubeState) forgetPod(key string) { delete(s.pods, key) }
@@ -65,7 +73,11 @@ func (k *kubeAgent) reconcile(ctx context.Context) {
 	a := k.Agent
 	a.mu.Lock()
 	err := k.reconcileLocked(st)
-	report := k.statusChangesLocked(st)
+	var report []policyStatus
+	var gone []status.PolicyRef
+	if k.status != nil {
+		report, gone = k.statusesLocked(st, k.k.syncErr)
+	}
 	a.mu.Unlock()
 	if err != nil {
 		a.recordError(err)
@@ -73,12 +85,11 @@ func (k *kubeAgent) reconcile(ctx context.Context) {
 		a.clearErrors()
 	}
 	k.readyOnce.Do(func() { close(k.ready) })
-	if w := k.kopts.PolicyStatus; w != nil {
-		for _, r := range report {
-			if err := w.PolicyStatus(ctx, r.kind, r.ns, r.name, r.err); err != nil {
-				a.log.Warn("policy status not written", "kind", r.kind, "namespace", r.ns, "name", r.name, "err", err)
-			}
-		}
+	for _, r := range report {
+		k.status.Set(r.ref, r.st)
+	}
+	for _, ref := range gone {
+		k.status.Forget(ref)
 	}
 }
 
@@ -181,8 +192,9 @@ func (k *kubeAgent) reconcileLocked(st *source.State) error {
 		n.attached[ep.EndpointID] = ep.podKey()
 		n.mu.Unlock()
 	}
-	if err := n.syncDatapath(); err != nil {
-		errs = append(errs, err)
+	ks.syncErr = n.syncDatapath()
+	if ks.syncErr != nil {
+		errs = append(errs, ks.syncErr)
 	}
 	if !ks.first {
 		errs = append(errs, n.detachStale()...)
@@ -338,45 +350,55 @@ func (k *kubeAgent) writeCNIConf(cidrs []netip.Prefix) error {
 	return nil
 }
 
-type statusReport struct {
-	kind, ns, name string
-	err            error
+type policyStatus struct {
+	ref status.PolicyRef
+	st  status.Status
 }
 
-// statusChangesLocked lists the cilium.io policies whose result changed
-// since it was last reported.
-func (k *kubeAgent) statusChangesLocked(st *source.State) []statusReport {
-	var out []statusReport
-	now := map[string]bool{}
-	check := func(kind, ns, name string) {
-		key := source.Key(kind, ns, name)
-		now[key] = true
-		err := k.k.errs[key]
-		msg := ""
-		if err != nil {
-			msg = err.Error()
+// statusesLocked is each cilium.io policy's status on this node: invalid
+// (with the decoder's or the engine's reason), or enforcing at the
+// revision that implemented its current version; syncErr, when the
+// datapath refused the last sync, makes them not enforcing. Policies
+// reported before and now gone are returned in gone.
+func (k *kubeAgent) statusesLocked(st *source.State, syncErr error) (out []policyStatus, gone []status.PolicyRef) {
+	rev := k.node.dp.Revision()
+	now := map[status.PolicyRef]bool{}
+	add := func(ref status.PolicyRef, key string) {
+		now[ref] = true
+		var s status.Status
+		switch err := k.k.errs[key]; {
+		case err != nil:
+			s = status.Invalid(err)
+		case syncErr != nil:
+			s = status.Status{OK: true, Error: "not loaded into the datapath: " + syncErr.Error()}
+		default:
+			rv := st.Versions[key]
+			at, ok := k.k.enforcedAt[key]
+			if !ok || at.rv != rv {
+				at = enforcedAt{rv: rv, rev: rev}
+				k.k.enforcedAt[key] = at
+			}
+			s = status.Enforcing(at.rev)
 		}
-		if prev, ok := k.k.reported[key]; ok && prev == msg {
-			return
-		}
-		k.k.reported[key] = msg
-		out = append(out, statusReport{kind, ns, name, err})
+		out = append(out, policyStatus{ref, s})
 	}
 	for _, p := range st.Objects.CNPs {
-		check(api.KindCNP, p.Namespace, p.Name)
+		add(status.PolicyRef{Kind: api.KindCNP, Namespace: p.Namespace, Name: p.Name, UID: p.UID}, source.Key(api.KindCNP, p.Namespace, p.Name))
 	}
 	for _, p := range st.Objects.CCNPs {
-		check(api.KindCCNP, "", p.Name)
+		add(status.PolicyRef{Kind: api.KindCCNP, Name: p.Name, UID: p.UID}, source.Key(api.KindCCNP, "", p.Name))
 	}
 	for _, pe := range st.Errors {
-		check(pe.Kind, pe.Namespace, pe.Name)
+		add(status.PolicyRef{Kind: pe.Kind, Namespace: pe.Namespace, Name: pe.Name, UID: pe.UID}, source.Key(pe.Kind, pe.Namespace, pe.Name))
 	}
-	for key := range k.k.reported {
-		if !now[key] {
-			delete(k.k.reported, key)
+	for ref := range k.k.reported {
+		if !now[ref] {
+			gone = append(gone, ref)
+			delete(k.k.enforcedAt, source.Key(ref.Kind, ref.Namespace, ref.Name))
 		}
 	}
-	return out
+	k.k.reported = now
+	return out, gone
 }
 
 // Apply implements agentapi.Backend: in Kubernetes mode the API server

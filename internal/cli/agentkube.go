@@ -27,6 +27,8 @@ type kubeFlags struct {
 	cniMode       string
 	ipamDir       string
 	nativeRouting bool
+	localIDs      bool
+	installCRDs   bool
 }
 
 func (f *kubeFlags) register(cmd *cobra.Command) {
@@ -38,6 +40,8 @@ func (f *kubeFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.cniMode, "cni-mode", cni.ModeStandalone, "CNI mode: standalone (own veth, host-local IPAM) or chained (after ptp)")
 	fl.StringVar(&f.ipamDir, "cni-ipam-dir", cni.DefaultIPAMDataDir, "host-local's reservations directory in the written CNI configuration")
 	fl.BoolVar(&f.nativeRouting, "native-routing", false, "route every other node's pod CIDRs via that node's InternalIP")
+	fl.BoolVar(&f.installCRDs, "install-crds", true, "install or update the cilium.io CRDs on start (as Cilium's agent does; an existing Cilium CRD of the same or a newer schema is kept)")
+	fl.BoolVar(&f.localIDs, "local-identities", false, "number identities on this node alone instead of through CiliumIdentity objects (single-node clusters only)")
 	fl.StringVar(&f.nodeNetns, "node-netns", "", "network namespace (path) of the node's pod interfaces and routes (default: the agent's own)")
 	_ = fl.MarkHidden("node-netns")
 }
@@ -66,5 +70,6 @@ func runKubeAgent(ctx context.Context, opts agent.Options, f kubeFlags) error {
 	return agent.RunKubernetes(ctx, agent.KubeOptions{
 		Options: opts, REST: cfg, NodeName: f.nodeName, NodeNetns: f.nodeNetns,
 		CNIConf: f.cniConf, CNIMode: f.cniMode, IPAMDataDir: f.ipamDir, NativeRouting: f.nativeRouting,
+		LocalIdentities: f.localIDs, SkipCRDs: !f.installCRDs,
 	})
 }

@@ -27,6 +27,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -64,6 +65,7 @@ type Options struct {
 // stays.
 type PolicyError struct {
 	Kind, Namespace, Name string
+	UID                   types.UID
 	Err                   error
 }
 
@@ -293,7 +295,7 @@ func (s *Source) State() *State {
 				}
 			}
 			if d.err != nil {
-				st.Errors = append(st.Errors, PolicyError{Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(), Err: d.err})
+				st.Errors = append(st.Errors, PolicyError{Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(), UID: u.GetUID(), Err: d.err})
 				continue
 			}
 			st.Objects.Add(d.obj)
