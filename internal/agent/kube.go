@@ -79,11 +79,11 @@ type kubeAgent struct {
 	kopts KubeOptions
 	src   *source.Source
 
-	cniMu     sync.Mutex     // guards eps (the agent's mu orders changes)
-	eps       *cniEndpoints  // attached pods, persisted
-	ready     chan struct{}  // closed after the first reconcile
+	cniMu     sync.Mutex    // guards eps (the agent's mu orders changes)
+	eps       *cniEndpoints // attached pods, persisted
+	ready     chan struct{} // closed after the first reconcile
 	readyOnce sync.Once
-	k         *kubeState // what the last reconcile applied; under a.mu
+	k         *kubeState                // what the last reconcile applied; under a.mu
 	numbering identity.ClusterNumbering // nil: node-local identities
 	status    *status.Writer            // nil: no policy status written
 }

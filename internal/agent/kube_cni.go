@@ -40,8 +40,8 @@ func (e *cniEndpoint) podKey() string { return podKey(e.Namespace, e.Name) }
 // cniEndpoints is the persisted set of attached endpoints, by pod. Safe for
 // concurrent use.
 type cniEndpoints struct {
-	file string
-	mu   sync.Mutex
+	file  string
+	mu    sync.Mutex
 	byPod map[string]*cniEndpoint
 }
 

@@ -26,16 +26,16 @@ import (
 // kubeState is what the last reconciles applied, so that each applies only
 // what changed since. Guarded by the agent's mu.
 type kubeState struct {
-	objs     map[string]appliedObject // by source.Key
-	pods     map[string]string        // pod key → resourceVersion|local addresses
-	epIdent  map[uint32]identity.NumericIdentity
+	objs       map[string]appliedObject // by source.Key
+	pods       map[string]string        // pod key → resourceVersion|local addresses
+	epIdent    map[uint32]identity.NumericIdentity
 	reported   map[status.PolicyRef]bool // cilium policies given a status
 	enforcedAt map[string]enforcedAt     // policy key → revision its current version took effect
 	syncErr    error                     // the last reconcile's datapath error
-	conf     []byte            // the CNI configuration written
-	last     *source.State
-	errs     map[string]error // policy key → why it is not (fully) enforced
-	first    bool             // the first reconcile has run
+	conf       []byte                    // the CNI configuration written
+	last       *source.State
+	errs       map[string]error // policy key → why it is not (fully) enforced
+	first      bool             // the first reconcile has run
 }
 
 type enforcedAt struct {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -78,8 +79,11 @@ type State struct {
 	// Objects holds the namespaces, services and policies (NetworkPolicy,
 	// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy) that decoded.
 	Objects *manifest.Set
-	// Versions is each object's resourceVersion, by manifest key
-	// (Kind ns/name), for callers that apply only what changed.
+	// Versions is each object's version, by manifest key (Kind ns/name),
+	// for callers that apply only what changed: the generation of
+	// policies (a status write does not change it; the agents' own status
+	// writes must not make them apply the policy again), the
+	// resourceVersion of the rest.
 	Versions map[string]string
 	// Pods are every pod of the cluster that has or may get an address of
 	// its own (not hostNetwork, not finished).
@@ -273,7 +277,7 @@ func (s *Source) State() *State {
 	}
 	for _, o := range sorted(s.nps.GetStore().List()) {
 		v := o.(*networkingv1.NetworkPolicy)
-		add("NetworkPolicy", v.Namespace, v.Name, v.ResourceVersion, v)
+		add("NetworkPolicy", v.Namespace, v.Name, version(v.Generation, v.ResourceVersion), v)
 	}
 	s.mu.Lock()
 	seen := map[string]bool{}
@@ -285,9 +289,10 @@ func (s *Source) State() *State {
 			}
 			uid := string(u.GetUID())
 			seen[uid] = true
+			rv := version(u.GetGeneration(), u.GetResourceVersion())
 			d, ok := s.decoded[uid]
-			if !ok || d.rv != u.GetResourceVersion() {
-				d = decodedPolicy{rv: u.GetResourceVersion()}
+			if !ok || d.rv != rv {
+				d = decodedPolicy{rv: rv}
 				d.obj, d.err = decodeCilium(u)
 				s.decoded[uid] = d
 				if d.err != nil {
@@ -322,6 +327,15 @@ func (s *Source) State() *State {
 		st.EndpointSlices = append(st.EndpointSlices, o.(*discoveryv1.EndpointSlice))
 	}
 	return st
+}
+
+// version is "g<generation>" for objects that have one, else the
+// resourceVersion.
+func version(generation int64, rv string) string {
+	if generation > 0 {
+		return "g" + strconv.FormatInt(generation, 10)
+	}
+	return rv
 }
 
 // decodeCilium turns a cilium.io/v2 object into the sandbox's typed policy
