@@ -151,6 +151,30 @@ func TestSeedWalkthrough(t *testing.T) {
 		}
 		return nil
 	})
+
+	// A policy the engine refuses (fromRequires is a Cilium feature
+	// Bulwark does not implement): its status says why, and the version
+	// enforced before stays enforced: nothing weakens.
+	cnps := e.dyn.Resource(source.CNPResource).Namespace("demo")
+	u, err := cnps.Get(context.Background(), "egress-fix", metav1.GetOptions{})
+	must(t, err)
+	spec := u.Object["spec"].(map[string]any)
+	spec["ingress"] = []any{map[string]any{"fromRequires": []any{map[string]any{"matchLabels": map[string]any{"env": "prod"}}}}}
+	_, err = cnps.Update(context.Background(), u, metav1.UpdateOptions{})
+	must(t, err)
+	eventually(t, time.Minute, "refused policy's status", func() error {
+		u, err := cnps.Get(context.Background(), "egress-fix", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ok, set, _ := unstructuredBool(u.Object, "status", "nodes", n.name, "ok")
+		if !set || ok {
+			return fmt.Errorf("status %v", u.Object["status"])
+		}
+		return nil
+	})
+	expect(t, fe, be, 8080, true)
+	expect(t, fe, db, 5432, false)
 }
 
 func unstructuredBool(m map[string]any, path ...string) (bool, bool, error) {
