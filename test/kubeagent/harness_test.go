@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 
 // pluginDir builds bulwark-cni and takes host-local from the Kubernetes
 // binaries' cache, or builds it at go.mod's plugins version.
-func pluginDir(t *testing.T) string {
+func pluginDir(t testing.TB) string {
 	t.Helper()
 	bins.once.Do(func() {
 		dir, err := os.MkdirTemp("", "bulwark-kubeagent-bin-")
@@ -103,7 +103,7 @@ func suffix() string {
 
 // env is one control plane with node namespaces and their agents.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *k8stest.Cluster
 	dyn     dynamic.Interface
 	suffix  string
@@ -111,7 +111,7 @@ type env struct {
 	nodes   []*node
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, veths, BPF")
 	}
@@ -276,7 +276,7 @@ func (n *node) stop() {
 }
 
 type testWriter struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 }
 
@@ -450,7 +450,7 @@ func reach(src *pod, dst *pod, port int) error {
 
 // expect waits until src→dst:port is as wanted (the agent converges
 // asynchronously after an API change).
-func expect(t *testing.T, src, dst *pod, port int, allowed bool) {
+func expect(t testing.TB, src, dst *pod, port int, allowed bool) {
 	t.Helper()
 	what := fmt.Sprintf("%s/%s -> %s/%s:%d", src.ns, src.name, dst.ns, dst.name, port)
 	want := "allowed"
@@ -469,7 +469,7 @@ func expect(t *testing.T, src, dst *pod, port int, allowed bool) {
 	})
 }
 
-func eventually(t *testing.T, d time.Duration, what string, f func() error) {
+func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -484,7 +484,7 @@ func eventually(t *testing.T, d time.Duration, what string, f func() error) {
 	}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -528,7 +528,7 @@ func (e *env) apply(file string) {
 }
 
 // workloadPods are the pods of a seed file's Deployments.
-func workloadPods(t *testing.T, file string) []*corev1.Pod {
+func workloadPods(t testing.TB, file string) []*corev1.Pod {
 	set, err := manifest.LoadStrict(file)
 	must(t, err)
 	return set.WorkloadPods()
