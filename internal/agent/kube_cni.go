@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -227,6 +226,7 @@ func (k *kubeAgent) EndpointAdd(ctx context.Context, req agentapi.CNIEndpointReq
 	n.mu.Lock()
 	n.attached[id] = key
 	n.mu.Unlock()
+	k.k.epIdent[id] = ident
 	if err := n.syncDatapath(); err != nil {
 		return fail(fmt.Errorf("CNI ADD %s: %w", key, err))
 	}
@@ -290,7 +290,8 @@ func (k *kubeAgent) detachLocked(ep *cniEndpoint) error {
 	if err := n.syncDatapath(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := n.dp.DetachEndpoint(ep.EndpointID); err != nil && !strings.Contains(err.Error(), "not attached") {
+	delete(k.k.epIdent, ep.EndpointID)
+	if err := n.dp.DetachEndpoint(ep.EndpointID); err != nil {
 		errs = append(errs, fmt.Errorf("detach endpoint %d: %w", ep.EndpointID, err))
 	}
 	if err := k.eps.remove(key); err != nil {
