@@ -37,6 +37,7 @@ func benchPolicyToEnforced(b *testing.B, nPods, nPolicies int) {
 	cs := e.cluster.Client
 	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench"}}, metav1.CreateOptions{})
 	must(tt, err)
+	e.serviceAccount("bench")
 	const apps = 50
 	local := 5
 	for i := 0; i < local; i++ {

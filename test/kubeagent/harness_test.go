@@ -524,6 +524,18 @@ func (e *env) apply(file string) {
 		if _, err := ri.Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("%s: %s %s: %v", file, u.GetKind(), u.GetName(), err)
 		}
+		if u.GetKind() == "Namespace" {
+			e.serviceAccount(u.GetName())
+		}
+	}
+}
+
+// serviceAccount creates the namespace's default service account (what
+// kube-controller-manager would), which pod admission requires.
+func (e *env) serviceAccount(ns string) {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: ns}}
+	if _, err := e.cluster.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
 	}
 }
 
