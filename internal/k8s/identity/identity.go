@@ -31,14 +31,18 @@
 // the space nearly full and make Number fail with an error, never wrap or
 // reuse a number.
 //
-// # Limits
+// # Garbage collection
 //
-// Identities are not garbage-collected here: an object stays until deleted
-// (by an operator or `kubectl delete ciliumid`). Deleting one that other
-// objects were probed past opens the usual open-addressing window: an
-// agent whose cache has not yet seen a just-created object for a set may
-// create a second one for it at an earlier candidate; both are valid
-// (policy selects by labels), and agents that learn of both use the lowest.
+// Collect (see gc.go) deletes identities no pod of the cluster uses,
+// Cilium-style: an unused identity is first marked with the
+// UnusedSinceAnnotation, deleted only after a grace period and only if its
+// object is unchanged since (resourceVersion precondition); Number
+// unmarks a marked identity it hands out, which makes a pending deletion
+// fail. Deleting an identity that other sets were probed past opens the
+// usual open-addressing window: an agent whose cache has not yet seen a
+// just-created object for a set may create a second one for it at an
+// earlier candidate; both are valid (policy selects by labels), and agents
+// that learn of both use the lowest.
 package identity
 
 import (
@@ -91,6 +95,7 @@ type Numbering struct {
 	mu     sync.RWMutex
 	byKey  map[string][]identity.NumericIdentity // sorted, usually one
 	byNum  map[identity.NumericIdentity]string
+	marked map[identity.NumericIdentity]mark // UnusedSinceAnnotation set
 	ctx    context.Context
 	synced bool
 
@@ -119,6 +124,7 @@ func New(dyn dynamic.Interface, o Options) (*Numbering, error) {
 		opts:   o,
 		byKey:  map[string][]identity.NumericIdentity{},
 		byNum:  map[identity.NumericIdentity]string{},
+		marked: map[identity.NumericIdentity]mark{},
 	}, nil
 }
 
@@ -166,9 +172,10 @@ func (n *Numbering) Start(ctx context.Context) error {
 type entry struct {
 	metav1.TypeMeta
 	metav1.ObjectMeta
-	num identity.NumericIdentity
-	key string
-	ok  bool // a valid number in range and parseable labels
+	num    identity.NumericIdentity
+	key    string
+	ok     bool // a valid number in range and parseable labels
+	unused time.Time
 }
 
 func (e *entry) DeepCopyObject() runtime.Object {
@@ -188,7 +195,17 @@ func compact(o any) (any, error) {
 	if err == nil {
 		e.num, e.key, e.ok = num, ls.String(), true
 	}
+	if v, ok := u.GetAnnotations()[UnusedSinceAnnotation]; ok {
+		e.unused, _ = time.Parse(time.RFC3339, v)
+		if e.unused.IsZero() {
+			e.unused = time.Unix(0, 0) // unparseable: marked long ago
+		}
+	}
 	return e, nil
+}
+
+func (n *Numbering) forget(num identity.NumericIdentity, key string) {
+	n.observe(&entry{num: num, key: key, ok: true}, false)
 }
 
 func (n *Numbering) observe(o any, add bool) {
@@ -200,12 +217,18 @@ func (n *Numbering) observe(o any, add bool) {
 	defer n.mu.Unlock()
 	if add {
 		n.recordLocked(e.num, e.key)
+		if e.unused.IsZero() {
+			delete(n.marked, e.num)
+		} else {
+			n.marked[e.num] = mark{e.unused, e.ResourceVersion}
+		}
 		return
 	}
 	if n.byNum[e.num] != e.key {
 		return
 	}
 	delete(n.byNum, e.num)
+	delete(n.marked, e.num)
 	ids := slices.DeleteFunc(n.byKey[e.key], func(x identity.NumericIdentity) bool { return x == e.num })
 	if len(ids) == 0 {
 		delete(n.byKey, e.key)
@@ -354,7 +377,8 @@ func (n *Numbering) Number(ls identity.Labels) (identity.NumericIdentity, error)
 	if len(ls) == 0 {
 		return 0, errors.New("k8s identity: empty label set")
 	}
-	if num, ok := n.lookup(key); ok {
+	num, ok := n.lookup(key)
+	if ok && !n.isMarked(num) {
 		return num, nil
 	}
 	n.mu.RLock()
@@ -363,13 +387,24 @@ func (n *Numbering) Number(ls identity.Labels) (identity.NumericIdentity, error)
 	if !synced {
 		return 0, errNotStarted
 	}
-	n.allocMu.Lock()
-	defer n.allocMu.Unlock()
-	if num, ok := n.lookup(key); ok { // allocated while we waited
-		return num, nil
-	}
 	ctx, cancel := context.WithTimeout(base, n.opts.Timeout)
 	defer cancel()
+	if ok {
+		// In use again: unmark it, which fails any pending deletion.
+		err := n.unmark(ctx, num)
+		if err == nil {
+			return num, nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return 0, fmt.Errorf("k8s identity: reuse %d for %s: %w", num, key, err)
+		}
+		n.forget(num, key) // collected meanwhile: allocate again
+	}
+	n.allocMu.Lock()
+	defer n.allocMu.Unlock()
+	if num, ok := n.lookup(key); ok && !n.isMarked(num) { // allocated while we waited
+		return num, nil
+	}
 	for i := 0; i < MaxProbes; i++ {
 		num := n.candidate(key, i)
 		n.mu.RLock()

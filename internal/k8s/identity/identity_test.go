@@ -247,3 +247,86 @@ func TestNumberBeforeStart(t *testing.T) {
 		t.Fatal("Number before Start succeeded")
 	}
 }
+
+// waitMarked waits until n's cache has seen num's unused mark (or its
+// removal, want false).
+func waitMarked(t *testing.T, e env, num identity.NumericIdentity, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		u, err := e.dyn.Resource(k8sidentity.Resource).Get(e.ctx, strconv.Itoa(int(num)), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, has := u.GetAnnotations()[k8sidentity.UnusedSinceAnnotation]
+		if has == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("identity %d: marked %v, want %v", num, has, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCollect(t *testing.T) {
+	e := start(t)
+	n := e.numbering(t, k8sidentity.Options{})
+	used, unused, revived := pod("used"), pod("unused"), pod("revived")
+	nums := map[string]identity.NumericIdentity{}
+	for _, ls := range []identity.Labels{used, unused, revived} {
+		num, err := n.Number(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nums[ls.String()] = num
+		waitKnown(t, n, ls, num)
+	}
+	inUse := func(num identity.NumericIdentity) bool { return num == nums[used.String()] }
+	t0 := time.Now()
+	grace := time.Hour
+	if del, err := n.Collect(e.ctx, k8sidentity.CollectOptions{InUse: inUse, Grace: grace, Now: t0}); err != nil || len(del) != 0 {
+		t.Fatalf("first Collect deleted %v, %v; want only marks", del, err)
+	}
+	waitMarked(t, e, nums[unused.String()], true)
+	waitMarked(t, e, nums[revived.String()], true)
+	waitMarked(t, e, nums[used.String()], false)
+	// Wait for the cache to hold both marks (Collect works from it).
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		// Number of a marked set unmarks it (and returns the same number).
+		if time.Now().After(deadline) {
+			t.Fatal("cache never saw the marks")
+		}
+		if n.Marked(nums[unused.String()]) && n.Marked(nums[revived.String()]) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, err := n.Number(revived); err != nil || got != nums[revived.String()] {
+		t.Fatalf("Number(revived) = %d, %v; want %d", got, err, nums[revived.String()])
+	}
+	waitMarked(t, e, nums[revived.String()], false)
+	// Before the grace: nothing deleted.
+	if del, err := n.Collect(e.ctx, k8sidentity.CollectOptions{InUse: inUse, Grace: grace, Now: t0.Add(grace / 2)}); err != nil || len(del) != 0 {
+		t.Fatalf("Collect within grace deleted %v, %v", del, err)
+	}
+	// After the grace: only the unused, still-marked one. (revived was
+	// re-marked by the previous Collect at t0+grace/2, so it is kept.)
+	del, err := n.Collect(e.ctx, k8sidentity.CollectOptions{InUse: inUse, Grace: grace, Now: t0.Add(grace)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(del) != 1 || del[0] != nums[unused.String()] {
+		t.Fatalf("Collect deleted %v, want [%d]", del, nums[unused.String()])
+	}
+	list, err := e.dyn.Resource(k8sidentity.Resource).List(e.ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 2 {
+		t.Fatalf("%d identities left, want 2", len(list.Items))
+	}
+	if _, err := n.Collect(e.ctx, k8sidentity.CollectOptions{}); err == nil {
+		t.Fatal("Collect without InUse accepted")
+	}
+}
