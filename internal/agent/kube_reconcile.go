@@ -29,6 +29,7 @@ type kubeState struct {
 	objs       map[string]appliedObject // by source.Key
 	pods       map[string]string        // pod key → resourceVersion|local addresses
 	epIdent    map[uint32]identity.NumericIdentity
+	refused    map[string]string         // object key → the version the engine refused
 	reported   map[status.PolicyRef]bool // cilium policies given a status
 	enforcedAt map[string]enforcedAt     // policy key → revision its current version took effect
 	syncErr    error                     // the last reconcile's datapath error
@@ -49,7 +50,7 @@ type appliedObject struct {
 }
 
 func newKubeState() *kubeState {
-	return &kubeState{objs: map[string]appliedObject{}, pods: map[string]string{}, epIdent: map[uint32]identity.NumericIdentity{},
+	return &kubeState{objs: map[string]appliedObject{}, refused: map[string]string{}, pods: map[string]string{}, epIdent: map[uint32]identity.NumericIdentity{},
 		reported: map[status.PolicyRef]bool{}, enforcedAt: map[string]enforcedAt{}, errs: map[string]error{}}
 }
 
@@ -101,6 +102,7 @@ func (k *kubeAgent) reconcileLocked(st *source.State) error {
 	n := k.node
 	ks := k.k
 	var errs []error
+	prevErrs := ks.errs
 	ks.errs = map[string]error{}
 	for _, pe := range st.Errors {
 		ks.errs[source.Key(pe.Kind, pe.Namespace, pe.Name)] = pe.Err
@@ -112,12 +114,18 @@ func (k *kubeAgent) reconcileLocked(st *source.State) error {
 		if cur, ok := ks.objs[key]; ok && cur.rv == rv {
 			continue
 		}
+		if ks.refused[key] == rv && prevErrs[key] != nil {
+			ks.errs[key] = prevErrs[key] // this version was refused already
+			continue
+		}
 		if _, err := n.repo.Upsert(o.Obj); err != nil {
 			// The previous version (if any) stays enforced.
 			ks.errs[key] = err
+			ks.refused[key] = rv
 			n.log.Error("object not applied", "object", key, "err", err)
 			continue
 		}
+		delete(ks.refused, key)
 		ks.objs[key] = appliedObject{rv: rv, ref: policy.ObjectRef{Kind: refKind(o.Kind), Namespace: o.Namespace, Name: o.Name}}
 	}
 	// 2. Pods: every pod of the cluster (identities, ipcache); this
@@ -167,6 +175,12 @@ func (k *kubeAgent) reconcileLocked(st *source.State) error {
 			errs = append(errs, err)
 		}
 		delete(ks.objs, key)
+		delete(ks.refused, key)
+	}
+	for key := range ks.refused {
+		if _, ok := st.Versions[key]; !ok {
+			delete(ks.refused, key)
+		}
 	}
 	// 4. The node: its address (the host identity), routes, CNI config.
 	errs = append(errs, k.applyNodesLocked(st)...)

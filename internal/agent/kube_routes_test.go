@@ -90,7 +90,9 @@ func TestSyncNodeRoutes(t *testing.T) {
 	})
 	check("10.99.0.0/16 via 192.0.2.99", "10.244.2.0/24 via 192.0.2.2", "10.244.3.0/24 via 192.0.2.3")
 	// Node c moved, node b left.
-	in(func() error { return syncNodeRoutes([]nodeRoute{{Dst: mp("10.244.3.0/24"), Via: ma("192.0.2.4"), Node: "c"}}) })
+	in(func() error {
+		return syncNodeRoutes([]nodeRoute{{Dst: mp("10.244.3.0/24"), Via: ma("192.0.2.4"), Node: "c"}})
+	})
 	check("10.99.0.0/16 via 192.0.2.99", "10.244.3.0/24 via 192.0.2.4")
 	in(func() error { return syncNodeRoutes(nil) })
 	check("10.99.0.0/16 via 192.0.2.99")

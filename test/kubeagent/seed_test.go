@@ -141,14 +141,14 @@ func TestSeedWalkthrough(t *testing.T) {
 	n.waitPolicies(8)
 	expect(t, fe, be, 8080, true)
 	expect(t, fe, db, 5432, false)
-	// A policy the engine refuses (fromRequires is a Cilium feature
+	// A policy the engine refuses (fromNodes is a Cilium feature
 	// Bulwark does not implement): the agent reports why, and the version
 	// enforced before stays enforced: nothing weakens.
 	cnps := e.dyn.Resource(source.CNPResource).Namespace("demo")
 	u, err := cnps.Get(context.Background(), "egress-fix", metav1.GetOptions{})
 	must(t, err)
 	spec := u.Object["spec"].(map[string]any)
-	spec["ingress"] = []any{map[string]any{"fromRequires": []any{map[string]any{"matchLabels": map[string]any{"env": "prod"}}}}}
+	spec["ingress"] = []any{map[string]any{"fromNodes": []any{map[string]any{"matchLabels": map[string]any{"env": "prod"}}}}}
 	_, err = cnps.Update(context.Background(), u, metav1.UpdateOptions{})
 	must(t, err)
 	c := agentapi.NewClient(n.paths.Socket)
@@ -158,7 +158,7 @@ func TestSeedWalkthrough(t *testing.T) {
 			return err
 		}
 		for _, msg := range st.Errors {
-			if strings.Contains(msg, "CiliumNetworkPolicy demo/egress-fix") && strings.Contains(msg, "fromRequires") {
+			if strings.Contains(msg, "CiliumNetworkPolicy demo/egress-fix") && strings.Contains(msg, "fromNodes") {
 				return nil
 			}
 		}
