@@ -297,21 +297,32 @@ type pod struct {
 // runtime do: a network namespace, CNI ADD through libcni with the
 // configuration the agent wrote, status.podIP. Listeners answer on ports.
 func (n *node) runPod(p *corev1.Pod, ports ...int) *pod {
+	return n.runPodWith(p, true, ports...)
+}
+
+// runPodWith is runPod; create false leaves the API object to
+// publishPod (a pod the agent's informer does not know at CNI ADD).
+func (n *node) runPodWith(p *corev1.Pod, create bool, ports ...int) *pod {
 	t := n.e.t
 	ctx := context.Background()
 	p = p.DeepCopy()
 	p.Spec.NodeName = n.name
 	p.ResourceVersion = ""
-	created, err := n.e.cluster.Client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
-	must(t, err)
+	var created *corev1.Pod
+	args := [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}}
+	if create {
+		var err error
+		created, err = n.e.cluster.Client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+		must(t, err)
+		args = append(args, [2]string{"K8S_POD_UID", string(created.UID)})
+	}
 	nsName := fmt.Sprintf("bwk-k8p%d-%s", len(n.e.allPods()), n.e.suffix)
 	must(t, netns.Create(nsName))
 	t.Cleanup(func() { netns.Delete(nsName) })
 	pd := &pod{ns: p.Namespace, name: p.Name, netns: netns.Path(nsName)}
 	cid := make([]byte, 32)
 	rand.Read(cid)
-	pd.rt = &libcni.RuntimeConf{ContainerID: hex.EncodeToString(cid), NetNS: pd.netns, IfName: "eth0",
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_UID", string(created.UID)}}}
+	pd.rt = &libcni.RuntimeConf{ContainerID: hex.EncodeToString(cid), NetNS: pd.netns, IfName: "eth0", Args: args}
 	b, err := os.ReadFile(n.conf)
 	must(t, err)
 	list, err := libcni.ConfListFromBytes(b)
@@ -336,11 +347,9 @@ func (n *node) runPod(p *corev1.Pod, ports ...int) *pod {
 	if !pd.ip.IsValid() {
 		t.Fatalf("pod %s/%s: no IPv4 address in %v", p.Namespace, p.Name, res)
 	}
-	created.Status.Phase = corev1.PodRunning
-	created.Status.PodIP = pd.ip.String()
-	created.Status.PodIPs = []corev1.PodIP{{IP: pd.ip.String()}}
-	_, err = n.e.cluster.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
-	must(t, err)
+	if create {
+		n.setStatus(pd, created)
+	}
 	must(t, netns.Do(pd.netns, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
@@ -360,6 +369,24 @@ func (n *node) runPod(p *corev1.Pod, ports ...int) *pod {
 	}
 	n.pods[p.Namespace+"/"+p.Name] = pd
 	return pd
+}
+
+// setStatus does the kubelet's part: the pod's phase and addresses.
+func (n *node) setStatus(pd *pod, created *corev1.Pod) {
+	created.Status.Phase = corev1.PodRunning
+	created.Status.PodIP = pd.ip.String()
+	created.Status.PodIPs = []corev1.PodIP{{IP: pd.ip.String()}}
+	_, err := n.e.cluster.Client.CoreV1().Pods(created.Namespace).UpdateStatus(context.Background(), created, metav1.UpdateOptions{})
+	must(n.e.t, err)
+}
+
+// publishPod creates the API object of a pod runPodWith wired without one.
+func (n *node) publishPod(pd *pod, p *corev1.Pod) {
+	p = p.DeepCopy()
+	p.Spec.NodeName = n.name
+	created, err := n.e.cluster.Client.CoreV1().Pods(p.Namespace).Create(context.Background(), p, metav1.CreateOptions{})
+	must(n.e.t, err)
+	n.setStatus(pd, created)
 }
 
 func (e *env) allPods() []*pod {
