@@ -284,6 +284,7 @@ func openKubeNode(ctx context.Context, k *kubeAgent) (*node, error) {
 		attached: map[uint32]string{}, loaded: map[uint32]bool{},
 		inRepo: map[policy.ObjectRef]bool{}, problems: map[string]string{}, desired: map[string]bool{},
 		nodeNetns:     k.kopts.NodeNetns,
+		kubeNode:      k.kopts.NodeName,
 		identityGrace: defaultIdentityGrace,
 	}
 	var alloc *identity.Allocator
