@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -70,10 +71,12 @@ func refKind(kind string) string {
 
 // reconcile takes the informers' state and converges the node to it.
 func (k *kubeAgent) reconcile(ctx context.Context) {
+	start := time.Now()
 	st := k.src.State()
 	a := k.Agent
 	a.mu.Lock()
 	err := k.reconcileLocked(st)
+	a.log.Debug("reconciled", "took", time.Since(start), "revision", k.node.dp.Revision(), "pods", len(st.Pods), "objects", len(st.Objects.Objects))
 	var report []policyStatus
 	var gone []status.PolicyRef
 	if k.status != nil {
