@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -179,4 +180,16 @@ func (k *kubeAgent) Services(context.Context) ([]agentapi.Service, error) {
 		out = append(out, as)
 	}
 	return out, nil
+}
+
+// StartUI implements agentapi.UIBackend: the service map reads the
+// sandbox's pods, which Kubernetes mode does not have.
+func (k *kubeAgent) StartUI(context.Context) (agentapi.UIResponse, error) {
+	return agentapi.UIResponse{}, &agentapi.UserError{Err: errors.New("the service map is not served in Kubernetes mode yet; use 'bulwark observe --instance k8s'")}
+}
+
+// World implements agentapi.WorldBackend: there is no simulated world in
+// Kubernetes mode.
+func (k *kubeAgent) World(context.Context, agentapi.WorldRequest) (agentapi.WorldResponse, error) {
+	return agentapi.WorldResponse{}, &agentapi.UserError{Err: errors.New("Kubernetes mode has no simulated world")}
 }
