@@ -51,7 +51,11 @@ func startEventPump(ctx context.Context, n *node, lns *listeners) *eventPump {
 			}
 		}()
 	}
-	obs, err := observer.New(observer.Options{NodeName: n.paths.Instance, Resolver: resolver{n}, Sinks: []observer.FlowSink{m}})
+	nodeName := n.paths.Instance
+	if n.kubeNode != "" {
+		nodeName = n.kubeNode
+	}
+	obs, err := observer.New(observer.Options{NodeName: nodeName, Resolver: resolver{n}, Sinks: []observer.FlowSink{m}})
 	if err != nil {
 		p.errors = append(p.errors, "observer: "+err.Error())
 		close(p.done)

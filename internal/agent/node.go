@@ -43,6 +43,7 @@ type node struct {
 	repo      *policy.Repository
 	ids       *endpointIDs
 	nodeNetns string // where the host-side veths live
+	kubeNode  string // Kubernetes mode: the Node's name (flows carry it)
 	nodeIP    netip.Addr
 	events    *eventPump
 	views     eventViews // what the observer resolves events with; see publishEventView

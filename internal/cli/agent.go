@@ -97,6 +97,7 @@ func newAgentCmd() *cobra.Command {
 	var stateDir string
 	var localDelivery bool
 	var listen listenFlagValues
+	var kube kubeFlags
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -108,6 +109,13 @@ func newAgentCmd() *cobra.Command {
 			p, err := inst.paths()
 			if err != nil {
 				return err
+			}
+			if kube.enabled && !cmd.Flags().Changed("instance") {
+				// The socket the CNI configuration names by default.
+				inst.instance = kubeInstance
+				if p, err = inst.paths(); err != nil {
+					return err
+				}
 			}
 			if stateDir != "" {
 				p = p.WithStateDir(stateDir)
@@ -122,6 +130,9 @@ func newAgentCmd() *cobra.Command {
 			listenFlags(cmd, &opts, &listen)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if kube.enabled {
+				return runKubeAgent(ctx, opts, kube)
+			}
 			return agent.Run(ctx, opts)
 		},
 	}
@@ -133,6 +144,7 @@ func newAgentCmd() *cobra.Command {
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	registerDNSRejectFlag(cmd, &opts.DNSReject)
+	kube.register(cmd)
 	return cmd
 }
 

@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/cni"
+)
+
+// kubeInstance is the instance name of the Kubernetes-mode agent: its
+// socket is then cni.DefaultAgentSocket.
+const kubeInstance = "k8s"
+
+// kubeFlags are the agent's Kubernetes-mode flags.
+type kubeFlags struct {
+	enabled       bool
+	kubeconfig    string
+	nodeName      string
+	nodeNetns     string
+	cniConf       string
+	cniMode       string
+	ipamDir       string
+	nativeRouting bool
+	localIDs      bool
+	installCRDs   bool
+}
+
+func (f *kubeFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.BoolVar(&f.enabled, "kubernetes", false, "run as a Kubernetes node agent: state from the API server, pods attached by bulwark-cni")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (Kubernetes mode; default: the in-cluster configuration)")
+	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (Kubernetes mode; default $NODE_NAME)")
+	fl.StringVar(&f.cniConf, "cni-conf", "", "write the CNI configuration there once the node has a pod CIDR: a .conflist file or a directory (e.g. /etc/cni/net.d)")
+	fl.StringVar(&f.cniMode, "cni-mode", cni.ModeStandalone, "CNI mode: standalone (own veth, host-local IPAM) or chained (after ptp)")
+	fl.StringVar(&f.ipamDir, "cni-ipam-dir", cni.DefaultIPAMDataDir, "host-local's reservations directory in the written CNI configuration")
+	fl.BoolVar(&f.nativeRouting, "native-routing", false, "route every other node's pod CIDRs via that node's InternalIP")
+	fl.BoolVar(&f.installCRDs, "install-crds", true, "install or update the cilium.io CRDs on start (as Cilium's agent does; an existing Cilium CRD of the same or a newer schema is kept)")
+	fl.BoolVar(&f.localIDs, "local-identities", false, "number identities on this node alone instead of through CiliumIdentity objects (single-node clusters only)")
+	fl.StringVar(&f.nodeNetns, "node-netns", "", "network namespace (path) of the node's pod interfaces and routes (default: the agent's own)")
+	_ = fl.MarkHidden("node-netns")
+}
+
+func (f *kubeFlags) restConfig() (*rest.Config, error) {
+	if f.kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig not given and no in-cluster configuration: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig %s: %w", f.kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+func runKubeAgent(ctx context.Context, opts agent.Options, f kubeFlags) error {
+	cfg, err := f.restConfig()
+	if err != nil {
+		return err
+	}
+	cfg.UserAgent = "bulwark-agent/" + f.nodeName
+	return agent.RunKubernetes(ctx, agent.KubeOptions{
+		Options: opts, REST: cfg, NodeName: f.nodeName, NodeNetns: f.nodeNetns,
+		CNIConf: f.cniConf, CNIMode: f.cniMode, IPAMDataDir: f.ipamDir, NativeRouting: f.nativeRouting,
+		LocalIdentities: f.localIDs, SkipCRDs: !f.installCRDs,
+	})
+}
