@@ -3,6 +3,7 @@ package datapath
 import (
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
@@ -89,6 +90,18 @@ type Compiled struct {
 	// recomputes selector lists from them.
 	referenced []resolved.SelectorID
 	wildcard   map[resolved.SelectorID]bool
+
+	// What an incremental sync (SyncChanges) starts from: the selectors
+	// each endpoint uses, how many endpoints use each, the membership the
+	// selector lists were computed from (the slices the selector set
+	// returned: compared by identity) and the rule ids given so far.
+	epRefs   map[uint32][]resolved.SelectorID
+	refCount map[resolved.SelectorID]int
+	members  map[resolved.SelectorID][]identity.NumericIdentity
+	interner *ruleInterner
+	// relisted: identities whose lists UpdateIdentities computed from a
+	// newer selector set than members.
+	relisted map[identity.NumericIdentity]struct{}
 }
 
 // RuleInfo is what a rule id stands for: the policies whose entries
@@ -169,71 +182,44 @@ func Compile(st State) (*Compiled, error) {
 		Endpoints:     map[uint32]*CompiledEndpoint{},
 		SelectorLists: map[identity.NumericIdentity][]resolved.SelectorID{},
 		Overflowed:    map[identity.NumericIdentity]int{},
+		epRefs:        make(map[uint32][]resolved.SelectorID, len(st.Endpoints)),
+		refCount:      map[resolved.SelectorID]int{},
+		interner:      newRuleInterner(),
+		relisted:      map[identity.NumericIdentity]struct{}{},
 	}
-	ri := newRuleInterner()
-	referenced := map[resolved.SelectorID]bool{}
-	for _, pol := range st.Endpoints {
-		if pol == nil {
-			continue // reported below
+	for epID, pol := range st.Endpoints {
+		if err := validateEndpoint(epID, pol); err != nil {
+			return nil, err
 		}
-		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
-			for _, e := range pol.Dir(dir).Entries {
-				if e.PortHi >= e.PortLo {
-					referenced[e.Peer] = true
-				}
-			}
+		refs := endpointRefs(pol)
+		c.epRefs[epID] = refs
+		for _, s := range refs {
+			c.refCount[s]++
 		}
 	}
-	if len(referenced) > 0 && st.Selectors == nil {
+	if len(c.refCount) > 0 && st.Selectors == nil {
 		return nil, fmt.Errorf("compile: state has policy entries but no selector set")
 	}
-	members := make(map[resolved.SelectorID][]identity.NumericIdentity, len(referenced))
-	for s := range referenced {
-		members[s] = st.Selectors.Identities(s)
+	c.members = make(map[resolved.SelectorID][]identity.NumericIdentity, len(c.refCount))
+	for s := range c.refCount {
+		c.members[s] = st.Selectors.Identities(s)
 	}
-	wildcards := wildcardSelectors(st.Selectors, members)
+	c.wildcard = wildcardSelectors(st.Selectors, c.members)
 	for epID, pol := range st.Endpoints {
-		if pol == nil {
-			return nil, fmt.Errorf("compile endpoint %d: nil policy", epID)
-		}
-		ce := &CompiledEndpoint{
-			Identity:       pol.Identity,
-			EnforceIngress: pol.Ingress.Enforced,
-			EnforceEgress:  pol.Egress.Enforced,
-			AuditIngress:   pol.Ingress.Audit && !pol.Ingress.Enforced,
-			AuditEgress:    pol.Egress.Audit && !pol.Egress.Enforced,
-			Entries:        map[TableKey]TableValue{},
-		}
-		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
-			dp := pol.Dir(dir)
-			bySel := map[resolved.SelectorID][]*resolved.Entry{}
-			for i := range dp.Entries {
-				e := &dp.Entries[i]
-				switch e.Verdict {
-				case resolved.Allow, resolved.Deny, resolved.Redirect, resolved.AuditDeny:
-				default:
-					return nil, fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny, redirect or audit-deny", epID, dir, i, e.Verdict)
-				}
-				if e.PortHi < e.PortLo {
-					continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
-				}
-				bySel[e.Peer] = append(bySel[e.Peer], e)
-			}
-			for sel, entries := range bySel {
-				compileSelector(ce.Entries, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
-					entries, st.ProxyPort, ri)
-			}
-		}
-		c.Endpoints[epID] = ce
+		c.Endpoints[epID] = compileEndpoint(epID, pol, c.wildcard, st.ProxyPort, c.interner)
 	}
-	sels := make([]resolved.SelectorID, 0, len(referenced))
-	for s := range referenced {
+	sels := make([]resolved.SelectorID, 0, len(c.refCount))
+	for s := range c.refCount {
 		sels = append(sels, s)
 	}
 	sort.Slice(sels, func(i, j int) bool { return sels[i] < sels[j] })
 	for _, s := range sels {
-		for _, id := range members[s] {
-			c.SelectorLists[id] = append(c.SelectorLists[id], s)
+		for _, id := range c.members[s] {
+			l := c.SelectorLists[id]
+			if n := len(l); n > 0 && l[n-1] == s {
+				continue // a duplicate member
+			}
+			c.SelectorLists[id] = append(l, s)
 		}
 	}
 	for id, l := range c.SelectorLists {
@@ -241,10 +227,71 @@ func Compile(st State) (*Compiled, error) {
 			c.Overflowed[id] = len(l)
 		}
 	}
-	c.Rules = ri.rules
-	c.referenced, c.wildcard = sels, wildcards
-	c.referenced, c.wildcard = sels, wildcards
+	c.Rules = c.interner.rules
+	c.referenced = sels
 	return c, nil
+}
+
+// validateEndpoint refuses what compileEndpoint cannot compile.
+func validateEndpoint(epID uint32, pol *resolved.EndpointPolicy) error {
+	if pol == nil {
+		return fmt.Errorf("compile endpoint %d: nil policy", epID)
+	}
+	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		for i, e := range pol.Dir(dir).Entries {
+			switch e.Verdict {
+			case resolved.Allow, resolved.Deny, resolved.Redirect, resolved.AuditDeny:
+			default:
+				return fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny, redirect or audit-deny", epID, dir, i, e.Verdict)
+			}
+		}
+	}
+	return nil
+}
+
+// endpointRefs are the distinct peer selectors an endpoint's entries use,
+// ascending (an entry with an empty port range matches nothing and uses
+// none).
+func endpointRefs(pol *resolved.EndpointPolicy) []resolved.SelectorID {
+	var out []resolved.SelectorID
+	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		for _, e := range pol.Dir(dir).Entries {
+			if e.PortHi >= e.PortLo {
+				out = append(out, e.Peer)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// compileEndpoint compiles one validated endpoint policy.
+func compileEndpoint(epID uint32, pol *resolved.EndpointPolicy, wildcards map[resolved.SelectorID]bool,
+	proxy ProxyPortFunc, ri *ruleInterner) *CompiledEndpoint {
+	ce := &CompiledEndpoint{
+		Identity:       pol.Identity,
+		EnforceIngress: pol.Ingress.Enforced,
+		EnforceEgress:  pol.Egress.Enforced,
+		AuditIngress:   pol.Ingress.Audit && !pol.Ingress.Enforced,
+		AuditEgress:    pol.Egress.Audit && !pol.Egress.Enforced,
+		Entries:        map[TableKey]TableValue{},
+	}
+	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		dp := pol.Dir(dir)
+		bySel := map[resolved.SelectorID][]*resolved.Entry{}
+		for i := range dp.Entries {
+			e := &dp.Entries[i]
+			if e.PortHi < e.PortLo {
+				continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
+			}
+			bySel[e.Peer] = append(bySel[e.Peer], e)
+		}
+		for sel, entries := range bySel {
+			compileSelector(ce.Entries, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
+				entries, proxy, ri)
+		}
+	}
+	return ce
 }
 
 // entryRange is the inclusive port range an entry covers (0..0 = all).
