@@ -24,7 +24,9 @@ func (s stableSelectors) Selects(sel resolved.SelectorID, id identity.NumericIde
 	return found
 }
 
-func (s stableSelectors) Identities(sel resolved.SelectorID) []identity.NumericIdentity { return s[sel] }
+func (s stableSelectors) Identities(sel resolved.SelectorID) []identity.NumericIdentity {
+	return s[sel]
+}
 
 // syncContent is what a datapath's maps hold, normalized where two correct
 // datapaths may differ: which of an endpoint's two buffers is active, and

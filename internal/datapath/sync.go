@@ -84,7 +84,7 @@ func (dp *Datapath) forget() {
 // syncPlan is what one sync reconciles; everything else is known to hold
 // what it should already.
 type syncPlan struct {
-	eps   []uint32                  // attached endpoints whose tables and record are reconciled, ascending
+	eps   []uint32                   // attached endpoints whose tables and record are reconciled, ascending
 	ipPut map[bpfBwIpcacheKey]uint32 // ipcache entries to add or change (when the mirror differs)
 	ipDel []bpfBwIpcacheKey          // ipcache entries to remove (when the mirror holds them)
 	ids   []identity.NumericIdentity // identities whose selector list is reconciled
