@@ -35,7 +35,7 @@ type syncContent struct {
 	IPCache   map[bpfBwIpcacheKey]uint32
 	Selectors map[identity.NumericIdentity][]resolved.SelectorID
 	Policy    map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue // by endpoint
-	Buffers   map[uint32]int                                 // tables per endpoint
+	Buffers   map[uint32]int                                 // tables of endpoints not ready (none)
 	Records   map[uint32]bpfBwEndpoint                       // by ifindex
 }
 
@@ -54,8 +54,22 @@ func readContent(t *testing.T, dp *Datapath) syncContent {
 		t.Fatal(err)
 	}
 	c.Policy, c.Buffers = map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue{}, map[uint32]int{}
+	active, ready := map[uint32]bool{}, map[uint32]bool{}
+	var k uint32
+	var v bpfBwEndpoint
+	for it := dp.objs.BwEndpoints.Iterate(); it.Next(&k, &v); {
+		if v.Flags&epFlagReady != 0 {
+			active[v.TableId[0]] = true
+			ready[v.EndpointId] = true
+		}
+	}
 	for tid, tbl := range pol {
-		c.Buffers[tid>>1]++
+		if !ready[tid>>1] {
+			c.Buffers[tid>>1]++ // a leftover
+		}
+		if !active[tid] {
+			continue // a ready endpoint's previous tables, or a leftover
+		}
 		for k, v := range tbl {
 			k.TableId &^= 1
 			if c.Policy[tid>>1] == nil {
@@ -65,8 +79,6 @@ func readContent(t *testing.T, dp *Datapath) syncContent {
 		}
 	}
 	c.Records = map[uint32]bpfBwEndpoint{}
-	var k uint32
-	var v bpfBwEndpoint
 	it := dp.objs.BwEndpoints.Iterate()
 	for it.Next(&k, &v) {
 		v.TableId = [2]uint32{v.TableId[0] &^ 1, v.TableId[1] &^ 1}

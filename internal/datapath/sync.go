@@ -23,7 +23,9 @@ import (
 //  3. identity selector lists become the union of old and new membership;
 //  4. endpoint records switch to the new buffer (one atomic update each);
 //  5. selector lists become exactly the new membership;
-//  6. old buffers and removed ipcache prefixes are deleted;
+//  6. removed ipcache prefixes are deleted, and the tables of endpoints
+//     gone or not ready (a ready endpoint's inactive buffer keeps its
+//     previous tables: the next change writes only what differs);
 //  7. the policy revision moves, so established flows revalidate on their
 //     next packet (kept when still allowed, ended when not).
 //
@@ -178,6 +180,7 @@ func (dp *Datapath) apply(st State, c *Compiled, mir *mirror, plan syncPlan) (er
 		total += len(t)
 	}
 	var switches []pendingSwitch
+	staged := map[uint32]bool{} // buffers written for a pending switch
 	for _, id := range plan.eps {
 		es := dp.endpoints[id]
 		if es == nil {
@@ -210,39 +213,41 @@ func (dp *Datapath) apply(st State, c *Compiled, mir *mirror, plan syncPlan) (er
 			}
 			continue
 		}
+		// The inactive buffer keeps the version before the active one:
+		// only what differs from it is written.
 		newGen := es.gen ^ 1
 		newTID := id<<1 | newGen
-		if stale := loaded[newTID]; len(stale) > 0 {
-			if err := dp.deletePolicyKeys(stale); err != nil {
-				return fmt.Errorf("sync: clear inactive table of endpoint %d: %w", id, err)
+		if total-len(loaded[newTID])+len(want) > int(dp.sizes.Policy) {
+			freed, err := dp.dropInactive(loaded, staged)
+			if err != nil {
+				return fmt.Errorf("sync: make room for endpoint %d: %w", id, err)
 			}
-			total -= len(stale)
-			delete(loaded, newTID)
+			total -= freed
 		}
-		if total+len(want) > int(dp.sizes.Policy) {
-			dp.raiseOverflow(id, fmt.Sprintf("policy table needs %d entries, %d of %d in use", len(want), total, dp.sizes.Policy))
+		if total-len(loaded[newTID])+len(want) > int(dp.sizes.Policy) {
+			dp.raiseOverflow(id, fmt.Sprintf("policy table needs %d entries, %d of %d in use", len(want), total-len(loaded[newTID]), dp.sizes.Policy))
 			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
 		}
-		written := make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(want))
-		var werr error
-		for k, v := range want {
-			k.TableId = newTID
-			if werr = dp.objs.BwPolicy.Put(&k, &v); werr != nil {
-				break
-			}
-			written[k] = v
+		buf := loaded[newTID]
+		if buf == nil {
+			buf = make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(want))
+			loaded[newTID] = buf
 		}
+		before := len(buf)
+		werr := writeDiff(dp.objs.BwPolicy, buf, want, newTID)
+		total += len(buf) - before
 		if werr != nil {
-			if err := dp.deletePolicyKeys(written); err != nil {
+			if err := dp.deletePolicyKeys(buf); err != nil {
 				return fmt.Errorf("sync: undo partial table of endpoint %d: %w", id, err)
 			}
+			total -= len(buf)
+			delete(loaded, newTID)
 			dp.raiseOverflow(id, fmt.Sprintf("writing policy table: %v", werr))
 			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
 		}
-		total += len(written)
-		loaded[newTID] = written
+		staged[newTID] = true
 		switches = append(switches, pendingSwitch{es, newGen, flags, ident})
 	}
 
@@ -307,10 +312,11 @@ func (dp *Datapath) apply(st State, c *Compiled, mir *mirror, plan syncPlan) (er
 		dp.raiseIdentityOverflow(id, c.Overflowed[id])
 	}
 
-	// 6. old buffers and removed prefixes.
+	// 6. buffers of endpoints gone or not ready, and removed prefixes. A
+	// ready endpoint keeps its inactive buffer: the next change of its
+	// tables writes only what differs from it.
 	for tid, keys := range loaded {
-		es := dp.endpoints[tid>>1]
-		if es != nil && es.flags&epFlagReady != 0 && tid == es.ep.ID<<1|es.gen {
+		if es := dp.endpoints[tid>>1]; es != nil && es.flags&epFlagReady != 0 {
 			continue
 		}
 		if err := dp.deletePolicyKeys(keys); err != nil {
@@ -484,6 +490,51 @@ func (dp *Datapath) deletePolicyKeys(keys map[bpfBwPolicyKey]bpfBwPolicyValue) e
 		}
 	}
 	return nil
+}
+
+// writeDiff makes table tid (whose content buf mirrors, updated as it
+// goes) hold want (keyed with the base table id).
+func writeDiff(m *ebpf.Map, buf, want map[bpfBwPolicyKey]bpfBwPolicyValue, tid uint32) error {
+	for k, v := range want {
+		k.TableId = tid
+		if old, ok := buf[k]; ok && old == v {
+			continue
+		}
+		if err := m.Put(&k, &v); err != nil {
+			return err
+		}
+		buf[k] = v
+	}
+	for k := range buf {
+		base := k
+		base.TableId = tid &^ 1
+		if _, ok := want[base]; ok {
+			continue
+		}
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		delete(buf, k)
+	}
+	return nil
+}
+
+// dropInactive deletes the inactive buffers (but those staged for a
+// switch) to make room; it returns how many entries it freed.
+func (dp *Datapath) dropInactive(loaded map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue, staged map[uint32]bool) (int, error) {
+	freed := 0
+	for tid, keys := range loaded {
+		es := dp.endpoints[tid>>1]
+		if staged[tid] || (es != nil && es.flags&epFlagReady != 0 && tid == es.ep.ID<<1|es.gen) {
+			continue
+		}
+		if err := dp.deletePolicyKeys(keys); err != nil {
+			return freed, err
+		}
+		freed += len(keys)
+		delete(loaded, tid)
+	}
+	return freed, nil
 }
 
 // deleteTables removes every table whose id match selects.
