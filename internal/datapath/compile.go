@@ -52,6 +52,44 @@ type CompiledEndpoint struct {
 	AuditIngress bool
 	AuditEgress  bool
 	Entries      map[TableKey]TableValue
+
+	// groups: each (direction, peer selector)'s entries and what they
+	// compiled to, reused by the next incremental compile of the endpoint
+	// when they are the same.
+	groups map[groupKey]*compiledGroup
+}
+
+type groupKey struct {
+	dir resolved.Direction
+	sel resolved.SelectorID
+}
+
+// compiledGroup is what one (direction, selector) compiled from: its
+// entries (values), the selector's wildcard status and the proxy ports of
+// its Redirect entries; out is the result.
+type compiledGroup struct {
+	entries  []resolved.Entry
+	wildcard bool
+	ports    []uint16
+	out      map[TableKey]TableValue
+}
+
+func (g *compiledGroup) same(entries []*resolved.Entry, wildcard bool, ports []uint16) bool {
+	if g == nil || g.wildcard != wildcard || len(g.entries) != len(entries) || !slices.Equal(g.ports, ports) {
+		return false
+	}
+	for i, e := range entries {
+		if !sameEntry(&g.entries[i], e) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameEntry: the fields compiling reads (L7 only through the proxy port).
+func sameEntry(a, b *resolved.Entry) bool {
+	return a.Peer == b.Peer && a.Proto == b.Proto && a.PortLo == b.PortLo && a.PortHi == b.PortHi &&
+		a.Verdict == b.Verdict && slices.Equal(a.Origin, b.Origin)
 }
 
 // auditFlags are the endpoint record's audit-default flags.
@@ -206,7 +244,7 @@ func Compile(st State) (*Compiled, error) {
 	}
 	c.wildcard = wildcardSelectors(st.Selectors, c.members)
 	for epID, pol := range st.Endpoints {
-		c.Endpoints[epID] = compileEndpoint(epID, pol, c.wildcard, st.ProxyPort, c.interner)
+		c.Endpoints[epID] = compileEndpoint(epID, pol, c.wildcard, st.ProxyPort, c.interner, nil)
 	}
 	sels := make([]resolved.SelectorID, 0, len(c.refCount))
 	for s := range c.refCount {
@@ -265,9 +303,11 @@ func endpointRefs(pol *resolved.EndpointPolicy) []resolved.SelectorID {
 	return slices.Compact(out)
 }
 
-// compileEndpoint compiles one validated endpoint policy.
+// compileEndpoint compiles one validated endpoint policy; the groups of
+// prev (the endpoint's previous compilation, or nil) whose entries, wildcard
+// status and proxy ports are the same are reused.
 func compileEndpoint(epID uint32, pol *resolved.EndpointPolicy, wildcards map[resolved.SelectorID]bool,
-	proxy ProxyPortFunc, ri *ruleInterner) *CompiledEndpoint {
+	proxy ProxyPortFunc, ri *ruleInterner, prev *CompiledEndpoint) *CompiledEndpoint {
 	ce := &CompiledEndpoint{
 		Identity:       pol.Identity,
 		EnforceIngress: pol.Ingress.Enforced,
@@ -275,6 +315,10 @@ func compileEndpoint(epID uint32, pol *resolved.EndpointPolicy, wildcards map[re
 		AuditIngress:   pol.Ingress.Audit && !pol.Ingress.Enforced,
 		AuditEgress:    pol.Egress.Audit && !pol.Egress.Enforced,
 		Entries:        map[TableKey]TableValue{},
+		groups:         map[groupKey]*compiledGroup{},
+	}
+	if prev != nil {
+		ce.Entries = make(map[TableKey]TableValue, len(prev.Entries))
 	}
 	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
 		dp := pol.Dir(dir)
@@ -287,8 +331,33 @@ func compileEndpoint(epID uint32, pol *resolved.EndpointPolicy, wildcards map[re
 			bySel[e.Peer] = append(bySel[e.Peer], e)
 		}
 		for sel, entries := range bySel {
-			compileSelector(ce.Entries, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
-				entries, proxy, ri)
+			key := groupKey{dir, sel}
+			var ports []uint16
+			for _, e := range entries {
+				if e.Verdict == resolved.Redirect {
+					var p uint16
+					if proxy != nil {
+						p = proxy(epID, dir, e)
+					}
+					ports = append(ports, p)
+				}
+			}
+			g := (*compiledGroup)(nil)
+			if prev != nil {
+				g = prev.groups[key]
+			}
+			if !g.same(entries, wildcards[sel], ports) {
+				g = &compiledGroup{wildcard: wildcards[sel], ports: ports, out: map[TableKey]TableValue{}}
+				for _, e := range entries {
+					g.entries = append(g.entries, *e)
+				}
+				compileSelector(g.out, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
+					entries, proxy, ri)
+			}
+			ce.groups[key] = g
+			for k, v := range g.out {
+				ce.Entries[k] = v
+			}
 		}
 	}
 	return ce

@@ -206,7 +206,7 @@ func (dp *Datapath) syncChangesLocked(st State, ch Changes) error {
 	}
 	for _, id := range eps {
 		if pol, ok := st.Endpoints[id]; ok {
-			c.Endpoints[id] = compileEndpoint(id, pol, wild, st.ProxyPort, c.interner)
+			c.Endpoints[id] = compileEndpoint(id, pol, wild, st.ProxyPort, c.interner, c.Endpoints[id])
 			c.epRefs[id] = newRefs[id]
 		} else {
 			delete(c.Endpoints, id)
