@@ -158,6 +158,29 @@ type RuleInfo struct {
 type ruleInterner struct {
 	byKey map[string]uint32
 	rules map[uint32]RuleInfo
+	kept  int // rules kept by the last prune
+}
+
+// prune forgets the rules no compiled entry uses any more, once they
+// outnumber the ones in use: an incremental sync keeps one interner, whose
+// rules would otherwise grow with every policy ever seen.
+func (ri *ruleInterner) prune(eps map[uint32]*CompiledEndpoint) {
+	if len(ri.rules) <= 2*ri.kept+1024 {
+		return
+	}
+	used := map[uint32]bool{}
+	for _, ce := range eps {
+		for _, v := range ce.Entries {
+			used[v.RuleID] = true
+		}
+	}
+	for k, id := range ri.byKey {
+		if !used[id] {
+			delete(ri.byKey, k)
+			delete(ri.rules, id)
+		}
+	}
+	ri.kept = len(ri.rules)
 }
 
 func newRuleInterner() *ruleInterner {

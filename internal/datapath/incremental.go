@@ -238,6 +238,7 @@ func (dp *Datapath) syncChangesLocked(st State, ch Changes) error {
 	}
 	c.refCount, c.members, c.wildcard = refCount, members, wild
 	c.relisted = map[identity.NumericIdentity]struct{}{}
+	c.interner.prune(c.Endpoints)
 	c.Rules = c.interner.rules
 	if err := dp.apply(st, c, dp.mirror, plan); err != nil {
 		return err
