@@ -117,7 +117,11 @@ spec:
 type churnState struct {
 	identities, identitiesFile, selectorsFile int
 	maps                                      map[string]int
-	heap                                      uint64
+	// policyRaw: all bw_policy entries, the inactive buffers (each
+	// endpoint's previous tables) included; maps["bw_policy"] counts the
+	// active tables only.
+	policyRaw int
+	heap      uint64
 }
 
 func measureChurn(t *testing.T, n *node, pins string) churnState {
@@ -149,6 +153,17 @@ func measureChurn(t *testing.T, n *node, pins string) churnState {
 		}
 		m.Close()
 		st.maps[name] = c
+	}
+	st.policyRaw, st.maps["bw_policy"] = st.maps["bw_policy"], 0
+	for _, ep := range n.dp.Endpoints() {
+		d, err := n.dp.DumpEndpoint(ep.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.maps["bw_policy"] += len(d.Entries)
+	}
+	if st.policyRaw > 2*st.maps["bw_policy"] {
+		t.Errorf("bw_policy holds %d entries, more than twice the %d of the active tables", st.policyRaw, st.maps["bw_policy"])
 	}
 	runtime.GC()
 	runtime.GC()
