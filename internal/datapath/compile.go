@@ -342,10 +342,11 @@ func compileEndpoint(epID uint32, pol *resolved.EndpointPolicy, wildcards map[re
 	}
 	if prev != nil {
 		ce.Entries = make(map[TableKey]TableValue, len(prev.Entries))
+		ce.groups = make(map[groupKey]*compiledGroup, len(prev.groups))
 	}
 	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
 		dp := pol.Dir(dir)
-		bySel := map[resolved.SelectorID][]*resolved.Entry{}
+		bySel := make(map[resolved.SelectorID][]*resolved.Entry, len(dp.Entries))
 		for i := range dp.Entries {
 			e := &dp.Entries[i]
 			if e.PortHi < e.PortLo {
