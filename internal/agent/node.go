@@ -573,7 +573,7 @@ func (n *node) pushTables() error {
 	ch := datapathChanges(n.dpPolicies, eps, ports != n.pushed.ports, ipcChanged)
 	n.mu.Unlock()
 	if err := n.dp.SyncChanges(st, ch); err != nil {
-		n.pushed = dpPushed{} // the datapath syncs fully next time
+		n.pushed = dpPushed{} // rebuilt next time (the datapath itself syncs fully after a failed write)
 		return fmt.Errorf("load datapath: %w", err)
 	}
 	n.pushed = dpPushed{ipcSrc: snap.IPCache, nodeIP: n.nodeIP, ipc: ipc, ports: ports}
