@@ -117,7 +117,11 @@ spec:
 type churnState struct {
 	identities, identitiesFile, selectorsFile int
 	maps                                      map[string]int
-	heap                                      uint64
+	// policyRaw: all bw_policy entries, the inactive buffers (each
+	// endpoint's previous tables, here one cycle's) included;
+	// maps["bw_policy"] counts the active tables only.
+	policyRaw int
+	heap      uint64
 }
 
 func measureChurn(t *testing.T, n *node, pins string) churnState {
@@ -150,6 +154,15 @@ func measureChurn(t *testing.T, n *node, pins string) churnState {
 		m.Close()
 		st.maps[name] = c
 	}
+	st.policyRaw, st.maps["bw_policy"] = st.maps["bw_policy"], 0
+	for _, ep := range n.dp.Endpoints() {
+		d, err := n.dp.DumpEndpoint(ep.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.maps["bw_policy"] += len(d.Entries)
+	}
+
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
@@ -225,6 +238,9 @@ func TestIdentityChurn(t *testing.T) {
 	if end.identities != base.identities || end.identitiesFile != base.identitiesFile || end.selectorsFile != base.selectorsFile {
 		t.Errorf("after churn: identities %d, files %d/%d bytes; want the baseline %d, %d/%d",
 			end.identities, end.identitiesFile, end.selectorsFile, base.identities, base.identitiesFile, base.selectorsFile)
+	}
+	if end.policyRaw != base.policyRaw {
+		t.Errorf("bw_policy: %d entries after churn (inactive buffers included); baseline %d", end.policyRaw, base.policyRaw)
 	}
 	for name, c := range base.maps {
 		if end.maps[name] != c {

@@ -58,6 +58,7 @@ type node struct {
 	fqdnIncremental atomic.Int64
 	// ipcacheHint is the size of the last ipcache pushed.
 	ipcacheHint atomic.Int64
+	pushed      dpPushed // what the last push gave the datapath (syncMu)
 	rl          rateLimits
 
 	mu        sync.Mutex
@@ -543,13 +544,7 @@ func (n *node) pushTables() error {
 		}
 	}
 	n.mu.Unlock()
-	ipc := make(map[netip.Prefix]identity.NumericIdentity, n.ipcacheHint.Load()+2)
-	snap.IPCache.Range(func(p netip.Prefix, id identity.NumericIdentity) { ipc[p] = id })
-	n.ipcacheHint.Store(int64(len(ipc))) // sizes the next map (no rehash while it grows)
-	if n.nodeIP.IsValid() {
-		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
-	}
-	ipc[netip.PrefixFrom(sandbox.Gateway, 32)] = identity.Host
+	ipc, ipcChanged := n.datapathIPCache(snap)
 	// CiliumEnvoyConfig rate limits: their backends' ports go to the proxy.
 	n.mu.Lock()
 	rlSet := n.rlSet
@@ -574,9 +569,15 @@ func (n *node) pushTables() error {
 	}
 	st := datapath.State{Endpoints: eps, Selectors: sels, IPCache: ipc, Revision: snap.Revision,
 		ProxyPort: n.l7.proxyPort}
-	if err := n.dp.Sync(st); err != nil {
+	ports := proxyPorts(n.l7)
+	n.mu.Lock()
+	ch := datapathChanges(n.dpPolicies, eps, ports != n.pushed.ports, ipcChanged)
+	n.mu.Unlock()
+	if err := n.dp.SyncChanges(st, ch); err != nil {
+		n.pushed = dpPushed{} // rebuilt next time (the datapath itself syncs fully after a failed write)
 		return fmt.Errorf("load datapath: %w", err)
 	}
+	n.pushed = dpPushed{ipcSrc: snap.IPCache, nodeIP: n.nodeIP, ipc: ipc, ports: ports}
 	n.addRules(n.dp.Compiled())
 	n.mu.Lock()
 	n.snap = snap

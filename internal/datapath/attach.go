@@ -122,7 +122,7 @@ func (dp *Datapath) AttachEndpoint(ep Endpoint) error {
 	}
 	// A policy already known for it: load it now.
 	if dp.desired != nil && dp.desired.Endpoints[ep.ID] != nil && es.flags&epFlagReady == 0 {
-		if err := dp.syncLocked(*dp.desired); err != nil {
+		if err := dp.syncChangesLocked(*dp.desired, Changes{Endpoints: []uint32{ep.ID}}); err != nil {
 			return fmt.Errorf("attach endpoint %d: load its policy: %w", ep.ID, err)
 		}
 	}

@@ -3,6 +3,7 @@ package datapath
 import (
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
@@ -51,6 +52,44 @@ type CompiledEndpoint struct {
 	AuditIngress bool
 	AuditEgress  bool
 	Entries      map[TableKey]TableValue
+
+	// groups: each (direction, peer selector)'s entries and what they
+	// compiled to, reused by the next incremental compile of the endpoint
+	// when they are the same.
+	groups map[groupKey]*compiledGroup
+}
+
+type groupKey struct {
+	dir resolved.Direction
+	sel resolved.SelectorID
+}
+
+// compiledGroup is what one (direction, selector) compiled from: its
+// entries (values), the selector's wildcard status and the proxy ports of
+// its Redirect entries; out is the result.
+type compiledGroup struct {
+	entries  []resolved.Entry
+	wildcard bool
+	ports    []uint16
+	out      map[TableKey]TableValue
+}
+
+func (g *compiledGroup) same(entries []*resolved.Entry, wildcard bool, ports []uint16) bool {
+	if g == nil || g.wildcard != wildcard || len(g.entries) != len(entries) || !slices.Equal(g.ports, ports) {
+		return false
+	}
+	for i, e := range entries {
+		if !sameEntry(&g.entries[i], e) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameEntry: the fields compiling reads (L7 only through the proxy port).
+func sameEntry(a, b *resolved.Entry) bool {
+	return a.Peer == b.Peer && a.Proto == b.Proto && a.PortLo == b.PortLo && a.PortHi == b.PortHi &&
+		a.Verdict == b.Verdict && slices.Equal(a.Origin, b.Origin)
 }
 
 // auditFlags are the endpoint record's audit-default flags.
@@ -89,6 +128,18 @@ type Compiled struct {
 	// recomputes selector lists from them.
 	referenced []resolved.SelectorID
 	wildcard   map[resolved.SelectorID]bool
+
+	// What an incremental sync (SyncChanges) starts from: the selectors
+	// each endpoint uses, how many endpoints use each, the membership the
+	// selector lists were computed from (the slices the selector set
+	// returned: compared by identity) and the rule ids given so far.
+	epRefs   map[uint32][]resolved.SelectorID
+	refCount map[resolved.SelectorID]int
+	members  map[resolved.SelectorID][]identity.NumericIdentity
+	interner *ruleInterner
+	// relisted: identities whose lists UpdateIdentities computed from a
+	// newer selector set than members.
+	relisted map[identity.NumericIdentity]struct{}
 }
 
 // RuleInfo is what a rule id stands for: the policies whose entries
@@ -107,6 +158,29 @@ type RuleInfo struct {
 type ruleInterner struct {
 	byKey map[string]uint32
 	rules map[uint32]RuleInfo
+	kept  int // rules kept by the last prune
+}
+
+// prune forgets the rules no compiled entry uses any more, once they
+// outnumber the ones in use: an incremental sync keeps one interner, whose
+// rules would otherwise grow with every policy ever seen.
+func (ri *ruleInterner) prune(eps map[uint32]*CompiledEndpoint) {
+	if len(ri.rules) <= 2*ri.kept+1024 {
+		return
+	}
+	used := map[uint32]bool{}
+	for _, ce := range eps {
+		for _, v := range ce.Entries {
+			used[v.RuleID] = true
+		}
+	}
+	for k, id := range ri.byKey {
+		if !used[id] {
+			delete(ri.byKey, k)
+			delete(ri.rules, id)
+		}
+	}
+	ri.kept = len(ri.rules)
 }
 
 func newRuleInterner() *ruleInterner {
@@ -169,71 +243,44 @@ func Compile(st State) (*Compiled, error) {
 		Endpoints:     map[uint32]*CompiledEndpoint{},
 		SelectorLists: map[identity.NumericIdentity][]resolved.SelectorID{},
 		Overflowed:    map[identity.NumericIdentity]int{},
+		epRefs:        make(map[uint32][]resolved.SelectorID, len(st.Endpoints)),
+		refCount:      map[resolved.SelectorID]int{},
+		interner:      newRuleInterner(),
+		relisted:      map[identity.NumericIdentity]struct{}{},
 	}
-	ri := newRuleInterner()
-	referenced := map[resolved.SelectorID]bool{}
-	for _, pol := range st.Endpoints {
-		if pol == nil {
-			continue // reported below
+	for epID, pol := range st.Endpoints {
+		if err := validateEndpoint(epID, pol); err != nil {
+			return nil, err
 		}
-		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
-			for _, e := range pol.Dir(dir).Entries {
-				if e.PortHi >= e.PortLo {
-					referenced[e.Peer] = true
-				}
-			}
+		refs := endpointRefs(pol)
+		c.epRefs[epID] = refs
+		for _, s := range refs {
+			c.refCount[s]++
 		}
 	}
-	if len(referenced) > 0 && st.Selectors == nil {
+	if len(c.refCount) > 0 && st.Selectors == nil {
 		return nil, fmt.Errorf("compile: state has policy entries but no selector set")
 	}
-	members := make(map[resolved.SelectorID][]identity.NumericIdentity, len(referenced))
-	for s := range referenced {
-		members[s] = st.Selectors.Identities(s)
+	c.members = make(map[resolved.SelectorID][]identity.NumericIdentity, len(c.refCount))
+	for s := range c.refCount {
+		c.members[s] = st.Selectors.Identities(s)
 	}
-	wildcards := wildcardSelectors(st.Selectors, members)
+	c.wildcard = wildcardSelectors(st.Selectors, c.members)
 	for epID, pol := range st.Endpoints {
-		if pol == nil {
-			return nil, fmt.Errorf("compile endpoint %d: nil policy", epID)
-		}
-		ce := &CompiledEndpoint{
-			Identity:       pol.Identity,
-			EnforceIngress: pol.Ingress.Enforced,
-			EnforceEgress:  pol.Egress.Enforced,
-			AuditIngress:   pol.Ingress.Audit && !pol.Ingress.Enforced,
-			AuditEgress:    pol.Egress.Audit && !pol.Egress.Enforced,
-			Entries:        map[TableKey]TableValue{},
-		}
-		for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
-			dp := pol.Dir(dir)
-			bySel := map[resolved.SelectorID][]*resolved.Entry{}
-			for i := range dp.Entries {
-				e := &dp.Entries[i]
-				switch e.Verdict {
-				case resolved.Allow, resolved.Deny, resolved.Redirect, resolved.AuditDeny:
-				default:
-					return nil, fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny, redirect or audit-deny", epID, dir, i, e.Verdict)
-				}
-				if e.PortHi < e.PortLo {
-					continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
-				}
-				bySel[e.Peer] = append(bySel[e.Peer], e)
-			}
-			for sel, entries := range bySel {
-				compileSelector(ce.Entries, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
-					entries, st.ProxyPort, ri)
-			}
-		}
-		c.Endpoints[epID] = ce
+		c.Endpoints[epID] = compileEndpoint(epID, pol, c.wildcard, st.ProxyPort, c.interner, nil)
 	}
-	sels := make([]resolved.SelectorID, 0, len(referenced))
-	for s := range referenced {
+	sels := make([]resolved.SelectorID, 0, len(c.refCount))
+	for s := range c.refCount {
 		sels = append(sels, s)
 	}
 	sort.Slice(sels, func(i, j int) bool { return sels[i] < sels[j] })
 	for _, s := range sels {
-		for _, id := range members[s] {
-			c.SelectorLists[id] = append(c.SelectorLists[id], s)
+		for _, id := range c.members[s] {
+			l := c.SelectorLists[id]
+			if n := len(l); n > 0 && l[n-1] == s {
+				continue // a duplicate member
+			}
+			c.SelectorLists[id] = append(l, s)
 		}
 	}
 	for id, l := range c.SelectorLists {
@@ -241,10 +288,103 @@ func Compile(st State) (*Compiled, error) {
 			c.Overflowed[id] = len(l)
 		}
 	}
-	c.Rules = ri.rules
-	c.referenced, c.wildcard = sels, wildcards
-	c.referenced, c.wildcard = sels, wildcards
+	c.Rules = c.interner.rules
+	c.referenced = sels
 	return c, nil
+}
+
+// validateEndpoint refuses what compileEndpoint cannot compile.
+func validateEndpoint(epID uint32, pol *resolved.EndpointPolicy) error {
+	if pol == nil {
+		return fmt.Errorf("compile endpoint %d: nil policy", epID)
+	}
+	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		for i, e := range pol.Dir(dir).Entries {
+			switch e.Verdict {
+			case resolved.Allow, resolved.Deny, resolved.Redirect, resolved.AuditDeny:
+			default:
+				return fmt.Errorf("compile endpoint %d %s entry %d: verdict %d is not allow, deny, redirect or audit-deny", epID, dir, i, e.Verdict)
+			}
+		}
+	}
+	return nil
+}
+
+// endpointRefs are the distinct peer selectors an endpoint's entries use,
+// ascending (an entry with an empty port range matches nothing and uses
+// none).
+func endpointRefs(pol *resolved.EndpointPolicy) []resolved.SelectorID {
+	var out []resolved.SelectorID
+	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		for _, e := range pol.Dir(dir).Entries {
+			if e.PortHi >= e.PortLo {
+				out = append(out, e.Peer)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// compileEndpoint compiles one validated endpoint policy; the groups of
+// prev (the endpoint's previous compilation, or nil) whose entries, wildcard
+// status and proxy ports are the same are reused.
+func compileEndpoint(epID uint32, pol *resolved.EndpointPolicy, wildcards map[resolved.SelectorID]bool,
+	proxy ProxyPortFunc, ri *ruleInterner, prev *CompiledEndpoint) *CompiledEndpoint {
+	ce := &CompiledEndpoint{
+		Identity:       pol.Identity,
+		EnforceIngress: pol.Ingress.Enforced,
+		EnforceEgress:  pol.Egress.Enforced,
+		AuditIngress:   pol.Ingress.Audit && !pol.Ingress.Enforced,
+		AuditEgress:    pol.Egress.Audit && !pol.Egress.Enforced,
+		Entries:        map[TableKey]TableValue{},
+		groups:         map[groupKey]*compiledGroup{},
+	}
+	if prev != nil {
+		ce.Entries = make(map[TableKey]TableValue, len(prev.Entries))
+		ce.groups = make(map[groupKey]*compiledGroup, len(prev.groups))
+	}
+	for _, dir := range []resolved.Direction{resolved.Ingress, resolved.Egress} {
+		dp := pol.Dir(dir)
+		bySel := make(map[resolved.SelectorID][]*resolved.Entry, len(dp.Entries))
+		for i := range dp.Entries {
+			e := &dp.Entries[i]
+			if e.PortHi < e.PortLo {
+				continue // an empty range matches nothing (as resolved.Entry.MatchesPort)
+			}
+			bySel[e.Peer] = append(bySel[e.Peer], e)
+		}
+		for sel, entries := range bySel {
+			key := groupKey{dir, sel}
+			var ports []uint16
+			for _, e := range entries {
+				if e.Verdict == resolved.Redirect {
+					var p uint16
+					if proxy != nil {
+						p = proxy(epID, dir, e)
+					}
+					ports = append(ports, p)
+				}
+			}
+			g := (*compiledGroup)(nil)
+			if prev != nil {
+				g = prev.groups[key]
+			}
+			if !g.same(entries, wildcards[sel], ports) {
+				g = &compiledGroup{wildcard: wildcards[sel], ports: ports, out: map[TableKey]TableValue{}}
+				for _, e := range entries {
+					g.entries = append(g.entries, *e)
+				}
+				compileSelector(g.out, selectorCompilation{epID: epID, dir: dir, sel: sel, wildcard: wildcards[sel]},
+					entries, proxy, ri)
+			}
+			ce.groups[key] = g
+			for k, v := range g.out {
+				ce.Entries[k] = v
+			}
+		}
+	}
+	return ce
 }
 
 // entryRange is the inclusive port range an entry covers (0..0 = all).

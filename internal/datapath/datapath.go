@@ -49,6 +49,9 @@ type Datapath struct {
 	hz        uint32         // jiffies per second (conntrack clock)
 	counts    map[string]int // entries per map after the last sync/GC
 	mirror    *mirror        // syncer's view of the maps it owns; nil = re-read
+	// synced: the maps hold compiled for every attached endpoint (the last
+	// sync succeeded): SyncChanges may compare only what changed.
+	synced bool
 
 	synthetic     chan event.Event // events the syncer raises (overflow)
 	overflows     atomic.Uint64

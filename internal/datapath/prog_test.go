@@ -560,9 +560,11 @@ func TestSyncIsIncrementalAndDoubleBuffered(t *testing.T) {
 	if d3.TableID == d1.TableID || dp.Revision() == rev {
 		t.Fatal("a changed state did not switch buffers / bump the revision")
 	}
+	// The previous tables stay in the inactive buffer (the next change
+	// writes only what differs from them).
 	loaded, _ := dp.scanPolicy()
-	if len(loaded) != 1 || len(loaded[d3.TableID]) == 0 {
-		t.Fatalf("old buffer left behind: %d tables", len(loaded))
+	if len(loaded) != 2 || len(loaded[d3.TableID]) == 0 || len(loaded[d1.TableID]) == 0 {
+		t.Fatalf("want the active and the previous buffer, got %d tables", len(loaded))
 	}
 	var sb strings.Builder
 	d3.Format(&sb)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -14,14 +15,17 @@ import (
 	"github.com/bulwark-net/bulwark/internal/policy/resolved"
 )
 
-// Sync makes the maps hold st. Nothing is applied when st does not compile.
-// The order never opens a window:
+// Sync makes the maps hold st, comparing all of it with what they hold
+// (SyncChanges compares only what changed). Nothing is applied when st
+// does not compile. The order never opens a window:
 //  1. ipcache additions and changes;
 //  2. each changed endpoint's tables go into its inactive buffer;
 //  3. identity selector lists become the union of old and new membership;
 //  4. endpoint records switch to the new buffer (one atomic update each);
 //  5. selector lists become exactly the new membership;
-//  6. old buffers and removed ipcache prefixes are deleted;
+//  6. removed ipcache prefixes are deleted, and the tables of endpoints
+//     gone or not ready (a ready endpoint's inactive buffer keeps its
+//     previous tables: the next change writes only what differs);
 //  7. the policy revision moves, so established flows revalidate on their
 //     next packet (kept when still allowed, ended when not).
 //
@@ -72,6 +76,25 @@ func (dp *Datapath) loadMirror() (*mirror, error) {
 	return dp.mirror, nil
 }
 
+// forget drops the mirror after a failed write: the next sync re-reads the
+// maps and compares everything (no incremental sync until then).
+func (dp *Datapath) forget() {
+	dp.mirror = nil
+	dp.synced = false
+}
+
+// syncPlan is what one sync reconciles; everything else is known to hold
+// what it should already.
+type syncPlan struct {
+	eps   []uint32                   // attached endpoints whose tables and record are reconciled, ascending
+	ipPut map[bpfBwIpcacheKey]uint32 // ipcache entries to add or change (when the mirror differs)
+	ipDel []bpfBwIpcacheKey          // ipcache entries to remove (when the mirror holds them)
+	ids   []identity.NumericIdentity // identities whose selector list is reconciled
+	// newlyOverflowed: identities whose list overflows now and did not
+	// before (an event each).
+	newlyOverflowed []identity.NumericIdentity
+}
+
 func (dp *Datapath) syncLocked(st State) (err error) {
 	if dp.closed {
 		return fmt.Errorf("sync: datapath closed")
@@ -84,10 +107,49 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
+	plan := syncPlan{ipPut: make(map[bpfBwIpcacheKey]uint32, len(st.IPCache))}
+	for p, id := range st.IPCache {
+		plan.ipPut[ipcacheKey(p)] = uint32(id)
+	}
+	for k := range mir.ip {
+		if _, ok := plan.ipPut[k]; !ok {
+			plan.ipDel = append(plan.ipDel, k)
+		}
+	}
+	plan.eps = make([]uint32, 0, len(dp.endpoints))
+	for id := range dp.endpoints {
+		plan.eps = append(plan.eps, id)
+	}
+	slices.Sort(plan.eps)
+	plan.ids = make([]identity.NumericIdentity, 0, len(c.SelectorLists))
+	for id := range c.SelectorLists {
+		plan.ids = append(plan.ids, id)
+		if _, over := c.Overflowed[id]; over {
+			if _, was := dp.compiledOverflow(id); !was {
+				plan.newlyOverflowed = append(plan.newlyOverflowed, id)
+			}
+		}
+	}
+	for id := range mir.sel {
+		if _, ok := c.SelectorLists[id]; !ok {
+			plan.ids = append(plan.ids, id)
+		}
+	}
+	if err := dp.apply(st, c, mir, plan); err != nil {
+		return err
+	}
+	dp.compiled = c
+	dp.synced = true
+	return nil
+}
+
+// apply writes plan's part of c (compiled from st) to the maps, in the
+// order Sync describes.
+func (dp *Datapath) apply(st State, c *Compiled, mir *mirror, plan syncPlan) (err error) {
 	changed := false
 	defer func() {
 		if err != nil {
-			dp.mirror = nil // re-read the kernel's truth next time
+			dp.forget() // re-read the kernel's truth next time
 			if changed {
 				// Half-applied: established flows must still revalidate
 				// against what the maps hold now.
@@ -100,11 +162,7 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 
 	// 1. ipcache additions.
 	curIP := mir.ip
-	wantIP := make(map[bpfBwIpcacheKey]uint32, len(st.IPCache))
-	for p, id := range st.IPCache {
-		wantIP[ipcacheKey(p)] = uint32(id)
-	}
-	for k, id := range wantIP {
+	for k, id := range plan.ipPut {
 		if old, ok := curIP[k]; ok && old == id {
 			continue
 		}
@@ -122,13 +180,12 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 		total += len(t)
 	}
 	var switches []pendingSwitch
-	ids := make([]uint32, 0, len(dp.endpoints))
-	for id := range dp.endpoints {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	for _, id := range ids {
+	staged := map[uint32]bool{} // buffers written for a pending switch
+	for _, id := range plan.eps {
 		es := dp.endpoints[id]
+		if es == nil {
+			continue
+		}
 		ce := c.Endpoints[id]
 		if ce == nil {
 			if es.flags != 0 {
@@ -156,46 +213,49 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 			}
 			continue
 		}
+		// The inactive buffer keeps the version before the active one:
+		// only what differs from it is written.
 		newGen := es.gen ^ 1
 		newTID := id<<1 | newGen
-		if stale := loaded[newTID]; len(stale) > 0 {
-			if err := dp.deletePolicyKeys(stale); err != nil {
-				return fmt.Errorf("sync: clear inactive table of endpoint %d: %w", id, err)
+		if total-len(loaded[newTID])+len(want) > int(dp.sizes.Policy) {
+			freed, err := dp.dropInactive(loaded, staged)
+			if err != nil {
+				return fmt.Errorf("sync: make room for endpoint %d: %w", id, err)
 			}
-			total -= len(stale)
-			delete(loaded, newTID)
+			total -= freed
 		}
-		if total+len(want) > int(dp.sizes.Policy) {
-			dp.raiseOverflow(id, fmt.Sprintf("policy table needs %d entries, %d of %d in use", len(want), total, dp.sizes.Policy))
+		if total-len(loaded[newTID])+len(want) > int(dp.sizes.Policy) {
+			dp.raiseOverflow(id, fmt.Sprintf("policy table needs %d entries, %d of %d in use", len(want), total-len(loaded[newTID]), dp.sizes.Policy))
 			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
 		}
-		written := make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(want))
-		var werr error
-		for k, v := range want {
-			k.TableId = newTID
-			if werr = dp.objs.BwPolicy.Put(&k, &v); werr != nil {
-				break
-			}
-			written[k] = v
+		buf := loaded[newTID]
+		if buf == nil {
+			buf = make(map[bpfBwPolicyKey]bpfBwPolicyValue, len(want))
+			loaded[newTID] = buf
 		}
+		before := len(buf)
+		werr := writeDiff(dp.objs.BwPolicy, buf, want, newTID)
+		total += len(buf) - before
 		if werr != nil {
-			if err := dp.deletePolicyKeys(written); err != nil {
+			if err := dp.deletePolicyKeys(buf); err != nil {
 				return fmt.Errorf("sync: undo partial table of endpoint %d: %w", id, err)
 			}
+			total -= len(buf)
+			delete(loaded, newTID)
 			dp.raiseOverflow(id, fmt.Sprintf("writing policy table: %v", werr))
 			switches = append(switches, pendingSwitch{es, es.gen, epFlagOverflow, ident})
 			continue
 		}
-		total += len(written)
-		loaded[newTID] = written
+		staged[newTID] = true
 		switches = append(switches, pendingSwitch{es, newGen, flags, ident})
 	}
 
 	// 3. selector lists: union of old and new membership.
 	curSel := mir.sel
-	for id, sels := range c.SelectorLists {
-		if sameSelectors(curSel[id], sels) {
+	for _, id := range plan.ids {
+		sels := c.SelectorLists[id]
+		if len(sels) == 0 || sameSelectors(curSel[id], sels) {
 			continue
 		}
 		if len(curSel[id]) == 0 { // a new identity: its list is final now
@@ -228,7 +288,18 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	}
 
 	// 5. selector lists: exactly the new membership.
-	for id, sels := range c.SelectorLists {
+	for _, id := range plan.ids {
+		sels := c.SelectorLists[id]
+		if len(sels) == 0 {
+			if _, ok := curSel[id]; ok {
+				if err := dp.objs.BwIdSelectors.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return fmt.Errorf("sync: delete selector list of %d: %w", id, err)
+				}
+				delete(curSel, id)
+				changed = true
+			}
+			continue
+		}
 		if !sameSelectors(curSel[id], sels) {
 			changed = true
 			if err := dp.putSelectorList(id, sels); err != nil {
@@ -236,46 +307,33 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 			}
 			curSel[id] = sels
 		}
-		if n, over := c.Overflowed[id]; over {
-			if _, was := dp.compiledOverflow(id); !was {
-				dp.raiseIdentityOverflow(id, n)
-			}
-		}
 	}
-	for id := range curSel {
-		if _, ok := c.SelectorLists[id]; !ok {
-			if err := dp.objs.BwIdSelectors.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("sync: delete selector list of %d: %w", id, err)
-			}
-			delete(curSel, id)
-			changed = true
-		}
+	for _, id := range plan.newlyOverflowed {
+		dp.raiseIdentityOverflow(id, c.Overflowed[id])
 	}
 
-	// 6. old buffers and removed prefixes.
-	active := map[uint32]bool{}
-	for id, es := range dp.endpoints {
-		if es.flags&epFlagReady != 0 {
-			active[id<<1|es.gen] = true
-		}
-	}
+	// 6. buffers of endpoints gone or not ready, and removed prefixes. A
+	// ready endpoint keeps its inactive buffer: the next change of its
+	// tables writes only what differs from it.
 	for tid, keys := range loaded {
-		if !active[tid] {
-			if err := dp.deletePolicyKeys(keys); err != nil {
-				return fmt.Errorf("sync: delete old table %d: %w", tid, err)
-			}
-			delete(loaded, tid)
-			total -= len(keys)
+		if es := dp.endpoints[tid>>1]; es != nil && es.flags&epFlagReady != 0 {
+			continue
 		}
+		if err := dp.deletePolicyKeys(keys); err != nil {
+			return fmt.Errorf("sync: delete old table %d: %w", tid, err)
+		}
+		delete(loaded, tid)
+		total -= len(keys)
 	}
-	for k := range curIP {
-		if _, ok := wantIP[k]; !ok {
-			if err := dp.objs.BwIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("sync: delete ipcache %s: %w", ipcachePrefix(k), err)
-			}
-			delete(curIP, k)
-			changed = true
+	for _, k := range plan.ipDel {
+		if _, ok := curIP[k]; !ok {
+			continue
 		}
+		if err := dp.objs.BwIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("sync: delete ipcache %s: %w", ipcachePrefix(k), err)
+		}
+		delete(curIP, k)
+		changed = true
 	}
 
 	// 7. revision.
@@ -286,12 +344,11 @@ func (dp *Datapath) syncLocked(st State) (err error) {
 	}
 	stCopy := st
 	dp.desired = &stCopy
-	dp.compiled = c
 	for id, info := range c.Rules {
 		dp.rules[id] = info
 	}
 	dp.counts["policy"] = total
-	dp.counts["ipcache"] = len(wantIP)
+	dp.counts["ipcache"] = len(curIP)
 	dp.counts["id_selectors"] = len(c.SelectorLists)
 	dp.counts["endpoints"] = len(dp.endpoints)
 	return nil
@@ -435,6 +492,51 @@ func (dp *Datapath) deletePolicyKeys(keys map[bpfBwPolicyKey]bpfBwPolicyValue) e
 	return nil
 }
 
+// writeDiff makes table tid (whose content buf mirrors, updated as it
+// goes) hold want (keyed with the base table id).
+func writeDiff(m *ebpf.Map, buf, want map[bpfBwPolicyKey]bpfBwPolicyValue, tid uint32) error {
+	for k, v := range want {
+		k.TableId = tid
+		if old, ok := buf[k]; ok && old == v {
+			continue
+		}
+		if err := m.Put(&k, &v); err != nil {
+			return err
+		}
+		buf[k] = v
+	}
+	for k := range buf {
+		base := k
+		base.TableId = tid &^ 1
+		if _, ok := want[base]; ok {
+			continue
+		}
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		delete(buf, k)
+	}
+	return nil
+}
+
+// dropInactive deletes the inactive buffers (but those staged for a
+// switch) to make room; it returns how many entries it freed.
+func (dp *Datapath) dropInactive(loaded map[uint32]map[bpfBwPolicyKey]bpfBwPolicyValue, staged map[uint32]bool) (int, error) {
+	freed := 0
+	for tid, keys := range loaded {
+		es := dp.endpoints[tid>>1]
+		if staged[tid] || (es != nil && es.flags&epFlagReady != 0 && tid == es.ep.ID<<1|es.gen) {
+			continue
+		}
+		if err := dp.deletePolicyKeys(keys); err != nil {
+			return freed, err
+		}
+		freed += len(keys)
+		delete(loaded, tid)
+	}
+	return freed, nil
+}
+
 // deleteTables removes every table whose id match selects.
 func (dp *Datapath) deleteTables(match func(tableID uint32) bool) error {
 	mir, err := dp.loadMirror()
@@ -444,7 +546,7 @@ func (dp *Datapath) deleteTables(match func(tableID uint32) bool) error {
 	for tid, keys := range mir.pol {
 		if match(tid) {
 			if err := dp.deletePolicyKeys(keys); err != nil {
-				dp.mirror = nil
+				dp.forget()
 				return err
 			}
 			delete(mir.pol, tid)

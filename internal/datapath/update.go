@@ -91,7 +91,7 @@ func (dp *Datapath) UpdateIdentities(u IdentityUpdate) (err error) {
 	changed := false
 	defer func() {
 		if err != nil {
-			dp.mirror = nil
+			dp.forget()
 			dp.desired = nil // the next Sync rewrites everything
 			if changed {
 				if berr := dp.bumpRevision(0); berr != nil {
@@ -195,6 +195,11 @@ func (dp *Datapath) UpdateIdentities(u IdentityUpdate) (err error) {
 		} else {
 			delete(c.Overflowed, id)
 		}
+	}
+	// These lists follow u.Selectors, the others still c.members: an
+	// incremental sync lists these again from its own selector set.
+	for id := range newLists {
+		c.relisted[id] = struct{}{}
 	}
 	dp.counts["ipcache"] = len(dp.desired.IPCache)
 	dp.counts["id_selectors"] = len(c.SelectorLists)
