@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -97,6 +98,7 @@ func newAgentCmd() *cobra.Command {
 	var stateDir string
 	var localDelivery bool
 	var listen listenFlagValues
+	var logLevel string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -120,6 +122,13 @@ func newAgentCmd() *cobra.Command {
 				opts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
 			listenFlags(cmd, &opts, &listen)
+			if cmd.Flags().Changed("log-level") {
+				var l slog.Level
+				if err := l.UnmarshalText([]byte(logLevel)); err != nil {
+					return fmt.Errorf("--log-level %q: must be debug, info, warn or error", logLevel)
+				}
+				opts.LogLevel = &l
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, opts)
@@ -133,6 +142,9 @@ func newAgentCmd() *cobra.Command {
 	registerSandboxFlags(cmd, &opts.IPv6, &opts.World)
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	registerDNSRejectFlag(cmd, &opts.DNSReject)
+	cmd.Flags().StringVar(&opts.HealthAddr, "health-addr", "",
+		"serve /healthz (liveness) and /readyz (ready once the datapath is loaded and the desired state synced) on this address, e.g. "+agent.DefaultHealthListen+" for the kubelet's probes (empty: off)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "debug", "lowest level logged: debug, info, warn or error")
 	return cmd
 }
 
