@@ -8,5 +8,5 @@ import "embed"
 
 // Files are the chart's files, paths relative to the chart directory.
 //
-//go:embed Chart.yaml values.yaml values.schema.json .helmignore all:templates
+//go:embed Chart.yaml values.yaml values.schema.json .helmignore all:templates crds
 var Files embed.FS
