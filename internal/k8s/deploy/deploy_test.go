@@ -332,8 +332,12 @@ func checkRendered(t *testing.T, objs []*unstructured.Unstructured, chained bool
 		if m.MountPath != host || m.ReadOnly != want.ro {
 			t.Errorf("%s mounted at %s read-only %v; want at the same path, read-only %v", host, m.MountPath, m.ReadOnly, want.ro)
 		}
-		if got := m.MountPropagation; (got == nil && want.prop != "") || (got != nil && *got != want.prop) {
-			t.Errorf("%s propagation %v, want %q", host, got, want.prop)
+		var got corev1.MountPropagationMode
+		if m.MountPropagation != nil {
+			got = *m.MountPropagation
+		}
+		if got != want.prop {
+			t.Errorf("%s propagation %q, want %q", host, got, want.prop)
 		}
 	}
 	// The binding grants the ClusterRole to the ServiceAccount rendered.
