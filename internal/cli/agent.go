@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -98,7 +99,7 @@ func newAgentCmd() *cobra.Command {
 	var stateDir string
 	var localDelivery bool
 	var listen listenFlagValues
-	var logLevel string
+	logLevel := logLevelValue{level: slog.LevelDebug}
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -123,11 +124,7 @@ func newAgentCmd() *cobra.Command {
 			}
 			listenFlags(cmd, &opts, &listen)
 			if cmd.Flags().Changed("log-level") {
-				var l slog.Level
-				if err := l.UnmarshalText([]byte(logLevel)); err != nil {
-					return fmt.Errorf("--log-level %q: must be debug, info, warn or error", logLevel)
-				}
-				opts.LogLevel = &l
+				opts.LogLevel = &logLevel.level
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -144,8 +141,23 @@ func newAgentCmd() *cobra.Command {
 	registerDNSRejectFlag(cmd, &opts.DNSReject)
 	cmd.Flags().StringVar(&opts.HealthAddr, "health-addr", "",
 		"serve /healthz (liveness) and /readyz (ready once the datapath is loaded and the desired state synced) on this address, e.g. "+agent.DefaultHealthListen+" for the kubelet's probes (empty: off)")
-	cmd.Flags().StringVar(&logLevel, "log-level", "debug", "lowest level logged: debug, info, warn or error")
+	cmd.Flags().Var(&logLevel, "log-level", "lowest level logged: debug, info, warn or error")
 	return cmd
+}
+
+// logLevelValue is --log-level: a slog level by name, checked when parsed.
+type logLevelValue struct{ level slog.Level }
+
+func (v *logLevelValue) String() string { return strings.ToLower(v.level.String()) }
+func (v *logLevelValue) Type() string   { return "level" }
+
+func (v *logLevelValue) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("%q is not a log level: debug, info, warn or error", s)
+	}
+	return v.level.UnmarshalText([]byte(s))
 }
 
 // registerIdentityGraceFlag adds the hidden --identity-grace (tests).
