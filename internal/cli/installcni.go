@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bulwark-net/bulwark/internal/cni"
 	"github.com/bulwark-net/bulwark/internal/cni/install"
 )
 
@@ -25,12 +24,12 @@ func newInstallCNICmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("find the plugin beside this binary: %w (give --from)", err)
 				}
-				from = filepath.Join(filepath.Dir(self), cni.PluginType)
+				from = filepath.Join(filepath.Dir(self), install.PluginName)
 			}
-			if err := install.Binary(from, to, cni.PluginType); err != nil {
+			if err := install.Binary(from, to, install.PluginName); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "installed %s as %s\n", from, filepath.Join(to, cni.PluginType))
+			fmt.Fprintf(cmd.OutOrStdout(), "installed %s as %s\n", from, filepath.Join(to, install.PluginName))
 			return nil
 		},
 	}

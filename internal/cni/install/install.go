@@ -12,6 +12,10 @@ import (
 	"path/filepath"
 )
 
+// PluginName is the plugin's binary name, cni.PluginType (not imported:
+// the CLI that installs the plugin does not link the plugin's libraries).
+const PluginName = "bulwark-cni"
+
 // Binary copies the executable src to dir/name atomically: a temporary file
 // in dir, written, synced and made executable (0755), then renamed over the
 // target. On any error the target is untouched and the temporary file is

@@ -6,7 +6,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bulwark-net/bulwark/internal/cni"
 )
+
+func TestPluginNameIsThePluginType(t *testing.T) {
+	if PluginName != cni.PluginType {
+		t.Fatalf("PluginName %q, the plugin's type is %q", PluginName, cni.PluginType)
+	}
+}
 
 func writeExec(t *testing.T, path string, content []byte, mode os.FileMode) {
 	t.Helper()
