@@ -195,8 +195,15 @@ func find(objs []*unstructured.Unstructured, kind string) []*unstructured.Unstru
 func TestRenderedDaemonSet(t *testing.T) {
 	for _, c := range valueSets() {
 		t.Run(c.name, func(t *testing.T) {
-			_, objs := render(t, Options{Values: c.values})
+			r, objs := render(t, Options{Values: c.values})
 			checkRendered(t, objs, c.values != nil)
+			mode := "standalone mode"
+			if c.values != nil {
+				mode = "chained mode"
+			}
+			if !strings.Contains(r.Notes, mode) || !strings.Contains(r.Notes, "rollout status daemonset/bulwark") {
+				t.Errorf("NOTES.txt does not tell the %s and how to watch the rollout:\n%s", mode, r.Notes)
+			}
 		})
 	}
 }
