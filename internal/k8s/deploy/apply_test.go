@@ -90,7 +90,7 @@ func (a *applier) apply(ctx context.Context, u *unstructured.Unstructured, dryRu
 // Established). The created objects must reference each other, and the
 // agent's ServiceAccount must be allowed exactly what the agent does.
 func TestChartAppliesToTheAPIServer(t *testing.T) {
-	c := k8stest.Start(t)
+	c := k8stest.Start(t, k8stest.Options{ControllerManager: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	a := newApplier(t, c.Config, c.Client)
@@ -105,6 +105,15 @@ func TestChartAppliesToTheAPIServer(t *testing.T) {
 	}
 	_, chainedObjs := render(t, Options{ReleaseName: "bulwark-chained", Namespace: "bulwark-test", Values: chainedValues()})
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bulwark-test"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A node without a kubelet, tainted as a control-plane node: the
+	// DaemonSet controller must still give it an agent pod.
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{"kubernetes.io/os": "linux"}},
+		Spec:       corev1.NodeSpec{Taints: []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}},
+	}
+	if _, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -148,6 +157,7 @@ func TestChartAppliesToTheAPIServer(t *testing.T) {
 				}
 			}
 			checkCreated(ctx, t, c.Client, set.objs)
+			checkAgentPod(ctx, t, c.Client, set.objs, node.Name)
 			checkAgentRBAC(ctx, t, c, a, set.objs)
 		})
 	}
@@ -344,5 +354,56 @@ func checkAgentRBAC(ctx context.Context, t *testing.T, c *k8stest.Cluster, a *ap
 	}
 	if err != nil && !strings.Contains(err.Error(), user) {
 		t.Errorf("forbidden error %q does not name %s", err, user)
+	}
+}
+
+// checkAgentPod waits for the DaemonSet controller's pod on node: the API
+// server admitted it (the ServiceAccount exists, the priority class
+// resolves, the security context and host paths validate), on that node,
+// tolerating its taint.
+func checkAgentPod(ctx context.Context, t *testing.T, client kubernetes.Interface, objs []*unstructured.Unstructured, node string) {
+	t.Helper()
+	dsObj := find(objs, "DaemonSet")[0]
+	ds, err := client.AppsV1().DaemonSets(dsObj.GetNamespace()).Get(ctx, dsObj.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(ds.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod *corev1.Pod
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := client.CoreV1().Pods(ds.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+		if err != nil {
+			return false, err
+		}
+		for i := range pods.Items {
+			pod = &pods.Items[i]
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		events, _ := client.CoreV1().Events(ds.Namespace).List(ctx, metav1.ListOptions{})
+		var msgs []string
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name == ds.Name {
+				msgs = append(msgs, e.Reason+": "+e.Message)
+			}
+		}
+		t.Fatalf("no agent pod from DaemonSet %s/%s: %v; events: %v", ds.Namespace, ds.Name, err, msgs)
+	}
+	if pod.Spec.Priority == nil || *pod.Spec.Priority != 2000001000 {
+		t.Errorf("agent pod priority %v, want system-node-critical's 2000001000", pod.Spec.Priority)
+	}
+	if pod.Spec.ServiceAccountName != ds.Spec.Template.Spec.ServiceAccountName {
+		t.Errorf("agent pod runs as %q", pod.Spec.ServiceAccountName)
+	}
+	// The controller pins the pod to its node by affinity.
+	aff := pod.Spec.Affinity
+	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil ||
+		!strings.Contains(aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.String(), node) {
+		t.Errorf("agent pod not placed on %s: affinity %v", node, aff)
 	}
 }
