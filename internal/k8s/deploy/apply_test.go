@@ -159,6 +159,7 @@ func TestChartAppliesToTheAPIServer(t *testing.T) {
 			checkCreated(ctx, t, c.Client, set.objs)
 			checkAgentPod(ctx, t, c.Client, set.objs, node.Name)
 			checkAgentRBAC(ctx, t, c, a, set.objs)
+			checkAgentCodeAsServiceAccount(ctx, t, c, set.objs)
 		})
 	}
 }
@@ -271,7 +272,7 @@ func checkAgentRBAC(ctx context.Context, t *testing.T, c *k8stest.Cluster, a *ap
 			access{"cilium.io", "ciliumnetworkpolicies", "status", v},
 			access{"cilium.io", "ciliumclusterwidenetworkpolicies", "status", v})
 	}
-	for _, v := range []string{"create", "get", "list", "watch", "update", "delete"} {
+	for _, v := range []string{"create", "get", "list", "watch", "update", "patch", "delete"} {
 		allowed = append(allowed, access{"cilium.io", "ciliumidentities", "", v})
 	}
 	denied := []access{
