@@ -69,6 +69,12 @@ type Options struct {
 	// DNSReject, when set, is how the DNS proxy answers denied queries
 	// ("refused" or "nxdomain"); it persists like IPv6.
 	DNSReject string
+	// HealthAddr is where the kubelet's probes reach /healthz and
+	// /readyz ("" = no endpoint; see Health).
+	HealthAddr string
+	// LogLevel is the lowest level logged (zero: debug, the sandbox's
+	// default).
+	LogLevel *slog.Level
 	// Log overrides the logger (tests).
 	Log *slog.Logger
 }
@@ -91,6 +97,7 @@ type Agent struct {
 
 	ui        uiServer   // the service map, once 'bulwark ui' asked for it
 	listeners *listeners // bound before the node opens; the event pump serves them
+	health    *Health    // readiness: the datapath loaded and the source synced
 }
 
 // Run runs the agent until ctx ends or a client asks it to shut down. It
@@ -116,6 +123,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	defer lns.close()
+	health := NewHealth(ReadyDatapath, ReadySource)
+	stopHealth, err := startHealth(health, opts.HealthAddr)
+	if err != nil {
+		return err
+	}
+	defer stopHealth()
+	defer health.Stopping()
 	if err := writeListenConfig(opts.Paths, listenCfg); err != nil {
 		return err
 	}
@@ -132,10 +146,14 @@ func Run(ctx context.Context, opts Options) (err error) {
 			defer f.Close()
 			w = f
 		}
-		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		level := slog.LevelDebug
+		if opts.LogLevel != nil {
+			level = *opts.LogLevel
+		}
+		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	}
 	a := &Agent{
-		opts: opts, listeners: lns, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
+		opts: opts, listeners: lns, health: health, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
 	}
 	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)
@@ -146,6 +164,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 	if a.node, err = openNode(ctx, a); err != nil {
 		return fmt.Errorf("open node: %w", err)
 	}
+	health.Set(ReadyDatapath, nil)
 	closed := false
 	defer func() {
 		if !closed {
@@ -167,6 +186,10 @@ func Run(ctx context.Context, opts Options) (err error) {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve() }()
 	a.log.Info("agent ready", "socket", opts.Paths.Socket)
+	// Synced: the persisted state was read and pushed once and the API
+	// (the CNI plugin's too) answers. A pass that failed for some objects
+	// is reported by status, not by readiness.
+	health.Set(ReadySource, nil)
 
 	var req agentapi.ShutdownRequest
 	resync := time.NewTicker(30 * time.Second)
@@ -187,6 +210,7 @@ loop:
 		}
 	}
 	a.log.Info("agent stopping", "destroy", req.Destroy)
+	health.Stopping()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = srv.Close(shutCtx)
 	cancel()

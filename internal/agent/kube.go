@@ -126,6 +126,13 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 		return err
 	}
 	defer lns.close()
+	health := NewHealth(ReadyDatapath, ReadySource)
+	stopHealth, err := startHealth(health, opts.HealthAddr)
+	if err != nil {
+		return err
+	}
+	defer stopHealth()
+	defer health.Stopping()
 	if err := writeListenConfig(opts.Paths, listenCfg); err != nil {
 		return err
 	}
@@ -140,10 +147,14 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 			defer f.Close()
 			w = f
 		}
-		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		level := slog.LevelDebug
+		if opts.LogLevel != nil {
+			level = *opts.LogLevel
+		}
+		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	}
 	a := &Agent{
-		opts: opts.Options, listeners: lns, log: log.With("node", opts.NodeName), started: time.Now(),
+		opts: opts.Options, listeners: lns, health: health, log: log.With("node", opts.NodeName), started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
 	}
 	k := &kubeAgent{Agent: a, kopts: opts, ready: make(chan struct{}), k: newKubeState()}
@@ -197,6 +208,7 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	if a.node, err = openKubeNode(ctx, k); err != nil {
 		return fmt.Errorf("open node: %w", err)
 	}
+	health.Set(ReadyDatapath, nil)
 	closed := false
 	defer func() {
 		if !closed {
@@ -241,6 +253,8 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 		}
 	}()
 	k.reconcile(ctx)
+	// Synced: the informers listed and their state was pushed once.
+	health.Set(ReadySource, nil)
 	resync := time.NewTicker(30 * time.Second)
 	defer resync.Stop()
 	var req agentapi.ShutdownRequest
@@ -260,6 +274,7 @@ loop:
 		}
 	}
 	a.log.Info("agent stopping", "destroy", req.Destroy)
+	health.Stopping()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	closed = true

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -98,6 +100,7 @@ func newAgentCmd() *cobra.Command {
 	var localDelivery bool
 	var listen listenFlagValues
 	var kube kubeFlags
+	logLevel := logLevelValue{level: slog.LevelDebug}
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Bulwark agent of a sandbox instance (normally started by 'bulwark up')",
@@ -128,6 +131,9 @@ func newAgentCmd() *cobra.Command {
 				opts.LocalDelivery = &localDelivery // otherwise the instance's setting
 			}
 			listenFlags(cmd, &opts, &listen)
+			if cmd.Flags().Changed("log-level") {
+				opts.LogLevel = &logLevel.level
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			if kube.enabled {
@@ -145,7 +151,25 @@ func newAgentCmd() *cobra.Command {
 	registerLocalDeliveryFlag(cmd, &localDelivery)
 	registerDNSRejectFlag(cmd, &opts.DNSReject)
 	kube.register(cmd)
+	cmd.Flags().StringVar(&opts.HealthAddr, "health-addr", "",
+		"serve /healthz (liveness) and /readyz (ready once the datapath is loaded and the desired state synced) on this address, e.g. "+agent.DefaultHealthListen+" for the kubelet's probes (empty: off)")
+	cmd.Flags().Var(&logLevel, "log-level", "lowest level logged: debug, info, warn or error")
 	return cmd
+}
+
+// logLevelValue is --log-level: a slog level by name, checked when parsed.
+type logLevelValue struct{ level slog.Level }
+
+func (v *logLevelValue) String() string { return strings.ToLower(v.level.String()) }
+func (v *logLevelValue) Type() string   { return "level" }
+
+func (v *logLevelValue) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("%q is not a log level: debug, info, warn or error", s)
+	}
+	return v.level.UnmarshalText([]byte(s))
 }
 
 // registerIdentityGraceFlag adds the hidden --identity-grace (tests).

@@ -37,6 +37,7 @@ func NewRootCmd() *cobra.Command {
 		newGetCmd(),
 		newHubbleCmd(),
 		newIdentityCmd(),
+		newInstallCNICmd(),
 		newMonitorCmd(),
 		newObserveCmd(),
 		newPolicyCmd(),
