@@ -30,6 +30,7 @@ func NewRootCmd() *cobra.Command {
 		newAgentCmd(),
 		newApplyCmd(),
 		newBPFCmd(),
+		newClusterCmd(),
 		newDeleteCmd(),
 		newDownCmd(),
 		newEndpointCmd(),
@@ -46,6 +47,7 @@ func NewRootCmd() *cobra.Command {
 		newVersionCmd(),
 		newWorldCmd(),
 		newWorkloadCmd(), // hidden: sandbox pod process
+		newGetentCmd(),   // hidden: getent in the cluster's images
 	)
 	return root
 }

@@ -87,6 +87,9 @@ type Options struct {
 	Detach bool
 	// Timeout bounds the wait for the API server's readiness (default 90s).
 	Timeout time.Duration
+	// APIServerArgs and ControllerManagerArgs are appended to those
+	// components' command lines.
+	APIServerArgs, ControllerManagerArgs []string
 }
 
 // ControlPlane is a running control plane.
@@ -206,6 +209,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		// kubernetes Service's endpoint.
 		args = append(args, "--endpoint-reconciler-type=none")
 	}
+	args = append(args, opts.APIServerArgs...)
 	if err := cp.start(opts, "kube-apiserver", args...); err != nil {
 		return nil, err
 	}
@@ -245,6 +249,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 			args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+opts.ClusterCIDR.String(),
 				"--node-cidr-mask-size="+strconv.Itoa(opts.NodeCIDRMask))
 		}
+		args = append(args, opts.ControllerManagerArgs...)
 		if err := cp.start(opts, "kube-controller-manager", args...); err != nil {
 			return nil, err
 		}
@@ -304,11 +309,10 @@ func (cp *ControlPlane) start(opts Options, name string, args ...string) error {
 	cmd.Dir = opts.Dir
 	// Its own process group: StopDir signals the group (nsenter and the
 	// program it runs). Detached, its own session: it outlives the caller.
+	// No Pdeathsig: it fires when the OS thread that forked the child
+	// exits, not the process, so the Go runtime retiring that thread would
+	// kill a healthy component. Stop/StopDir end the children instead.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: !opts.Detach, Setsid: opts.Detach}
-	if !opts.Detach {
-		// Ends with the test process even when it is killed.
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
