@@ -179,10 +179,10 @@ func Pids(hs []Hierarchy, rel string) []int {
 	return out
 }
 
-// Destroy kills every process in rel and below (SIGKILL, after freezing
-// nothing: a process forked meanwhile is caught by the next round) and
-// removes the groups, deepest first, on every hierarchy. A missing group
-// is not an error.
+// Destroy kills every process in rel and below with SIGKILL, round after
+// round until none is left (a process forked meanwhile is caught by the
+// next round), and removes the groups, deepest first, on every hierarchy.
+// A missing group is not an error.
 func Destroy(hs []Hierarchy, rel string, timeout time.Duration) error {
 	if strings.Trim(rel, "/") == "" {
 		return errors.New("cgroup: refusing to destroy the root group")
