@@ -179,7 +179,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
     [plugins."io.containerd.cri.v1.images".pinned_images]
       sandbox = ` + q(image.Pause) + `
   [plugins."io.containerd.cri.v1.runtime"]
-    netns_mounts_under_state = true
+    netns_mounts_under_state_dir = true
     [plugins."io.containerd.cri.v1.runtime".containerd]
       default_runtime_name = "runc"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -223,8 +223,7 @@ func (c Config) waitSocket(ctx context.Context, timeout time.Duration) error {
 // importImages loads the image tarball into the CRI's namespace (k8s.io).
 func (c Config) importImages(ctx context.Context) error {
 	ctr := filepath.Join(c.BinDir, "ctr")
-	cmd := exec.CommandContext(ctx, ctr, "--address", c.sock(), "--namespace", "k8s.io", "images", "import",
-		"--snapshotter", "overlayfs", "--no-unpack=false", c.Images)
+	cmd := exec.CommandContext(ctx, ctr, "--address", c.sock(), "--namespace", "k8s.io", "images", "import", c.Images)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("node %s: import images: %v: %s", c.Name, err, strings.TrimSpace(string(out)))
 	}
