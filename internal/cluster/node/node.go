@@ -318,7 +318,7 @@ func (c Config) writeProxyFiles() error {
 		"bindAddress":        "0.0.0.0",
 		"clusterCIDR":        c.ClusterCIDR.String(),
 		"mode":               "iptables",
-		"conntrack":          map[string]any{"maxPerCore": 0, "min": 0},
+		"conntrack":          map[string]any{"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
 		"metricsBindAddress": "127.0.0.1:10249",
 		"healthzBindAddress": "127.0.0.1:10256",
 	}
