@@ -53,6 +53,7 @@ func newClusterCmd() *cobra.Command {
 	up.Flags().StringVar(&o.CNI, "cni", cluster.CNIPtp, "pod network: ptp (standard ptp + host-local plugins) or bulwark (Bulwark's agent and CNI plugin)")
 	up.Flags().StringVar(&o.BinDir, "kube-bin", "", "directory of the Kubernetes binaries (default: scripts/kube-binaries.sh's cache)")
 	up.Flags().StringVar(&o.BulwarkCNI, "bulwark-cni", "", "bulwark-cni plugin for --cni bulwark (default: beside this executable)")
+	up.Flags().BoolVar(&o.KeepOnFailure, "keep-on-failure", false, "leave a cluster that failed to come up in place for inspection (remove it with cluster down)")
 	up.Flags().DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up (and remove the partial cluster) after this long")
 
 	env := &cobra.Command{

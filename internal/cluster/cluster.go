@@ -81,7 +81,10 @@ type Options struct {
 	ClusterCIDR netip.Prefix // default 10.244.0.0/16
 	ServiceCIDR netip.Prefix // default 10.96.0.0/16
 	Timeout     time.Duration
-	Log         func(format string, args ...any)
+	// KeepOnFailure leaves a cluster that failed to come up in place
+	// (logs, processes) for inspection; Down removes it.
+	KeepOnFailure bool
+	Log           func(format string, args ...any)
 }
 
 // NodeState is one node as recorded.
@@ -272,7 +275,9 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 		return nil, err
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && o.KeepOnFailure {
+			err = fmt.Errorf("%w (left in place: logs in %s; remove with bulwark cluster down --name %s)", err, dir, o.Name)
+		} else if err != nil {
 			if derr := Down(o.Name); derr != nil {
 				err = fmt.Errorf("%w (and removing the partial cluster: %v)", err, derr)
 			}
