@@ -477,8 +477,14 @@ func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
 	}
 	_, err = proc.Start(proc.Spec{Name: node.Agent, Dir: n.Dir, Bin: o.Bulwark, Netns: n.Netns,
 		CgroupProcs: cgroup.ProcsFiles(n.Hierarchies, n.DaemonCgroup),
+		// One agent per node on one machine: its own instance (socket,
+		// pins, state) and IPAM directory; the CNI configuration it writes
+		// names its socket.
 		Args: []string{"agent", "--kubernetes", "--kubeconfig", kc, "--node-name", n.Name,
-			"--cni-conf", filepath.Join(n.CNIConfDir(), "05-bulwark.conflist"), "--cni-mode", "standalone", "--native-routing"}})
+			"--instance", o.Name + "-" + n.Name,
+			"--run-dir", filepath.Join(n.Dir, "bulwark-run"), "--state-root", filepath.Join(n.Dir, "bulwark-state"),
+			"--cni-conf", n.CNIConfDir(), "--cni-ipam-dir", filepath.Join(n.Dir, "cni", "ipam"),
+			"--cni-mode", "standalone", "--native-routing"}})
 	return err
 }
 
