@@ -53,6 +53,9 @@ type Datapath struct {
 	synthetic     chan event.Event // events the syncer raises (overflow)
 	overflows     atomic.Uint64
 	eventsReading atomic.Bool
+	// eventsReadErrors counts ring records the reader could not read
+	// or decode (each is a lost event).
+	eventsReadErrors atomic.Uint64
 
 	gcStop chan struct{}
 	gcDone chan struct{}

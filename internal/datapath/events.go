@@ -52,11 +52,20 @@ func (dp *Datapath) Events(ctx context.Context) (<-chan event.Event, error) {
 					}
 					continue
 				}
+				if errors.Is(err, ringbuf.ErrClosed) || ctx.Err() != nil {
+					return
+				}
 				if err != nil {
-					return // closed
+					// Anything else (a torn record, an epoll error) is
+					// counted and the reader goes on: the flows of
+					// everything after it must not stop silently.
+					dp.eventsReadErrors.Add(1)
+					time.Sleep(10 * time.Millisecond)
+					continue
 				}
 				ev, err := decodeEvent(rec.RawSample, boot)
 				if err != nil {
+					dp.eventsReadErrors.Add(1)
 					continue
 				}
 				select {

@@ -94,6 +94,9 @@ func (dp *Datapath) Metrics() (Metrics, error) {
 			}
 		}
 	}
+	// Records the reader could not read or decode are lost too; they
+	// are not per direction, so they count as ingress.
+	m.Ingress.EventsLost += dp.eventsReadErrors.Load()
 	return m, nil
 }
 

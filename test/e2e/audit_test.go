@@ -55,16 +55,25 @@ func TestAuditMode(t *testing.T) {
 	}
 	s.ExpectHTTP("deploy/frontend", "http://"+backendIP+":8080", "pod=demo/backend-")
 	s.ExpectHTTP("deploy/frontend", "http://backend:8080", "pod=demo/backend-") // DNS passes too
-	if n := auditFlowsNaming(t, s, "default-deny-all"); n == 0 {
+	if !sandboxtest.Eventually(sandboxtest.FlowDelay, func() bool { return auditFlowsNaming(t, s, "default-deny-all") > 0 }) {
 		t.Errorf("no AUDIT flow naming demo/default-deny-all after traffic under the audit-mode policy")
 	}
 	// Trace events, aggregated per connection and direction: at both pods'
 	// hooks, for TCP and for the DNS lookups (UDP), replies marked.
-	traces := strings.ReplaceAll(s.MustRun("observe", "--type", "trace", "--last", "1000", "-o", "json"), " ", "")
-	t.Logf("trace flows:\n%.3000s", traces)
-	for _, want := range []string{`"traceObservationPoint":"TO_ENDPOINT"`, `"traceObservationPoint":"FROM_ENDPOINT"`, `"isReply":true`, `"UDP":{`} {
+	wants := []string{`"traceObservationPoint":"TO_ENDPOINT"`, `"traceObservationPoint":"FROM_ENDPOINT"`, `"isReply":true`, `"UDP":{`}
+	var traces string
+	sandboxtest.Eventually(sandboxtest.FlowDelay, func() bool {
+		traces = strings.ReplaceAll(s.MustRun("observe", "--type", "trace", "--last", "1000", "-o", "json"), " ", "")
+		for _, want := range wants {
+			if !strings.Contains(traces, want) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, want := range wants {
 		if !strings.Contains(traces, want) {
-			t.Errorf("observe --type trace: no flow with %s:\n%.2000s", want, traces)
+			t.Errorf("observe --type trace: no flow with %s:\n%.2000s\nagent log:\n%s", want, traces, s.AgentLog())
 		}
 	}
 	fe, be := s.Pod("deploy/frontend"), s.Pod("deploy/backend")

@@ -54,7 +54,14 @@ func TestRecommendFromLiveTraffic(t *testing.T) {
 	}
 
 	for _, kind := range []string{"networkpolicy", "cnp"} {
-		out := in.MustRun("policy", "recommend", "-n", "demo", "--since", "1h", "--kind", kind)
+		var out string
+		sandboxtest.Eventually(sandboxtest.FlowDelay, func() bool {
+			out = in.MustRun("policy", "recommend", "-n", "demo", "--since", "1h", "--kind", kind)
+			return strings.Contains(out, "database-recommended") && strings.Contains(out, "backend-recommended")
+		})
+		if !strings.Contains(out, "database-recommended") {
+			t.Logf("flows held:\n%.4000s\nstatus:\n%s", in.MustRun("observe", "--last", "1000", "-o", "compact"), in.MustRun("status"))
+		}
 		for _, want := range []string{"frontend-recommended", "backend-recommended", "database-recommended", "k8s-app: kube-dns"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("--kind %s: recommendation lacks %q:\n%s", kind, want, out)
