@@ -180,6 +180,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
       sandbox = ` + q(image.Pause) + `
   [plugins."io.containerd.cri.v1.runtime"]
     netns_mounts_under_state_dir = true
+    # Lowering oom_score_adj needs CAP_SYS_RESOURCE, which root may lack
+    # (a sandboxed machine): clamp to containerd's own value instead of
+    # failing every container with "can't get final child's PID".
+    restrict_oom_score_adj = true
     [plugins."io.containerd.cri.v1.runtime".containerd]
       default_runtime_name = "runc"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -321,6 +325,7 @@ func (c Config) writeProxyFiles() error {
 		"conntrack":          map[string]any{"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
 		"metricsBindAddress": "127.0.0.1:10249",
 		"healthzBindAddress": "127.0.0.1:10256",
+		"oomScoreAdj":        0, // -999 needs CAP_SYS_RESOURCE
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
