@@ -668,20 +668,26 @@ func contains(s []string, v string) bool {
 	return false
 }
 
-// shimSocketFiles reads the shims' socket addresses containerd recorded in
-// its state directories.
+// shimSocketFiles reads the shims' socket addresses containerd recorded
+// in its bundles (bootstrap.json, or address with older shims).
 func shimSocketFiles(dir string) []string {
 	var out []string
-	files, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "containerd", "state", "io.containerd.runtime.v2.task", "*", "*", "address"))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
+	bundles, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "containerd", "state", "io.containerd.runtime.v2.task", "*", "*"))
+	for _, b := range bundles {
+		var addr string
+		if raw, err := os.ReadFile(filepath.Join(b, "bootstrap.json")); err == nil {
+			var bs struct {
+				Address string `json:"address"`
+			}
+			if json.Unmarshal(raw, &bs) == nil {
+				addr = bs.Address
+			}
+		} else if raw, err := os.ReadFile(filepath.Join(b, "address")); err == nil {
+			addr = strings.TrimSpace(string(raw))
 		}
-		a := strings.TrimSpace(string(b))
-		a = strings.TrimPrefix(a, "unix://")
-		if strings.HasPrefix(a, "/run/containerd/s/") {
-			out = append(out, a)
+		addr = strings.TrimPrefix(addr, "unix://")
+		if strings.HasPrefix(addr, "/run/containerd/s/") {
+			out = append(out, addr)
 		}
 	}
 	return out
