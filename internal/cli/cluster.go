@@ -99,3 +99,19 @@ func newGetentCmd() *cobra.Command {
 		},
 	}
 }
+
+// newNcCmd is `nc -z` (a port check) inside the cluster's locally built
+// images.
+func newNcCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                podtools.NcCommand,
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if code := podtools.NcScan(args, cmd.OutOrStdout(), cmd.ErrOrStderr()); code != 0 {
+				return &ExitError{Code: code}
+			}
+			return nil
+		},
+	}
+}

@@ -48,6 +48,7 @@ func NewRootCmd() *cobra.Command {
 		newWorldCmd(),
 		newWorkloadCmd(), // hidden: sandbox pod process
 		newGetentCmd(),   // hidden: getent in the cluster's images
+		newNcCmd(),       // hidden: nc -z in the cluster's images
 	)
 	return root
 }

@@ -242,6 +242,19 @@ func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	if err != nil || !strings.Contains(out, "pod=database-") {
 		t.Errorf("nc database 5432 from frontend: %v\n%s", err, out)
 	}
+	// The seed article's commands, as written.
+	out, err = kubectl("exec", "-n", "demo", "deploy/backend", "--", "nc", "-zv", "database", "5432")
+	if err != nil || !strings.Contains(out, "succeeded") {
+		t.Errorf("nc -zv database 5432 from backend: %v\n%s", err, out)
+	}
+	out, err = kubectl("exec", "-n", "demo", "deploy/frontend", "--", "wget", "--timeout=5", "-q", "-O-", "http://backend:8080")
+	if err != nil || !strings.Contains(out, "pod=backend-") {
+		t.Errorf("wget --timeout=5 http://backend:8080 from frontend: %v\n%s", err, out)
+	}
+	out, err = kubectl("exec", "-n", "demo", "deploy/frontend", "--", "nc", "-zv", "-w", "2", "database", "5433")
+	if err == nil || !strings.Contains(out, "failed") {
+		t.Errorf("nc -zv database 5433 (nothing listens) succeeded: %v\n%s", err, out)
+	}
 	// Pod to pod, every frontend to every backend: across nodes whenever
 	// they are on different ones (native routing between the nodes).
 	for _, f := range frontends {

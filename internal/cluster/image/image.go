@@ -5,7 +5,7 @@
 //   - the workload images, under the names the seed manifests use
 //     (nginx:alpine, python:3.11-alpine, postgres:15-alpine) and
 //     bulwark.local/workload:latest: a static busybox (sh, wget, nc,
-//     nslookup, ...), a getent, and Bulwark's built-in workload
+//     nslookup, ...) with wget --timeout and nc -zv added, a getent, and Bulwark's built-in workload
 //     (`bulwark __workload`, see internal/sandbox/workload) serving the
 //     ports the stand-in image is known for: nginx HTTP on 80, `python -m
 //     http.server PORT` HTTP on PORT, postgres plain TCP on 5432;
@@ -104,6 +104,49 @@ exit 2
 `,
 	"/usr/local/bin/getent": `#!/bin/sh
 exec ` + BulwarkPath + ` __getent "$@"
+`,
+	// Debian's static busybox wget has no --timeout (and -T crashes it):
+	// the timeout is enforced here around busybox wget.
+	"/usr/local/bin/wget": `#!/bin/sh
+t=""
+n=$#
+i=0
+while [ "$i" -lt "$n" ]; do
+	a=$1
+	shift
+	i=$((i + 1))
+	case "$a" in
+	--timeout=*) t=${a#--timeout=} ;;
+	-T | --timeout) t=$1; shift; i=$((i + 1)) ;;
+	-T[0-9]*) t=${a#-T} ;;
+	*) set -- "$@" "$a" ;;
+	esac
+done
+if [ -n "$t" ]; then
+	exec /bin/busybox timeout "$t" /bin/busybox wget "$@"
+fi
+exec /bin/busybox wget "$@"
+`,
+	// busybox nc has no -z or -v: a port check (-z) is Bulwark's, the
+	// rest busybox's (without -v).
+	"/usr/local/bin/nc": `#!/bin/sh
+for a in "$@"; do
+	case "$a" in
+	-*z*) exec ` + BulwarkPath + ` __nc "$@" ;;
+	esac
+done
+n=$#
+i=0
+while [ "$i" -lt "$n" ]; do
+	a=$1
+	shift
+	i=$((i + 1))
+	case "$a" in
+	-v) ;;
+	*) set -- "$@" "$a" ;;
+	esac
+done
+exec /bin/busybox nc "$@"
 `,
 }
 
