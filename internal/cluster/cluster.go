@@ -264,6 +264,9 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 	if _, err := os.Stat(dir); err == nil {
 		return nil, fmt.Errorf("cluster %q exists (%s); remove it first with: bulwark cluster down --name %s", o.Name, dir, o.Name)
 	}
+	if err := saveHostTunables(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -653,6 +656,8 @@ func Down(name string) error {
 	removeContainerLogLinks(dir)
 	if len(errs) == 0 {
 		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		} else if err := restoreHostTunables(); err != nil {
 			errs = append(errs, err)
 		}
 	}
