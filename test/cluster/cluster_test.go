@@ -136,6 +136,16 @@ func leftovers(name string) []string {
 	return left
 }
 
+// hostTunables reads the host settings every kubelet changes.
+func hostTunables() string {
+	var vals []string
+	for _, k := range []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys"} {
+		b, _ := os.ReadFile("/proc/sys/" + k)
+		vals = append(vals, k+"="+strings.TrimSpace(string(b)))
+	}
+	return strings.Join(vals, " ")
+}
+
 func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	need(t)
 	name := uniqueName(t)
@@ -143,8 +153,14 @@ func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sysctlsBefore := hostTunables()
 	t.Cleanup(func() {
 		out, err := bulwark(t, context.Background(), "cluster", "down", "--name", name)
+		if others, _ := filepath.Glob(filepath.Join(cluster.BaseDir, "*")); len(others) == 0 {
+			if after := hostTunables(); after != sysctlsBefore {
+				t.Errorf("kernel tunables after the last cluster went down: %q, before: %q", after, sysctlsBefore)
+			}
+		}
 		if err != nil {
 			t.Errorf("cluster down: %v\n%s", err, out)
 		}
