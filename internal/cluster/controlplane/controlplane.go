@@ -309,9 +309,10 @@ func (cp *ControlPlane) start(opts Options, name string, args ...string) error {
 	cmd.Dir = opts.Dir
 	// Its own process group: StopDir signals the group (nsenter and the
 	// program it runs). Detached, its own session: it outlives the caller.
-	// No Pdeathsig: it fires when the OS thread that forked the child
-	// exits, not the process, so the Go runtime retiring that thread would
-	// kill a healthy component. Stop/StopDir end the children instead.
+	// No Pdeathsig: the kernel sends it when the forking OS thread exits,
+	// not the process, and Go retires threads (a goroutine that locked
+	// its thread, e.g. to enter a network namespace, exits with it), which
+	// killed the API server in the middle of tests. Stop ends the children.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: !opts.Detach, Setsid: opts.Detach}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
