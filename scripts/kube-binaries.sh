@@ -8,7 +8,8 @@
 #                   kube-proxy, kubelet and kubectl in one multi-call binary (tools/kube),
 #                   with a symlink for each name
 #     etcd          etcd v3.7.3 (tools/etcd)
-#     containerd, containerd-shim-runc-v2      containerd v2.4.2
+#     containerd, containerd-shim-runc-v2, ctr  containerd v2.4.2 (ctr imports
+#                   the locally built images)
 #     coredns       CoreDNS v1.15.0, the cluster DNS
 #     cni/          CNI plugins v1.10.0: bridge, ptp, host-local, loopback
 #
@@ -81,6 +82,7 @@ build_module etcd tools/etcd "-s -w"
 
 install_pkg containerd "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION"
 install_pkg containerd-shim-runc-v2 "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+install_pkg ctr "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
 install_pkg coredns "github.com/coredns/coredns@$COREDNS_VERSION"
 for p in main/bridge main/ptp main/loopback ipam/host-local; do
 	install_pkg "${p#*/}" "github.com/containernetworking/plugins/plugins/$p@$CNI_PLUGINS_VERSION" cni/

@@ -30,6 +30,7 @@ func NewRootCmd() *cobra.Command {
 		newAgentCmd(),
 		newApplyCmd(),
 		newBPFCmd(),
+		newClusterCmd(),
 		newDeleteCmd(),
 		newDownCmd(),
 		newEndpointCmd(),
@@ -47,6 +48,8 @@ func NewRootCmd() *cobra.Command {
 		newVersionCmd(),
 		newWorldCmd(),
 		newWorkloadCmd(), // hidden: sandbox pod process
+		newGetentCmd(),   // hidden: getent in the cluster's images
+		newNcCmd(),       // hidden: nc -z in the cluster's images
 	)
 	return root
 }

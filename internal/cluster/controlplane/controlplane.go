@@ -87,6 +87,9 @@ type Options struct {
 	Detach bool
 	// Timeout bounds the wait for the API server's readiness (default 90s).
 	Timeout time.Duration
+	// APIServerArgs and ControllerManagerArgs are appended to those
+	// components' command lines.
+	APIServerArgs, ControllerManagerArgs []string
 }
 
 // ControlPlane is a running control plane.
@@ -206,6 +209,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		// kubernetes Service's endpoint.
 		args = append(args, "--endpoint-reconciler-type=none")
 	}
+	args = append(args, opts.APIServerArgs...)
 	if err := cp.start(opts, "kube-apiserver", args...); err != nil {
 		return nil, err
 	}
@@ -245,6 +249,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 			args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+opts.ClusterCIDR.String(),
 				"--node-cidr-mask-size="+strconv.Itoa(opts.NodeCIDRMask))
 		}
+		args = append(args, opts.ControllerManagerArgs...)
 		if err := cp.start(opts, "kube-controller-manager", args...); err != nil {
 			return nil, err
 		}
