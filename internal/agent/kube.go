@@ -23,6 +23,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/agentapi"
 	"github.com/bulwark-net/bulwark/internal/cni"
 	"github.com/bulwark-net/bulwark/internal/datapath"
+	"github.com/bulwark-net/bulwark/internal/datapath/socklb"
 	"github.com/bulwark-net/bulwark/internal/identity"
 	"github.com/bulwark-net/bulwark/internal/k8s/crds"
 	k8sidentity "github.com/bulwark-net/bulwark/internal/k8s/identity"
@@ -66,6 +67,12 @@ type KubeOptions struct {
 	// Batch is how long informer events are gathered into one reconcile
 	// (0: 10ms).
 	Batch time.Duration
+	// CgroupRoot is a cgroup v2 directory holding the node's pods: the
+	// agent translates ClusterIPs at their sockets (connect, sendmsg),
+	// so that policy sees the backend pod, as Cilium's socket LB does.
+	// Empty: no translation; kube-proxy's NAT then happens after the pod's
+	// egress policy, which sees the Service address (world).
+	CgroupRoot string
 }
 
 // ConfListName is the file the agent writes in a --cni-conf directory.
@@ -86,6 +93,10 @@ type kubeAgent struct {
 	k         *kubeState                // what the last reconcile applied; under a.mu
 	numbering identity.ClusterNumbering // nil: node-local identities
 	status    *status.Writer            // nil: no policy status written
+
+	lb       *socklb.LB       // ClusterIP translation; nil without CgroupRoot
+	lbLast   []socklb.Service // what lb holds
+	lbSynced bool             // lbLast was written
 }
 
 var (
@@ -208,13 +219,19 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	if a.node, err = openKubeNode(ctx, k); err != nil {
 		return fmt.Errorf("open node: %w", err)
 	}
-	health.Set(ReadyDatapath, nil)
 	closed := false
 	defer func() {
 		if !closed {
 			a.node.close()
 		}
 	}()
+	if opts.CgroupRoot != "" {
+		if k.lb, err = socklb.Load(socklb.Options{CgroupPath: opts.CgroupRoot, PinDir: kubeLBPinDir(opts.Paths)}); err != nil {
+			return fmt.Errorf("--cgroup-root %s: service translation: %w", opts.CgroupRoot, err)
+		}
+		defer k.lb.Close()
+	}
+	health.Set(ReadyDatapath, nil)
 	srcCtx, stopSrc := context.WithCancel(ctx)
 	defer stopSrc()
 	k.src.Start(srcCtx)
@@ -287,6 +304,10 @@ loop:
 	return nil
 }
 
+// kubeLBPinDir is where the ClusterIP translation of Kubernetes mode pins
+// its maps and cgroup links.
+func kubeLBPinDir(p Paths) string { return filepath.Join(p.PinDir, "socklb") }
+
 // openKubeNode is openNode without a sandbox: the datapath (adopting its
 // pins), the repository (identities from Numbering), the endpoints the CNI
 // plugin attached before (still attached, adopted), the observer and the
@@ -324,7 +345,16 @@ func openKubeNode(ctx context.Context, k *kubeAgent) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p), DisableLocalDelivery: cfg.NoLocalDelivery}); err != nil {
+	// Local delivery (a pod's packet redirected straight into another
+	// local pod) is off unless asked for: it would bypass the node's
+	// netfilter, so kube-proxy's reverse NAT would never see a Service
+	// backend's reply to a pod on the same node (the client gets the
+	// backend's address back instead of the Service's and drops it).
+	noLocal := true
+	if a.opts.LocalDelivery != nil {
+		noLocal = !*a.opts.LocalDelivery
+	}
+	if n.dp, err = datapath.Open(datapath.Options{PinDir: datapathPinDir(p), DisableLocalDelivery: noLocal}); err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}
 	if k.eps, err = openCNIEndpoints(filepath.Join(p.StateDir, "cni-endpoints.json")); err != nil {
@@ -372,6 +402,9 @@ func (n *node) destroyKube() error {
 		errs = append(errs, err)
 	} else if err := dp.Destroy(); err != nil {
 		errs = append(errs, fmt.Errorf("destroy datapath: %w", err))
+	}
+	if err := socklb.Remove(kubeLBPinDir(n.paths)); err != nil {
+		errs = append(errs, fmt.Errorf("remove service translation: %w", err))
 	}
 	if err := os.RemoveAll(n.paths.StateDir); err != nil {
 		errs = append(errs, err)

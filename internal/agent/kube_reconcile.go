@@ -213,6 +213,9 @@ func (k *kubeAgent) reconcileLocked(st *source.State) error {
 	if ks.syncErr != nil {
 		errs = append(errs, ks.syncErr)
 	}
+	if err := k.syncServicesLocked(st); err != nil {
+		errs = append(errs, err)
+	}
 	if !ks.first {
 		errs = append(errs, n.detachStale()...)
 	}

@@ -27,6 +27,7 @@ type kubeFlags struct {
 	cniMode       string
 	ipamDir       string
 	nativeRouting bool
+	cgroupRoot    string
 	localIDs      bool
 	installCRDs   bool
 }
@@ -39,6 +40,7 @@ func (f *kubeFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.cniConf, "cni-conf", "", "write the CNI configuration there once the node has a pod CIDR: a .conflist file or a directory (e.g. /etc/cni/net.d)")
 	fl.StringVar(&f.cniMode, "cni-mode", cni.ModeStandalone, "CNI mode: standalone (own veth, host-local IPAM) or chained (after ptp)")
 	fl.StringVar(&f.ipamDir, "cni-ipam-dir", cni.DefaultIPAMDataDir, "host-local's reservations directory in the written CNI configuration")
+	fl.StringVar(&f.cgroupRoot, "cgroup-root", "", "cgroup v2 directory of the node's pods (e.g. /sys/fs/cgroup): translate ClusterIPs at their sockets so that egress policy sees the backend pod (empty: none; kube-proxy's NAT comes after the policy, which then sees the Service address)")
 	fl.BoolVar(&f.nativeRouting, "native-routing", false, "route every other node's pod CIDRs via that node's InternalIP")
 	fl.BoolVar(&f.installCRDs, "install-crds", true, "install or update the cilium.io CRDs on start (as Cilium's agent does; an existing Cilium CRD of the same or a newer schema is kept)")
 	fl.BoolVar(&f.localIDs, "local-identities", false, "number identities on this node alone instead of through CiliumIdentity objects (single-node clusters only)")
@@ -69,7 +71,7 @@ func runKubeAgent(ctx context.Context, opts agent.Options, f kubeFlags) error {
 	cfg.UserAgent = "bulwark-agent/" + f.nodeName
 	return agent.RunKubernetes(ctx, agent.KubeOptions{
 		Options: opts, REST: cfg, NodeName: f.nodeName, NodeNetns: f.nodeNetns,
-		CNIConf: f.cniConf, CNIMode: f.cniMode, IPAMDataDir: f.ipamDir, NativeRouting: f.nativeRouting,
+		CNIConf: f.cniConf, CNIMode: f.cniMode, IPAMDataDir: f.ipamDir, NativeRouting: f.nativeRouting, CgroupRoot: f.cgroupRoot,
 		LocalIdentities: f.localIDs, SkipCRDs: !f.installCRDs,
 	})
 }

@@ -34,6 +34,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bulwark-net/bulwark/internal/agent"
 	"github.com/bulwark-net/bulwark/internal/cluster/addons"
 	"github.com/bulwark-net/bulwark/internal/cluster/cgroup"
 	"github.com/bulwark-net/bulwark/internal/cluster/controlplane"
@@ -463,6 +464,14 @@ func otherSubnets(name string) []netip.Prefix {
 	return out
 }
 
+// agentInstance is the agent instance name of a cluster's node.
+func agentInstance(cluster, node string) string { return cluster + "-" + node }
+
+// agentPinDir is where the agent of a cluster's node pins its datapath.
+func agentPinDir(cluster, node string) string {
+	return filepath.Join(agent.DefaultPinRoot, agentInstance(cluster, node))
+}
+
 // startAgent runs Bulwark's agent in Kubernetes mode on the node (in its
 // network namespace), which writes the node's CNI configuration for
 // bulwark-cni (installed into the node's CNI bin directory).
@@ -484,10 +493,13 @@ func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
 		// pins, state) and IPAM directory; the CNI configuration it writes
 		// names its socket.
 		Args: []string{"agent", "--kubernetes", "--kubeconfig", kc, "--node-name", n.Name,
-			"--instance", o.Name + "-" + n.Name,
+			"--instance", agentInstance(o.Name, n.Name),
 			"--run-dir", filepath.Join(n.Dir, "bulwark-run"), "--state-root", filepath.Join(n.Dir, "bulwark-state"),
 			"--cni-conf", n.CNIConfDir(), "--cni-ipam-dir", filepath.Join(n.Dir, "cni", "ipam"),
-			"--cni-mode", "standalone", "--native-routing"}})
+			"--cni-mode", "standalone", "--native-routing",
+			// The node's pods are below its cgroup root: their ClusterIPs
+			// are translated at the socket, before the egress policy.
+			"--cgroup-root", cgroup.V2Path(n.Hierarchies, n.CgroupRoot)}})
 	return err
 }
 
@@ -622,6 +634,12 @@ func Down(name string) error {
 	nodeDirs, _ := filepath.Glob(filepath.Join(dir, "nodes", "*"))
 	for _, nd := range nodeDirs {
 		node.Stop(nd)
+		// A stopped agent leaves its pins for the next one; the cluster
+		// is going away, so they go too (the node's interfaces go with
+		// its network namespace).
+		if err := os.RemoveAll(agentPinDir(name, filepath.Base(nd))); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	// Shim sockets live outside the state directory: note them first.
 	shimSockets := shimSocketFiles(dir)

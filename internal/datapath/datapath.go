@@ -244,6 +244,15 @@ func (dp *Datapath) adopt() error {
 		}
 		if err := l.Update(prog); err != nil {
 			l.Close()
+			if errors.Is(err, unix.ENOLINK) {
+				// Severed: the interface went away while no agent ran
+				// (its pod was deleted). Nothing to enforce on; the
+				// stale endpoint is detached by the next sync.
+				if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+					return fmt.Errorf("remove severed link %s: %w", path, rerr)
+				}
+				continue
+			}
 			return fmt.Errorf("move link %s to the new program: %w", path, err)
 		}
 		es.links = append(es.links, l)

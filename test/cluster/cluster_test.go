@@ -112,6 +112,10 @@ func leftovers(name string) []string {
 			left = append(left, "netns "+e.Name())
 		}
 	}
+	pins, _ := filepath.Glob("/sys/fs/bpf/bulwark/" + name + "-*")
+	for _, p := range pins {
+		left = append(left, "bpffs pins "+p)
+	}
 	if _, err := os.Stat("/sys/class/net/" + network.HostIf(name)); err == nil {
 		left = append(left, "link "+network.HostIf(name))
 	}

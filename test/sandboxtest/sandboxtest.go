@@ -31,7 +31,8 @@ import (
 // binary is the bulwark binary Main built ("" before, or when not root).
 var binary string
 
-// Main is a package's TestMain: as root it builds cmd/bulwark into a
+// Main is a package's TestMain: as root it builds cmd/bulwark (and
+// cmd/bulwark-cni beside it) into a
 // temporary directory, runs the tests and removes the directory; without
 // root every test skips and nothing is built. It exits the process.
 func Main(m *testing.M) {
@@ -46,7 +47,9 @@ func Main(m *testing.M) {
 	binary = filepath.Join(dir, "bulwark")
 	root, err := RepoRoot()
 	if err == nil {
-		build := exec.Command("go", "build", "-o", binary, "./cmd/bulwark")
+		// bulwark-cni beside it: `bulwark cluster up --cni bulwark`
+		// installs the plugin found next to its own executable.
+		build := exec.Command("go", "build", "-o", dir+"/", "./cmd/bulwark", "./cmd/bulwark-cni")
 		build.Dir = root
 		var out []byte
 		if out, err = build.CombinedOutput(); err != nil {

@@ -140,6 +140,17 @@ func ProcsFiles(hs []Hierarchy, rel string) []string {
 	return out
 }
 
+// V2Path is the directory of rel on the unified (v2) hierarchy, where
+// cgroup BPF programs attach ("" when none is mounted).
+func V2Path(hs []Hierarchy, rel string) string {
+	for _, h := range hs {
+		if h.V2 {
+			return filepath.Join(h.Mount, rel)
+		}
+	}
+	return ""
+}
+
 // Join moves pid into rel on every hierarchy.
 func Join(hs []Hierarchy, rel string, pid int) error {
 	for _, f := range ProcsFiles(hs, rel) {

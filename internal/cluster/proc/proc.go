@@ -7,6 +7,7 @@
 package proc
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -65,7 +66,33 @@ func Start(s Spec) (int, error) {
 	if err := os.WriteFile(filepath.Join(s.Dir, s.Name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
 		return pid, err
 	}
+	// The spec, for Restart (a supervisor's or a test's).
+	spec, err := json.Marshal(s)
+	if err != nil {
+		return pid, err
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, s.Name+".spec.json"), spec, 0o600); err != nil {
+		return pid, err
+	}
 	return pid, nil
+}
+
+// Restart starts the process of name in dir again, as it was started
+// last (its spec is kept beside its pid file). It refuses while that
+// process still runs: stop or kill it first.
+func Restart(dir, name string) (int, error) {
+	if Alive(dir, name) {
+		return 0, fmt.Errorf("restart %s: still running (pid %d)", name, Pid(dir, name))
+	}
+	b, err := os.ReadFile(filepath.Join(dir, name+".spec.json"))
+	if err != nil {
+		return 0, fmt.Errorf("restart %s: %w", name, err)
+	}
+	var s Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return 0, fmt.Errorf("restart %s: %s: %w", name, filepath.Join(dir, name+".spec.json"), err)
+	}
+	return Start(s)
 }
 
 // Pid reads the pid file of name in dir (0 when there is none).

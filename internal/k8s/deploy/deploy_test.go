@@ -327,7 +327,7 @@ func checkRendered(t *testing.T, objs []*unstructured.Unstructured, chained bool
 		ro   bool
 		prop corev1.MountPropagationMode
 	}{
-		"/sys/fs/bpf":  {false, bpfProp},
+		"/sys/fs/bpf": {false, bpfProp}, "/sys/fs/cgroup": {false, corev1.MountPropagationHostToContainer},
 		"/run/bulwark": {false, ""}, "/etc/cni/net.d": {false, ""}, "/opt/cni/bin": {true, ""},
 		"/var/lib/bulwark": {false, ""}, "/lib/modules": {true, ""},
 	} {
