@@ -212,6 +212,10 @@ func nodeStatusNotice(w io.Writer, resp *observerpb.GetFlowsResponse) bool {
 func hubbleError(what, target string, err error) error {
 	addr := strings.TrimPrefix(target, "passthrough:///")
 	if strings.HasPrefix(target, "cluster ") || strings.HasPrefix(target, "the merged ") {
+		// The merge names each node and its error already.
+		if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable {
+			return fmt.Errorf("%s from %s: %s (are the agents running?)", what, addr, s.Message())
+		}
 		return fmt.Errorf("%s from %s: %w", what, addr, err)
 	}
 	if status.Code(err) == codes.Unavailable {

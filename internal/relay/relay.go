@@ -55,6 +55,10 @@ const (
 	DefaultSortBuffer = 1024
 	// connectTimeout bounds a connection attempt to a peer.
 	connectTimeout = 5 * time.Second
+	// maxRetryDelay bounds the wait between attempts to reach a peer
+	// that was down, so a restarted agent is back within seconds
+	// (gRPC's default waits up to two minutes).
+	maxRetryDelay = 5 * time.Second
 	// maxUnavailableListed is how many unavailable nodes ServerStatus
 	// names (as Hubble Relay: a long list helps nobody).
 	maxUnavailableListed = 10
@@ -151,6 +155,12 @@ type Options struct {
 	SortBuffer int
 }
 
+var retryBackoff = func() backoff.Config {
+	c := backoff.DefaultConfig
+	c.MaxDelay = maxRetryDelay
+	return c
+}()
+
 // Relay implements observerpb.ObserverServer over its peers.
 type Relay struct {
 	observerpb.UnimplementedObserverServer
@@ -204,7 +214,7 @@ func New(opts Options) (*Relay, error) {
 		seen[target] = true
 		dial := append([]grpc.DialOption{
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: connectTimeout}),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: retryBackoff, MinConnectTimeout: connectTimeout}),
 		}, opts.DialOptions...)
 		conn, err := grpc.NewClient(target, dial...)
 		if err != nil {

@@ -543,3 +543,40 @@ func TestNewRejects(t *testing.T) {
 		t.Error("a bad address was accepted")
 	}
 }
+
+// TestPeerComesBack: a node whose agent restarts is read again, without
+// restarting the relay.
+func TestPeerComesBack(t *testing.T) {
+	a, b := twoNodes(t)
+	c := serve(t, newRelay(t, Options{}, peerOf(a), peerOf(b)))
+	b.srv.Stop()
+	if resps, err := collect(t, c, &observerpb.GetFlowsRequest{}); err != nil || len(nodeStatuses(resps)) != 1 {
+		t.Fatalf("with node-b stopped: %d node status events, %v", len(nodeStatuses(resps)), err)
+	}
+	s, err := observer.NewServer(observer.ServerOptions{Observer: b.obs, UnixSocket: b.sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	// The relay retries the peer in the background: ask until it answers.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resps, err := collect(t, c, &observerpb.GetFlowsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ports(resps); len(nodeStatuses(resps)) == 0 {
+			if want := []uint32{1001, 1002, 1003, 1004, 1005, 1006}; !slices.Equal(got, want) {
+				t.Errorf("ports %v, want %v", got, want)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("node-b is still unavailable a minute after its restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
