@@ -196,6 +196,13 @@ func nodeStatusNotice(w io.Writer, resp *observerpb.GetFlowsResponse) bool {
 		return false
 	}
 	switch ns.GetStateChange() {
+	case relaypb.NodeState_NODE_CONNECTED:
+		// Bulwark's merge says so (with a message) when a node that was
+		// down answers again; Hubble Relay lists the connected nodes at
+		// the start of every stream, which is no news.
+		if msg := ns.GetMessage(); msg != "" {
+			fmt.Fprintf(w, "NODE CONNECTED: %s\n", msg)
+		}
 	case relaypb.NodeState_NODE_UNAVAILABLE, relaypb.NodeState_NODE_ERROR, relaypb.NodeState_NODE_GONE:
 		msg := ns.GetMessage()
 		if msg == "" {

@@ -15,6 +15,7 @@ import (
 	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -41,7 +42,7 @@ func (r *Relay) gatherFlows(req *observerpb.GetFlowsRequest, stream observerpb.O
 	var wg sync.WaitGroup
 	for i, p := range r.peers {
 		wg.Go(func() {
-			results[i].err = recvFlows(ctx, p, req, func(resp *observerpb.GetFlowsResponse) bool {
+			results[i].err = recvFlows(ctx, p, req, nil, func(resp *observerpb.GetFlowsResponse) bool {
 				results[i].resps = append(results[i].resps, resp)
 				return true
 			})
@@ -118,13 +119,17 @@ func compareTime(a, b *observerpb.GetFlowsResponse) int {
 
 // recvFlows calls GetFlows on p and hands each response to each until the
 // stream ends (nil), fails, ctx ends (nil) or each returns false (nil).
-func recvFlows(ctx context.Context, p *peer, req *observerpb.GetFlowsRequest, each func(*observerpb.GetFlowsResponse) bool) error {
+// opened, if not nil, is called once the peer accepted the call.
+func recvFlows(ctx context.Context, p *peer, req *observerpb.GetFlowsRequest, opened func(), each func(*observerpb.GetFlowsResponse) bool) error {
 	s, err := p.client.GetFlows(ctx, req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
+	}
+	if opened != nil {
+		opened()
 	}
 	for {
 		resp, err := s.Recv()
@@ -158,49 +163,51 @@ func (r *Relay) requestError(errs []error) error {
 // nodeStatus tells the client that peer i failed: NODE_UNAVAILABLE when
 // it cannot be reached, NODE_ERROR otherwise, with the reason.
 func (r *Relay) nodeStatus(i int, err error) *observerpb.GetFlowsResponse {
-	now := timestamppb.Now()
+	return nodeStatusEvent(peerState(err), r.peers[i],
+		fmt.Sprintf("%s (%s): %s", r.peers[i], r.peers[i].Address, errMessage(err)))
+}
+
+func nodeStatusEvent(state relaypb.NodeState, p *peer, msg string) *observerpb.GetFlowsResponse {
 	return &observerpb.GetFlowsResponse{
-		Time: now,
+		Time: timestamppb.Now(),
 		ResponseTypes: &observerpb.GetFlowsResponse_NodeStatus{NodeStatus: &relaypb.NodeStatusEvent{
-			StateChange: peerState(err),
-			NodeNames:   []string{r.peers[i].String()},
-			Message:     fmt.Sprintf("%s (%s): %s", r.peers[i], r.peers[i].Address, errMessage(err)),
+			StateChange: state, NodeNames: []string{p.String()}, Message: msg,
 		}},
 	}
 }
 
-// peerEvent is a response from peer, or (done) the end of its stream.
+// peerEvent is what a followed peer's goroutine reports.
 type peerEvent struct {
 	peer int
-	resp *observerpb.GetFlowsResponse
-	done bool
-	err  error
+	kind eventKind
+	resp *observerpb.GetFlowsResponse // eventResponse
+	err  error                        // eventDown, eventDone
 }
+
+type eventKind int
+
+const (
+	eventResponse  eventKind = iota // a response
+	eventConnected                  // the peer accepted the call
+	eventDown                       // the call failed; it is tried again
+	eventDone                       // the peer's stream ended: until reached, or err (the request is invalid)
+)
 
 // followFlows answers a request with follow: every peer's flows as they
 // come, through a sorting window (see sortBuffer), until every peer's
-// stream ends (until) or the client leaves.
+// stream ends (until) or the client leaves. A peer that fails is reported
+// (NODE_UNAVAILABLE or NODE_ERROR), tried again every RetryInterval, and
+// reported NODE_CONNECTED when it answers again, from where it left off.
+// When no peer can be reached at all, the request fails.
 func (r *Relay) followFlows(req *observerpb.GetFlowsRequest, stream observerpb.Observer_GetFlowsServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
 	events := make(chan peerEvent, 64)
-	for i, p := range r.peers {
-		wg.Go(func() {
-			err := recvFlows(ctx, p, req, func(resp *observerpb.GetFlowsResponse) bool {
-				select {
-				case events <- peerEvent{peer: i, resp: resp}:
-					return true
-				case <-ctx.Done():
-					return false
-				}
-			})
-			select {
-			case events <- peerEvent{peer: i, done: true, err: err}:
-			case <-ctx.Done():
-			}
-		})
+	start := time.Now()
+	for i := range r.peers {
+		wg.Go(func() { r.followPeer(ctx, i, req, start, events) })
 	}
 
 	buf := newSortBuffer(r.opts.SortWindow, r.opts.SortBuffer)
@@ -215,7 +222,7 @@ func (r *Relay) followFlows(req *observerpb.GetFlowsRequest, stream observerpb.O
 		return nil
 	}
 	live := len(r.peers)
-	heard := make([]bool, len(r.peers)) // sent something or ended cleanly
+	heard := make([]bool, len(r.peers)) // accepted a call at least once
 	errs := make([]error, len(r.peers))
 	for live > 0 {
 		select {
@@ -226,31 +233,104 @@ func (r *Relay) followFlows(req *observerpb.GetFlowsRequest, stream observerpb.O
 				return err
 			}
 		case ev := <-events:
-			if !ev.done {
-				heard[ev.peer] = true
+			switch ev.kind {
+			case eventResponse:
 				if err := send(buf.push(ev.resp, time.Now())); err != nil {
 					return err
 				}
-				continue
-			}
-			live--
-			if ev.err == nil {
-				heard[ev.peer] = true
-				continue
-			}
-			errs[ev.peer] = ev.err
-			if err := r.requestError(errs); err != nil {
-				return err
-			}
-			if live == 0 && !slices.Contains(heard, true) {
-				return r.allFailed(errs)
-			}
-			if err := stream.Send(r.nodeStatus(ev.peer, ev.err)); err != nil {
-				return err
+			case eventConnected:
+				recovered := errs[ev.peer] != nil
+				heard[ev.peer], errs[ev.peer] = true, nil
+				if recovered {
+					p := r.peers[ev.peer]
+					if err := stream.Send(nodeStatusEvent(relaypb.NodeState_NODE_CONNECTED, p, fmt.Sprintf("%s (%s): connected again", p, p.Address))); err != nil {
+						return err
+					}
+				}
+			case eventDown:
+				changed := errs[ev.peer] == nil // reported once, not at every retry
+				errs[ev.peer] = ev.err
+				if !slices.Contains(heard, true) && !slices.Contains(errs, nil) {
+					return r.allFailed(errs)
+				}
+				if !changed {
+					continue
+				}
+				if err := stream.Send(r.nodeStatus(ev.peer, ev.err)); err != nil {
+					return err
+				}
+			case eventDone:
+				live--
+				if ev.err != nil {
+					errs[ev.peer] = ev.err
+					if err := r.requestError(errs); err != nil {
+						return err
+					}
+					if err := stream.Send(r.nodeStatus(ev.peer, ev.err)); err != nil {
+						return err
+					}
+				}
 			}
 		}
 	}
 	return send(buf.drain())
+}
+
+// followPeer follows peer i's flows into events until ctx ends or the
+// peer's stream ends; a failed call is reported and made again, for the
+// flows since the last one received (or since start).
+func (r *Relay) followPeer(ctx context.Context, i int, req *observerpb.GetFlowsRequest, start time.Time, events chan<- peerEvent) {
+	p := r.peers[i]
+	report := func(ev peerEvent) bool {
+		ev.peer = i
+		select {
+		case events <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	var last *timestamppb.Timestamp // of the last flow received
+	for {
+		err := recvFlows(ctx, p, req, func() { report(peerEvent{kind: eventConnected}) }, func(resp *observerpb.GetFlowsResponse) bool {
+			if resp.GetFlow() != nil {
+				last = resp.GetTime()
+			}
+			return report(peerEvent{kind: eventResponse, resp: resp})
+		})
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil, status.Code(err) == codes.InvalidArgument:
+			report(peerEvent{kind: eventDone, err: err})
+			return
+		}
+		if !report(peerEvent{kind: eventDown, err: err}) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.opts.RetryInterval):
+		}
+		req = resumeRequest(req, last, start)
+	}
+}
+
+// resumeRequest is req for a peer that failed: the flows after the last
+// one received from it (or, if none was, since the request started),
+// without a count.
+func resumeRequest(req *observerpb.GetFlowsRequest, last *timestamppb.Timestamp, start time.Time) *observerpb.GetFlowsRequest {
+	from := start
+	if last != nil {
+		from = last.AsTime().Add(time.Nanosecond)
+	}
+	if s := req.GetSince(); s != nil && s.AsTime().After(from) {
+		from = s.AsTime()
+	}
+	out := proto.Clone(req).(*observerpb.GetFlowsRequest)
+	out.Number, out.Since = 0, timestamppb.New(from)
+	return out
 }
 
 // sortBuffer orders followed flows from several peers by time: a flow

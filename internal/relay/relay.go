@@ -14,7 +14,9 @@
 // A peer that cannot be reached does not fail a request: GetFlows reports
 // it with a NodeStatus event (NODE_UNAVAILABLE, or NODE_ERROR with the
 // reason) and carries on with the others; ServerStatus and GetNodes count
-// and list it. Only when no peer answers does GetFlows fail (Unavailable).
+// and list it. A follow request tries it again and carries on from where
+// it left off (NODE_CONNECTED). Only when no peer answers does GetFlows
+// fail (Unavailable).
 // Filters, field masks and time bounds are passed to every peer unchanged.
 package relay
 
@@ -53,6 +55,9 @@ const (
 	// DefaultSortBuffer is how many followed flows may wait at most; beyond
 	// it the oldest is sent at once.
 	DefaultSortBuffer = 1024
+	// DefaultRetryInterval is how often a follow request tries a peer
+	// that failed again (Hubble Relay looks for peers every 2 s).
+	DefaultRetryInterval = 2 * time.Second
 	// connectTimeout bounds a connection attempt to a peer.
 	connectTimeout = 5 * time.Second
 	// maxRetryDelay bounds the wait between attempts to reach a peer
@@ -153,6 +158,9 @@ type Options struct {
 	SortWindow time.Duration
 	// SortBuffer: 0 means DefaultSortBuffer.
 	SortBuffer int
+	// RetryInterval is how often a followed peer that failed is tried
+	// again; 0 means DefaultRetryInterval.
+	RetryInterval time.Duration
 }
 
 var retryBackoff = func() backoff.Config {
@@ -189,6 +197,11 @@ func New(opts Options) (*Relay, error) {
 		return nil, fmt.Errorf("relay: sort window %v: must not be negative", opts.SortWindow)
 	case opts.SortBuffer < 0:
 		return nil, fmt.Errorf("relay: sort buffer %d: must not be negative", opts.SortBuffer)
+	case opts.RetryInterval < 0:
+		return nil, fmt.Errorf("relay: retry interval %v: must not be negative", opts.RetryInterval)
+	}
+	if opts.RetryInterval == 0 {
+		opts.RetryInterval = DefaultRetryInterval
 	}
 	if opts.CallTimeout == 0 {
 		opts.CallTimeout = DefaultCallTimeout

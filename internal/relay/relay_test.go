@@ -580,3 +580,64 @@ func TestPeerComesBack(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestFollowSurvivesPeerRestart: a followed node whose agent restarts is
+// reported unavailable, then connected again, and its flows recorded in
+// the meantime and after come, none twice.
+func TestFollowSurvivesPeerRestart(t *testing.T) {
+	a, b := startNode(t, 1), startNode(t, 2)
+	c := serve(t, newRelay(t, Options{SortWindow: 10 * time.Millisecond, RetryInterval: 20 * time.Millisecond}, peerOf(a), peerOf(b)))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := c.GetFlows(ctx, &observerpb.GetFlowsRequest{Follow: true, Since: timestamppb.New(baseTime)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// recv reads until the flow to port want, collecting node statuses.
+	var states []relaypb.NodeState
+	seen := map[uint32]int{}
+	recv := func(want uint32) {
+		t.Helper()
+		for seen[want] == 0 {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("waiting for %d: %v", want, err)
+			}
+			if s := resp.GetNodeStatus(); s != nil {
+				if !slices.Equal(s.GetNodeNames(), []string{"node-b"}) {
+					t.Errorf("node status %v, want node-b's only", s)
+				}
+				states = append(states, s.GetStateChange())
+				continue
+			}
+			seen[resp.GetFlow().GetL4().GetTCP().GetDestinationPort()]++
+		}
+	}
+	a.conn(1, 1, false)
+	b.conn(2, 2, false)
+	recv(1001)
+	recv(1002)
+	b.srv.Stop()
+	b.conn(2, 4, false) // while its server is down
+	a.conn(1, 3, false)
+	recv(1003)
+	s, err := observer.NewServer(observer.ServerOptions{Observer: b.obs, UnixSocket: b.sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	recv(1004)
+	b.conn(2, 6, false)
+	recv(1006)
+	for p, n := range seen {
+		if n != 1 {
+			t.Errorf("flow %d came %d times", p, n)
+		}
+	}
+	if len(states) != 2 || states[0] != relaypb.NodeState_NODE_UNAVAILABLE || states[1] != relaypb.NodeState_NODE_CONNECTED {
+		t.Errorf("node-b's states %v, want unavailable then connected", states)
+	}
+}
