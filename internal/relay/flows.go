@@ -209,12 +209,27 @@ func (r *Relay) followFlows(req *observerpb.GetFlowsRequest, stream observerpb.O
 	for i := range r.peers {
 		wg.Go(func() { r.followPeer(ctx, i, req, start, events) })
 	}
+	// With a number, each peer's backlog is its own last N: the flows
+	// older than the merge's last N are dropped once a snapshot of every
+	// peer says which those are. Until then nothing is sent.
+	var cutoffC chan *timestamppb.Timestamp
+	if req.GetNumber() > 0 {
+		cutoffC = make(chan *timestamppb.Timestamp, 1)
+		wg.Go(func() { cutoffC <- r.backlogCutoff(ctx, req) })
+	}
+	var cut *timestamppb.Timestamp
+	older := func(resp *observerpb.GetFlowsResponse) bool {
+		return cut != nil && resp.GetFlow() != nil && compareTime(resp, &observerpb.GetFlowsResponse{Time: cut}) < 0
+	}
 
 	buf := newSortBuffer(r.opts.SortWindow, r.opts.SortBuffer)
 	tick := time.NewTicker(max(r.opts.SortWindow/4, time.Millisecond))
 	defer tick.Stop()
 	send := func(resps []*observerpb.GetFlowsResponse) error {
 		for _, resp := range resps {
+			if older(resp) {
+				continue
+			}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
@@ -228,14 +243,19 @@ func (r *Relay) followFlows(req *observerpb.GetFlowsRequest, stream observerpb.O
 		select {
 		case <-ctx.Done():
 			return nil
+		case cut = <-cutoffC:
+			cutoffC = nil
 		case now := <-tick.C:
+			if cutoffC != nil {
+				continue // hold the backlog
+			}
 			if err := send(buf.due(now)); err != nil {
 				return err
 			}
 		case ev := <-events:
 			switch ev.kind {
 			case eventResponse:
-				if err := send(buf.push(ev.resp, time.Now())); err != nil {
+				if err := send(buf.push(ev.resp, time.Now(), cutoffC != nil)); err != nil {
 					return err
 				}
 			case eventConnected:
@@ -273,7 +293,41 @@ func (r *Relay) followFlows(req *observerpb.GetFlowsRequest, stream observerpb.O
 			}
 		}
 	}
+	if cutoffC != nil {
+		select {
+		case cut = <-cutoffC:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	return send(buf.drain())
+}
+
+// backlogCutoff asks every peer for req's flows without follow and
+// returns the time of the oldest of the merge's last req.Number, or nil
+// when there are not that many (or no peer answers).
+func (r *Relay) backlogCutoff(ctx context.Context, req *observerpb.GetFlowsRequest) *timestamppb.Timestamp {
+	snap := proto.Clone(req).(*observerpb.GetFlowsRequest)
+	snap.Follow = false
+	times := make([][]*observerpb.GetFlowsResponse, len(r.peers))
+	var wg sync.WaitGroup
+	for i, p := range r.peers {
+		wg.Go(func() {
+			_ = recvFlows(ctx, p, snap, nil, func(resp *observerpb.GetFlowsResponse) bool {
+				if resp.GetFlow() != nil {
+					times[i] = append(times[i], &observerpb.GetFlowsResponse{Time: resp.GetTime()})
+				}
+				return true
+			})
+		})
+	}
+	wg.Wait()
+	all := slices.Concat(times...)
+	if uint64(len(all)) < req.GetNumber() {
+		return nil
+	}
+	slices.SortFunc(all, compareTime)
+	return all[uint64(len(all))-req.GetNumber()].GetTime()
 }
 
 // followPeer follows peer i's flows into events until ctx ends or the
@@ -373,12 +427,12 @@ func newSortBuffer(window time.Duration, maxLen int) *sortBuffer {
 }
 
 // push adds a response and returns those that must go now (the buffer
-// is full).
-func (b *sortBuffer) push(resp *observerpb.GetFlowsResponse, now time.Time) []*observerpb.GetFlowsResponse {
+// is full, unless hold).
+func (b *sortBuffer) push(resp *observerpb.GetFlowsResponse, now time.Time, hold bool) []*observerpb.GetFlowsResponse {
 	b.seq++
 	heap.Push(&b.h, pending{resp: resp, arrived: now, seq: b.seq})
 	var out []*observerpb.GetFlowsResponse
-	for b.h.Len() > b.max {
+	for !hold && b.h.Len() > b.max {
 		out = append(out, heap.Pop(&b.h).(pending).resp)
 	}
 	return out

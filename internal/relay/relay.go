@@ -6,7 +6,8 @@
 //     the peers' whole answers are gathered first, so the order is exact and
 //     --first/--last N mean the N oldest/newest flows of the merge (Hubble
 //     Relay returns up to N per node). With follow, flows are forwarded as
-//     they come through a short sorting window.
+//     they come through a short sorting window; the backlog of a follow
+//     with a number is the merge's last N as well.
 //   - ServerStatus: flow counts summed, connected and unavailable nodes
 //     counted, the unavailable ones named.
 //   - GetNodes, GetNamespaces: the union of the peers' answers.

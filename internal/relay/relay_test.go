@@ -398,6 +398,46 @@ func TestFollowMergesBacklog(t *testing.T) {
 	if got, want := ports(resps), []uint32{1001, 1002, 1003, 1004, 1005}; !slices.Equal(got, want) {
 		t.Errorf("ports %v, want %v", got, want)
 	}
+	// With a number: the last 2 of the merge, not 2 per node.
+	resps, err = collect(t, c, &observerpb.GetFlowsRequest{
+		Follow: true, Number: 2, Until: timestamppb.New(baseTime.Add(5 * time.Second)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ports(resps), []uint32{1004, 1005}; !slices.Equal(got, want) {
+		t.Errorf("number 2: ports %v, want %v", got, want)
+	}
+}
+
+// TestFollowWithNumber: the backlog of a follow request is the last N
+// flows of the merge, then new flows come.
+func TestFollowWithNumber(t *testing.T) {
+	a, b := twoNodes(t)
+	c := serve(t, newRelay(t, Options{SortWindow: 10 * time.Millisecond}, peerOf(a), peerOf(b)))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := c.GetFlows(ctx, &observerpb.GetFlowsRequest{Follow: true, Number: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() uint32 {
+		t.Helper()
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetFlow().GetL4().GetTCP().GetDestinationPort()
+	}
+	backlog := []uint32{next(), next(), next()}
+	slices.Sort(backlog)
+	if want := []uint32{1004, 1005, 1006}; !slices.Equal(backlog, want) {
+		t.Errorf("backlog %v, want %v", backlog, want)
+	}
+	a.conn(1, 7, false)
+	if got := next(); got != 1007 {
+		t.Errorf("after the backlog: flow %d, want the new 1007", got)
+	}
 }
 
 // TestFollowForwardsNewFlows: flows recorded on either node after the
@@ -475,7 +515,7 @@ func TestSortBuffer(t *testing.T) {
 	now := time.Unix(0, 0)
 	b := newSortBuffer(time.Second, 4)
 	for _, s := range []int{5, 3} {
-		if out := b.push(resp(s), now); len(out) != 0 {
+		if out := b.push(resp(s), now, false); len(out) != 0 {
 			t.Fatalf("push %d sent %v at once", s, secs(out))
 		}
 	}
@@ -483,16 +523,16 @@ func TestSortBuffer(t *testing.T) {
 		t.Fatalf("within the window: sent %v", secs(out))
 	}
 	// A late, older flow from another peer still comes first.
-	b.push(resp(1), now.Add(600*time.Millisecond))
-	b.push(resp(9), now.Add(600*time.Millisecond))
+	b.push(resp(1), now.Add(600*time.Millisecond), false)
+	b.push(resp(9), now.Add(600*time.Millisecond), false)
 	if got := secs(b.due(now.Add(time.Second))); !slices.Equal(got, []int64{1, 3, 5}) {
 		t.Errorf("due after the window: %v, want [1 3 5] (9 has not waited)", got)
 	}
 	// Full: the oldest goes at once.
 	for _, s := range []int{8, 7, 10} {
-		b.push(resp(s), now.Add(time.Second))
+		b.push(resp(s), now.Add(time.Second), false)
 	}
-	if got := secs(b.push(resp(6), now.Add(time.Second))); !slices.Equal(got, []int64{6}) {
+	if got := secs(b.push(resp(6), now.Add(time.Second), false)); !slices.Equal(got, []int64{6}) {
 		t.Errorf("push into a full buffer sent %v, want [6]", got)
 	}
 	if got := secs(b.drain()); !slices.Equal(got, []int64{7, 8, 9, 10}) {
