@@ -12,6 +12,7 @@ import (
 	"time"
 
 	observerpb "github.com/cilium/cilium/api/v1/observer"
+	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -240,5 +241,30 @@ func TestNodeAgentPeers(t *testing.T) {
 	}
 	if _, err := clusterPeers("no-such-c"); err == nil || errors.Is(err, os.ErrPermission) {
 		t.Errorf("a cluster that does not exist: %v", err)
+	}
+}
+
+func TestNodeStatusNotice(t *testing.T) {
+	ev := func(state relaypb.NodeState, msg string, names ...string) *observerpb.GetFlowsResponse {
+		return &observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_NodeStatus{
+			NodeStatus: &relaypb.NodeStatusEvent{StateChange: state, NodeNames: names, Message: msg}}}
+	}
+	for _, tt := range []struct {
+		resp *observerpb.GetFlowsResponse
+		want string
+	}{
+		{ev(relaypb.NodeState_NODE_UNAVAILABLE, "node-2 (/x.sock): refused", "node-2"), "NODE UNAVAILABLE: node-2 (/x.sock): refused\n"},
+		{ev(relaypb.NodeState_NODE_ERROR, "", "node-2", "node-3"), "NODE ERROR: node-2, node-3\n"},
+		{ev(relaypb.NodeState_NODE_CONNECTED, "node-2 (/x.sock): connected again", "node-2"), "NODE CONNECTED: node-2 (/x.sock): connected again\n"},
+		// Hubble Relay lists the connected nodes at every start: no news.
+		{ev(relaypb.NodeState_NODE_CONNECTED, "", "node-1", "node-2"), ""},
+	} {
+		var b bytes.Buffer
+		if !nodeStatusNotice(&b, tt.resp) || b.String() != tt.want {
+			t.Errorf("%v: printed %q, want %q", tt.resp, b.String(), tt.want)
+		}
+	}
+	if nodeStatusNotice(&bytes.Buffer{}, &observerpb.GetFlowsResponse{}) {
+		t.Error("a response without a node status taken for one")
 	}
 }
