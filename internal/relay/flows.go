@@ -21,10 +21,39 @@ import (
 
 // GetFlows implements observerpb.ObserverServer over every peer.
 func (r *Relay) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Observer_GetFlowsServer) error {
+	req, strip := withTime(req)
+	if strip {
+		stream = timeStripper{stream}
+	}
 	if req.GetFollow() {
 		return r.followFlows(req, stream)
 	}
 	return r.gatherFlows(req, stream)
+}
+
+// withTime returns req asking for each flow's time, which the merge orders
+// by: a field mask without "time" gets it, and strip says the time must be
+// removed again before the client sees the flows.
+func withTime(req *observerpb.GetFlowsRequest) (_ *observerpb.GetFlowsRequest, strip bool) {
+	paths := req.GetFieldMask().GetPaths()
+	if len(paths) == 0 || slices.Contains(paths, "time") {
+		return req, false
+	}
+	out := proto.Clone(req).(*observerpb.GetFlowsRequest)
+	out.FieldMask.Paths = append(out.FieldMask.Paths, "time")
+	return out, true
+}
+
+// timeStripper removes the time the relay added to the field mask.
+type timeStripper struct {
+	observerpb.Observer_GetFlowsServer
+}
+
+func (s timeStripper) Send(resp *observerpb.GetFlowsResponse) error {
+	if f := resp.GetFlow(); f != nil {
+		f.Time, resp.Time = nil, nil
+	}
+	return s.Observer_GetFlowsServer.Send(resp)
 }
 
 // peerFlows is what one peer answered to a GetFlows request that ends.

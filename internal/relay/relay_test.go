@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bulwark-net/bulwark/internal/datapath/event"
@@ -232,6 +233,33 @@ func TestGetFlowsMergesByTime(t *testing.T) {
 				t.Errorf("node status events %v with every peer up", s)
 			}
 		})
+	}
+}
+
+// TestFieldMaskWithoutTime: the merge still orders by time, and the
+// client gets only the fields it asked for.
+func TestFieldMaskWithoutTime(t *testing.T) {
+	a, b := twoNodes(t)
+	c := serve(t, newRelay(t, Options{SortWindow: time.Hour}, peerOf(a), peerOf(b)))
+	mask := &fieldmaskpb.FieldMask{Paths: []string{"l4", "node_name"}}
+	for _, follow := range []bool{false, true} {
+		req := &observerpb.GetFlowsRequest{FieldMask: mask}
+		if follow {
+			req.Follow, req.Since, req.Until = true, timestamppb.New(baseTime), timestamppb.New(baseTime.Add(time.Minute))
+		}
+		resps, err := collect(t, c, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := ports(resps), []uint32{1001, 1002, 1003, 1004, 1005, 1006}; !slices.Equal(got, want) {
+			t.Errorf("follow=%v: ports %v, want %v", follow, got, want)
+		}
+		for _, r := range resps {
+			if r.GetFlow().GetTime() != nil || r.GetTime() != nil || r.GetFlow().GetNodeName() == "" || r.GetFlow().GetVerdict() != 0 {
+				t.Errorf("follow=%v: masked flow %v", follow, r)
+				break
+			}
+		}
 	}
 }
 
