@@ -18,7 +18,9 @@
 // and list it. A follow request tries it again and carries on from where
 // it left off (NODE_CONNECTED). Only when no peer answers does GetFlows
 // fail (Unavailable).
-// Filters, field masks and time bounds are passed to every peer unchanged.
+// Filters and time bounds are passed to every peer unchanged; a field mask
+// too, with "time" added if it lacks it (the merge orders by it; the client
+// does not see it).
 package relay
 
 import (
