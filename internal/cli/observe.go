@@ -15,6 +15,7 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
+	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,47 +24,107 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bulwark-net/bulwark/internal/agent"
+	"github.com/bulwark-net/bulwark/internal/cluster"
 	"github.com/bulwark-net/bulwark/internal/observer"
 	"github.com/bulwark-net/bulwark/internal/observer/printer"
+	"github.com/bulwark-net/bulwark/internal/relay"
 )
 
 // defaultObserveLast is how many recent flows observe prints when given
 // neither --last, --first, --all, --since nor --follow (as hubble).
 const defaultObserveLast = 20
 
-// hubbleServerFlags find the Hubble API: --server, or else the instance's
-// own unix socket, never a default address (which could be another
-// instance's).
+// hubbleServerFlags find the Hubble API: --server (several: their flows
+// merged), --cluster (every node agent of a 'bulwark cluster' cluster,
+// merged), or else the instance's own unix socket, never a default address
+// (which could be another instance's).
 type hubbleServerFlags struct {
-	inst   instanceFlags
-	server string
+	inst    instanceFlags
+	servers []string
+	cluster string
 }
 
 func (h *hubbleServerFlags) register(cmd *cobra.Command) {
 	h.inst.register(cmd)
-	cmd.Flags().StringVar(&h.server, "server", "",
-		"Hubble API address: unix:///path, /path or host:port (default: the instance's own unix socket, root only)")
+	cmd.Flags().StringArrayVar(&h.servers, "server", nil,
+		"Hubble API address: unix:///path, /path or host:port; repeat it to merge several nodes' flows (default: the instance's own unix socket, root only)")
+	cmd.Flags().StringVar(&h.cluster, "cluster", "",
+		"read every node agent of this 'bulwark cluster' cluster (--cni bulwark) and merge their flows (root only)")
 }
 
-// target returns the gRPC target of the Hubble server.
-func (h *hubbleServerFlags) target() (string, error) {
+// peers returns the Hubble servers to read: one, or several to merge.
+func (h *hubbleServerFlags) peers(cmd *cobra.Command) ([]relay.Peer, error) {
 	switch {
-	case strings.HasPrefix(h.server, "unix://"):
-		return h.server, nil
-	case strings.HasPrefix(h.server, "/"):
-		return "unix://" + h.server, nil
-	case h.server != "":
-		return "passthrough:///" + h.server, nil
+	case h.cluster != "" && len(h.servers) > 0:
+		return nil, errors.New("--cluster cannot be combined with --server: the cluster's node agents are the servers")
+	case h.cluster != "" && cmd.Flags().Changed("instance"):
+		return nil, errors.New("--cluster cannot be combined with --instance: a cluster's node agents are its own instances")
+	case h.cluster != "":
+		return clusterPeers(h.cluster)
+	}
+	var peers []relay.Peer
+	for _, s := range h.servers {
+		p, err := relay.ParsePeer(s)
+		if err != nil {
+			return nil, fmt.Errorf("--server %q: %w", s, err)
+		}
+		peers = append(peers, p)
+	}
+	if len(peers) > 0 {
+		return peers, nil
 	}
 	p, err := h.inst.paths()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	sock, err := instanceHubbleSocket(p)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return "unix://" + sock, nil
+	return []relay.Peer{{Address: "unix://" + sock}}, nil
+}
+
+// clusterPeers returns the Hubble sockets of every node agent of cluster
+// name, as its recorded state names the nodes. An agent that is not running
+// is a peer all the same: the merge reports it unavailable.
+func clusterPeers(name string) ([]relay.Peer, error) {
+	st, err := cluster.Load(name)
+	if errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("--cluster %s: its state is root only: run as root", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--cluster %s: %w", name, err)
+	}
+	return nodeAgentPeers(st, cluster.NodeAgentOf)
+}
+
+// nodeAgentPeers returns one peer per node of st: its agent's Hubble
+// socket (the recorded one, else the default in its run directory).
+func nodeAgentPeers(st *cluster.State, agentOf func(cluster, node string) cluster.NodeAgent) ([]relay.Peer, error) {
+	if st.CNI != cluster.CNIBulwark {
+		return nil, fmt.Errorf("--cluster %s: its pod network is %q, without Bulwark agents to read flows from; start one with 'bulwark cluster up --name %s --cni bulwark'", st.Name, st.CNI, st.Name)
+	}
+	if len(st.Nodes) == 0 {
+		return nil, fmt.Errorf("--cluster %s: its state records no nodes", st.Name)
+	}
+	var peers []relay.Peer
+	for _, n := range st.Nodes {
+		ag := agentOf(st.Name, n.Name)
+		p := agent.NewPaths(agent.PathsOptions{Instance: ag.Instance, RunRoot: ag.RunRoot, StateRoot: ag.StateRoot})
+		sock := p.Hubble
+		la, err := agent.ReadListenAddrs(p)
+		switch {
+		case errors.Is(err, os.ErrPermission):
+			return nil, fmt.Errorf("--cluster %s: node %s's agent state is root only: run as root", st.Name, n.Name)
+		case err == nil && la.HubbleSocket != "":
+			sock = la.HubbleSocket
+		}
+		if _, err := os.Stat(sock); errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("--cluster %s: node %s's Hubble socket %s is root only: run as root", st.Name, n.Name, sock)
+		}
+		peers = append(peers, relay.Peer{Name: n.Name, Address: "unix://" + sock})
+	}
+	return peers, nil
 }
 
 // instanceHubbleSocket returns the Hubble unix socket an instance serves:
@@ -88,22 +149,82 @@ func instanceHubbleSocket(p agent.Paths) (string, error) {
 	return sock, nil
 }
 
-func (h *hubbleServerFlags) dial() (observerpb.ObserverClient, func(), string, error) {
-	target, err := h.target()
+// dial connects to the Hubble API: the one server, or an in-process relay
+// merging several. It returns the client, a function closing it, and the
+// server's name for messages.
+func (h *hubbleServerFlags) dial(cmd *cobra.Command) (observerpb.ObserverClient, func(), string, error) {
+	peers, err := h.peers(cmd)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("hubble server %s: %w", target, err)
+	if len(peers) == 1 {
+		target, err := relay.Target(peers[0].Address)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("--server: %w", err)
+		}
+		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("hubble server %s: %w", target, err)
+		}
+		return observerpb.NewObserverClient(conn), func() { conn.Close() }, target, nil
 	}
-	return observerpb.NewObserverClient(conn), func() { conn.Close() }, target, nil
+	r, err := relay.New(relay.Options{Peers: peers, Version: Version})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	client, stop, err := r.Local()
+	if err != nil {
+		r.Close()
+		return nil, nil, "", err
+	}
+	names := make([]string, len(peers))
+	for i, p := range peers {
+		names[i] = p.String()
+	}
+	what := "the merged Hubble APIs of " + strings.Join(names, ", ")
+	if h.cluster != "" {
+		what = fmt.Sprintf("cluster %s's node agents (%s)", h.cluster, strings.Join(names, ", "))
+	}
+	return client, func() { stop(); r.Close() }, what, nil
+}
+
+// nodeStatusNotice writes a merge's notice that a node could not be read
+// (or an error it had) to w and reports whether resp was such a notice.
+func nodeStatusNotice(w io.Writer, resp *observerpb.GetFlowsResponse) bool {
+	ns := resp.GetNodeStatus()
+	if ns == nil {
+		return false
+	}
+	switch ns.GetStateChange() {
+	case relaypb.NodeState_NODE_CONNECTED:
+		// Bulwark's merge says so (with a message) when a node that was
+		// down answers again; Hubble Relay lists the connected nodes at
+		// the start of every stream, which is no news.
+		if msg := ns.GetMessage(); msg != "" {
+			fmt.Fprintf(w, "NODE CONNECTED: %s\n", msg)
+		}
+	case relaypb.NodeState_NODE_UNAVAILABLE, relaypb.NodeState_NODE_ERROR, relaypb.NodeState_NODE_GONE:
+		msg := ns.GetMessage()
+		if msg == "" {
+			msg = strings.Join(ns.GetNodeNames(), ", ")
+		}
+		state := strings.ReplaceAll(strings.TrimPrefix(ns.GetStateChange().String(), "NODE_"), "_", " ")
+		fmt.Fprintf(w, "NODE %s: %s\n", state, msg)
+	}
+	return true
 }
 
 // hubbleError explains a failed call to the Hubble API; an unreachable
 // server most likely means no agent runs.
 func hubbleError(what, target string, err error) error {
 	addr := strings.TrimPrefix(target, "passthrough:///")
+	if strings.HasPrefix(target, "cluster ") || strings.HasPrefix(target, "the merged ") {
+		// The merge names each node and its error already.
+		if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable {
+			return fmt.Errorf("%s from %s: %s (are the agents running?)", what, addr, s.Message())
+		}
+		return fmt.Errorf("%s from %s: %w", what, addr, err)
+	}
 	if status.Code(err) == codes.Unavailable {
 		return fmt.Errorf("%s: cannot reach the Hubble API at %s (is the agent running? see 'bulwark status'; or pass --server): %w", what, addr, err)
 	}
@@ -216,7 +337,7 @@ type followOptions struct {
 // error). A failure of the stream or of o.flush is explained by
 // hubbleError.
 func (h *hubbleServerFlags) follow(cmd *cobra.Command, o followOptions) error {
-	client, closeConn, target, err := h.dial()
+	client, closeConn, target, err := h.dial(cmd)
 	if err != nil {
 		return err
 	}
@@ -226,7 +347,12 @@ func (h *hubbleServerFlags) follow(cmd *cobra.Command, o followOptions) error {
 	if o.connected != nil {
 		o.connected(target)
 	}
-	err = streamFlows(ctx, client, o.req, o.each)
+	err = streamFlows(ctx, client, o.req, func(resp *observerpb.GetFlowsResponse) error {
+		if nodeStatusNotice(cmd.ErrOrStderr(), resp) {
+			return nil
+		}
+		return o.each(resp)
+	})
 	if o.flush != nil {
 		if ferr := o.flush(); err == nil {
 			err = ferr

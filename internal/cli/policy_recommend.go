@@ -77,7 +77,7 @@ func runPolicyRecommend(cmd *cobra.Command, o policyRecommendOptions) error {
 			return fmt.Errorf("policy recommend: %w", err)
 		}
 	}
-	client, closeConn, target, err := o.hubble.dial()
+	client, closeConn, target, err := o.hubble.dial(cmd)
 	if err != nil {
 		return fmt.Errorf("policy recommend: %w", err)
 	}
@@ -86,6 +86,9 @@ func runPolicyRecommend(cmd *cobra.Command, o policyRecommendOptions) error {
 	defer cancel()
 	var flows []*flowpb.Flow
 	err = streamFlows(ctx, client, req, func(r *observerpb.GetFlowsResponse) error {
+		if nodeStatusNotice(cmd.ErrOrStderr(), r) {
+			return nil
+		}
 		if f := r.GetFlow(); f != nil {
 			flows = append(flows, f)
 		}

@@ -42,6 +42,7 @@ func NewRootCmd() *cobra.Command {
 		newMonitorCmd(),
 		newObserveCmd(),
 		newPolicyCmd(),
+		newRelayCmd(),
 		newStatusCmd(),
 		newUICmd(),
 		newUpCmd(),

@@ -141,6 +141,23 @@ func Load(name string) (*State, error) {
 	return &s, nil
 }
 
+// NodeDir is node's state directory in cluster name.
+func NodeDir(name, node string) string { return filepath.Join(Dir(name), "nodes", node) }
+
+// NodeAgent is where the Bulwark agent of a node (--cni bulwark) keeps its
+// files: the roots of its agent.Paths.
+type NodeAgent struct {
+	Instance  string // agent instance name: <cluster>-<node>
+	RunRoot   string // its run directory's parent (sockets: the Hubble one too)
+	StateRoot string // its state directory's parent
+}
+
+// NodeAgentOf returns node's agent locations in cluster name.
+func NodeAgentOf(name, node string) NodeAgent {
+	dir := NodeDir(name, node)
+	return NodeAgent{Instance: name + "-" + node, RunRoot: filepath.Join(dir, "bulwark-run"), StateRoot: filepath.Join(dir, "bulwark-state")}
+}
+
 // KubectlDir is the directory Env puts on PATH (it holds kubectl only).
 func KubectlDir(name string) string { return filepath.Join(Dir(name), "bin") }
 
@@ -370,7 +387,7 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 	nodes := make([]node.Config, len(st.Nodes))
 	for i, n := range st.Nodes {
 		nodes[i] = node.Config{
-			Name: n.Name, Dir: filepath.Join(dir, "nodes", n.Name), Netns: netns.Path(network.NodeNetns(o.Name, n.Name)),
+			Name: n.Name, Dir: NodeDir(o.Name, n.Name), Netns: netns.Path(network.NodeNetns(o.Name, n.Name)),
 			IP: n.IP, BinDir: o.BinDir, Runc: o.Runc, ClusterCIDR: o.ClusterCIDR, ClusterDNS: dnsIP(o.ServiceCIDR),
 			Hierarchies: hs, CgroupRoot: nodeCgroup(o.Name, n.Name), DaemonCgroup: daemonCgroup(o.Name),
 			Images: imgPath, CP: cp,
@@ -464,12 +481,9 @@ func otherSubnets(name string) []netip.Prefix {
 	return out
 }
 
-// agentInstance is the agent instance name of a cluster's node.
-func agentInstance(cluster, node string) string { return cluster + "-" + node }
-
 // agentPinDir is where the agent of a cluster's node pins its datapath.
 func agentPinDir(cluster, node string) string {
-	return filepath.Join(agent.DefaultPinRoot, agentInstance(cluster, node))
+	return filepath.Join(agent.DefaultPinRoot, NodeAgentOf(cluster, node).Instance)
 }
 
 // startAgent runs Bulwark's agent in Kubernetes mode on the node (in its
@@ -487,14 +501,14 @@ func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
 	if err := cp.WriteKubeconfig(kc, "bulwark-agent:"+n.Name, cert, key); err != nil {
 		return err
 	}
+	ag := NodeAgentOf(o.Name, n.Name)
 	_, err = proc.Start(proc.Spec{Name: node.Agent, Dir: n.Dir, Bin: o.Bulwark, Netns: n.Netns,
 		CgroupProcs: cgroup.ProcsFiles(n.Hierarchies, n.DaemonCgroup),
 		// One agent per node on one machine: its own instance (socket,
 		// pins, state) and IPAM directory; the CNI configuration it writes
 		// names its socket.
 		Args: []string{"agent", "--kubernetes", "--kubeconfig", kc, "--node-name", n.Name,
-			"--instance", agentInstance(o.Name, n.Name),
-			"--run-dir", filepath.Join(n.Dir, "bulwark-run"), "--state-root", filepath.Join(n.Dir, "bulwark-state"),
+			"--instance", ag.Instance, "--run-dir", ag.RunRoot, "--state-root", ag.StateRoot,
 			"--cni-conf", n.CNIConfDir(), "--cni-ipam-dir", filepath.Join(n.Dir, "cni", "ipam"),
 			"--cni-mode", "standalone", "--native-routing",
 			// The node's pods are below its cgroup root: their ClusterIPs
