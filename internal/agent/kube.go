@@ -113,6 +113,11 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	if opts.NodeName == "" {
 		return errors.New("kubernetes mode: the node name is required (--node-name or NODE_NAME)")
 	}
+	// The API server warns about Cilium's CRD schemas (e.g. an unknown
+	// "idn-hostname" format) on every write of a policy status: say each
+	// warning once, not once per status update.
+	opts.REST = rest.CopyConfig(opts.REST)
+	opts.REST.WarningHandler = rest.NewWarningWriter(os.Stderr, rest.WarningWriterOptions{Deduplicate: true})
 	switch opts.CNIMode {
 	case "":
 		opts.CNIMode = cni.ModeStandalone

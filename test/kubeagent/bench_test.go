@@ -28,6 +28,12 @@ func BenchmarkPolicyToEnforced(b *testing.B) {
 	benchPolicyToEnforced(b, 1000, 200)
 }
 
+// BenchmarkPolicyToEnforced1kPolicies is the same with 1000 policies in
+// place (the 1k pods / 1k policies).
+func BenchmarkPolicyToEnforced1kPolicies(b *testing.B) {
+	benchPolicyToEnforced(b, 1000, 1000)
+}
+
 func benchPolicyToEnforced(b *testing.B, nPods, nPolicies int) {
 	tt := testing.TB(b)
 	e := newEnv(tt)
