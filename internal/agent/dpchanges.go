@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/bulwark-net/bulwark/internal/datapath"
 	"github.com/bulwark-net/bulwark/internal/identity"
@@ -17,9 +18,10 @@ import (
 type dpPushed struct {
 	// ipcSrc is the repository ipcache ipc was built from (immutable: the
 	// same pointer, the same content); nodeIP the address added to it.
-	ipcSrc *policy.IPCache
-	nodeIP netip.Addr
-	ipc    map[netip.Prefix]identity.NumericIdentity
+	ipcSrc      *policy.IPCache
+	nodeIP      netip.Addr
+	remoteNodes []netip.Addr
+	ipc         map[netip.Prefix]identity.NumericIdentity
 	// ports are the proxy ports the tables were compiled with.
 	ports [2]uint32
 }
@@ -29,12 +31,20 @@ type dpPushed struct {
 // the same object, the last map is pushed again (the datapath owns it and
 // keeps it equal to what it holds).
 func (n *node) datapathIPCache(snap *policy.Snapshot) (map[netip.Prefix]identity.NumericIdentity, bool) {
-	if last := &n.pushed; last.ipc != nil && last.ipcSrc == snap.IPCache && last.nodeIP == n.nodeIP {
+	if last := &n.pushed; last.ipc != nil && last.ipcSrc == snap.IPCache && last.nodeIP == n.nodeIP && slices.Equal(last.remoteNodes, n.remoteNodes) {
 		return last.ipc, false
 	}
 	ipc := make(map[netip.Prefix]identity.NumericIdentity, n.ipcacheHint.Load()+2)
 	snap.IPCache.Range(func(p netip.Prefix, id identity.NumericIdentity) { ipc[p] = id })
 	n.ipcacheHint.Store(int64(len(ipc))) // sizes the next map (no rehash while it grows)
+	// The other nodes' addresses are remote-node (Cilium's reserved
+	// identity 6), not world; pod addresses the repository knows win.
+	for _, a := range n.remoteNodes {
+		p := netip.PrefixFrom(a, a.BitLen())
+		if _, ok := ipc[p]; !ok {
+			ipc[p] = identity.RemoteNode
+		}
+	}
 	if n.nodeIP.IsValid() {
 		ipc[netip.PrefixFrom(n.nodeIP, n.nodeIP.BitLen())] = identity.Host
 	}

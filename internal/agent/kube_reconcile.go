@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -305,6 +306,7 @@ func nodeAddrs(nd *corev1.Node) (cidrs []netip.Prefix, ips []netip.Addr) {
 func (k *kubeAgent) applyNodesLocked(st *source.State) []error {
 	var errs []error
 	var routes []nodeRoute
+	var remote []netip.Addr
 	for _, nd := range st.Nodes {
 		cidrs, ips := nodeAddrs(nd)
 		if nd.Name == k.kopts.NodeName {
@@ -318,6 +320,7 @@ func (k *kubeAgent) applyNodesLocked(st *source.State) []error {
 			}
 			continue
 		}
+		remote = append(remote, ips...)
 		for _, c := range cidrs {
 			for _, ip := range ips {
 				if ip.Is4() == c.Addr().Is4() {
@@ -326,6 +329,11 @@ func (k *kubeAgent) applyNodesLocked(st *source.State) []error {
 				}
 			}
 		}
+	}
+	slices.SortFunc(remote, netip.Addr.Compare)
+	remote = slices.Compact(remote)
+	if !slices.Equal(remote, k.node.remoteNodes) {
+		k.node.remoteNodes = remote
 	}
 	if k.kopts.NativeRouting {
 		if err := k.inNode(func() error { return syncNodeRoutes(routes) }); err != nil {

@@ -45,11 +45,14 @@ type node struct {
 	nodeNetns string // where the host-side veths live
 	kubeNode  string // Kubernetes mode: the Node's name (flows carry it)
 	nodeIP    netip.Addr
-	events    *eventPump
-	views     eventViews // what the observer resolves events with; see publishEventView
-	fqdn      *fqdnLearner
-	fqdnStop  func()     // stops the FQDN expiry loop (it saves the cache)
-	l7        *l7Proxies // nil when the proxies could not start: redirects drop
+	// remoteNodes are the other nodes' addresses (Kubernetes mode),
+	// sorted; replaced, never modified in place.
+	remoteNodes []netip.Addr
+	events      *eventPump
+	views       eventViews // what the observer resolves events with; see publishEventView
+	fqdn        *fqdnLearner
+	fqdnStop    func()     // stops the FQDN expiry loop (it saves the cache)
+	l7          *l7Proxies // nil when the proxies could not start: redirects drop
 	// syncMu orders datapath syncs: the snapshot each pushes, and
 	// syncedRev, only move forward. Apart from the agent's change lock,
 	// so that the DNS proxy's FQDN syncs never wait for a whole change.
@@ -577,7 +580,7 @@ func (n *node) pushTables() error {
 		n.pushed = dpPushed{} // rebuilt next time (the datapath itself syncs fully after a failed write)
 		return fmt.Errorf("load datapath: %w", err)
 	}
-	n.pushed = dpPushed{ipcSrc: snap.IPCache, nodeIP: n.nodeIP, ipc: ipc, ports: ports}
+	n.pushed = dpPushed{ipcSrc: snap.IPCache, nodeIP: n.nodeIP, remoteNodes: n.remoteNodes, ipc: ipc, ports: ports}
 	n.addRules(n.dp.Compiled())
 	n.mu.Lock()
 	n.snap = snap
