@@ -101,7 +101,7 @@ func clusterPeers(name string) ([]relay.Peer, error) {
 // nodeAgentPeers returns one peer per node of st: its agent's Hubble
 // socket (the recorded one, else the default in its run directory).
 func nodeAgentPeers(st *cluster.State, agentOf func(cluster, node string) cluster.NodeAgent) ([]relay.Peer, error) {
-	if st.CNI != cluster.CNIBulwark {
+	if st.CNI != cluster.CNIBulwark && st.CNI != cluster.CNIBulwarkChained {
 		return nil, fmt.Errorf("--cluster %s: its pod network is %q, without Bulwark agents to read flows from; start one with 'bulwark cluster up --name %s --cni bulwark'", st.Name, st.CNI, st.Name)
 	}
 	if len(st.Nodes) == 0 {

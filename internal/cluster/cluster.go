@@ -52,6 +52,9 @@ const BaseDir = "/var/lib/bulwark/cluster"
 const (
 	CNIPtp     = "ptp"
 	CNIBulwark = "bulwark"
+	// CNIBulwarkChained: Bulwark's plugin chained after ptp + host-local
+	// (the agent writes that chain).
+	CNIBulwarkChained = "bulwark-chained"
 )
 
 // Dir is cluster name's state directory.
@@ -72,7 +75,7 @@ func ValidateName(name string) error {
 type Options struct {
 	Name        string
 	Nodes       int
-	CNI         string // CNIPtp (default) or CNIBulwark
+	CNI         string // CNIPtp (default), CNIBulwark or CNIBulwarkChained
 	BinDir      string // Kubernetes binaries (default controlplane.DefaultBinDir())
 	Bulwark     string // bulwark executable (default: this one); runs in the images and as the agent
 	BulwarkCNI  string // bulwark-cni (default: beside Bulwark)
@@ -198,9 +201,9 @@ func (o *Options) defaults() error {
 	switch o.CNI {
 	case "":
 		o.CNI = CNIPtp
-	case CNIPtp, CNIBulwark:
+	case CNIPtp, CNIBulwark, CNIBulwarkChained:
 	default:
-		return fmt.Errorf("--cni %q: use %q or %q", o.CNI, CNIPtp, CNIBulwark)
+		return fmt.Errorf("--cni %q: use %q, %q or %q", o.CNI, CNIPtp, CNIBulwark, CNIBulwarkChained)
 	}
 	if o.BinDir == "" {
 		o.BinDir = controlplane.DefaultBinDir()
@@ -247,9 +250,9 @@ func (o *Options) defaults() error {
 		"coredns", "cni/ptp", "cni/host-local", "cni/loopback"); err != nil {
 		return err
 	}
-	if o.CNI == CNIBulwark {
+	if o.CNI != CNIPtp {
 		if _, err := os.Stat(o.BulwarkCNI); err != nil {
-			return fmt.Errorf("--cni bulwark needs the CNI plugin: %w (scripts/setup.sh builds bin/bulwark-cni)", err)
+			return fmt.Errorf("--cni %s needs the CNI plugin: %w (scripts/setup.sh builds bin/bulwark-cni)", o.CNI, err)
 		}
 	}
 	for _, p := range []string{"nsenter", "iptables"} {
@@ -437,7 +440,7 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 		switch o.CNI {
 		case CNIPtp:
 			err = nodes[i].WritePtpConfig(n.PodCIDR)
-		case CNIBulwark:
+		case CNIBulwark, CNIBulwarkChained:
 			err = startAgent(cp, nodes[i], o)
 		}
 		if err != nil {
@@ -490,6 +493,10 @@ func agentPinDir(cluster, node string) string {
 // network namespace), which writes the node's CNI configuration for
 // bulwark-cni (installed into the node's CNI bin directory).
 func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
+	cniMode := "standalone"
+	if o.CNI == CNIBulwarkChained {
+		cniMode = "chained"
+	}
 	if err := n.InstallCNIPlugin(o.BulwarkCNI); err != nil {
 		return err
 	}
@@ -510,7 +517,7 @@ func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
 		Args: []string{"agent", "--kubernetes", "--kubeconfig", kc, "--node-name", n.Name,
 			"--instance", ag.Instance, "--run-dir", ag.RunRoot, "--state-root", ag.StateRoot,
 			"--cni-conf", n.CNIConfDir(), "--cni-ipam-dir", filepath.Join(n.Dir, "cni", "ipam"),
-			"--cni-mode", "standalone", "--native-routing",
+			"--cni-mode", cniMode, "--native-routing",
 			// The node's pods are below its cgroup root: their ClusterIPs
 			// are translated at the socket, before the egress policy.
 			"--cgroup-root", cgroup.V2Path(n.Hierarchies, n.CgroupRoot)}})

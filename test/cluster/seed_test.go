@@ -140,7 +140,13 @@ func (k *kube) waitEnforcing(kind, ns, name string, nodes []string) {
 // the egress they leave out, checked pod to pod across the nodes; a node's
 // agent killed (its pods stay enforced) and restarted (it enforces
 // changes); the article's CiliumClusterwideNetworkPolicy.
-func TestSeedWalkthroughTwoNodes(t *testing.T) {
+func TestSeedWalkthroughTwoNodes(t *testing.T) { seedWalkthrough(t, "bulwark") }
+
+// TestSeedWalkthroughTwoNodesChained is the same walk-through with
+// bulwark-cni chained after the standard ptp and host-local plugins.
+func TestSeedWalkthroughTwoNodesChained(t *testing.T) { seedWalkthrough(t, "bulwark-chained") }
+
+func seedWalkthrough(t *testing.T, cni string) {
 	need(t)
 	name := uniqueName(t)
 	root, err := sandboxtest.RepoRoot()
@@ -165,12 +171,12 @@ func TestSeedWalkthroughTwoNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
-	out, err := bulwark(t, ctx, "cluster", "up", "--name", name, "--nodes", "2", "--cni", "bulwark",
+	out, err := bulwark(t, ctx, "cluster", "up", "--name", name, "--nodes", "2", "--cni", cni,
 		"-f", filepath.Join(root, "testdata", "seed", "sample-app.yaml"))
 	if err != nil {
-		t.Fatalf("cluster up --cni bulwark: %v\n%s", err, out)
+		t.Fatalf("cluster up --cni %s: %v\n%s", cni, err, out)
 	}
-	t.Logf("cluster up --nodes 2 --cni bulwark took %s", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("cluster up --nodes 2 --cni %s took %s", cni, time.Since(start).Round(100*time.Millisecond))
 	kubeconfig, kubectlBin := env(t, name)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -270,6 +276,28 @@ func TestSeedWalkthroughTwoNodes(t *testing.T) {
 	if ok, out := k.tcpConnect("demo", be, "database", "5432"); ok {
 		t.Errorf("backend -> database open without an egress allow:\n%s", out)
 	}
+
+	// The drops, as flows from both nodes' agents merged (the relay):
+	// each node saw its own pods' egress denied.
+	k.eventually("dropped flows from both nodes through observe --cluster", func() (bool, string) {
+		out, err := bulwark(t, ctx, "observe", "--cluster", name, "--namespace", "demo", "--verdict", "DROPPED", "--last", "500", "-o", "json")
+		if err != nil {
+			return false, out
+		}
+		seen := map[string]bool{}
+		for _, line := range strings.Split(out, "\n") {
+			var f struct {
+				Flow struct {
+					NodeName string `json:"node_name"`
+				} `json:"flow"`
+				NodeName string `json:"node_name"`
+			}
+			if json.Unmarshal([]byte(line), &f) == nil {
+				seen[f.Flow.NodeName+f.NodeName] = true
+			}
+		}
+		return seen["node-1"] && seen["node-2"], fmt.Sprintf("flows from nodes %v:\n%.2000s", seen, out)
+	})
 
 	// Step 3: the egress the article leaves out. The intended paths open
 	// on every pair, across nodes; the others stay shut.
