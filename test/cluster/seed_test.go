@@ -282,18 +282,17 @@ func seedWalkthrough(t *testing.T, cni string) {
 	k.eventually("dropped flows from both nodes through observe --cluster", func() (bool, string) {
 		out, err := bulwark(t, ctx, "observe", "--cluster", name, "--namespace", "demo", "--verdict", "DROPPED", "--last", "500", "-o", "json")
 		if err != nil {
-			return false, out
+			return false, fmt.Sprintf("observe --cluster: %v\n%s", err, out)
 		}
 		seen := map[string]bool{}
 		for _, line := range strings.Split(out, "\n") {
 			var f struct {
 				Flow struct {
-					NodeName string `json:"node_name"`
+					NodeName string `json:"nodeName"`
 				} `json:"flow"`
-				NodeName string `json:"node_name"`
 			}
-			if json.Unmarshal([]byte(line), &f) == nil {
-				seen[f.Flow.NodeName+f.NodeName] = true
+			if json.Unmarshal([]byte(line), &f) == nil && f.Flow.NodeName != "" {
+				seen[f.Flow.NodeName] = true
 			}
 		}
 		return seen["node-1"] && seen["node-2"], fmt.Sprintf("flows from nodes %v:\n%.2000s", seen, out)
