@@ -153,34 +153,9 @@ func hostTunables() string {
 func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	need(t)
 	name := uniqueName(t)
-	root, err := sandboxtest.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sysctlsBefore := hostTunables()
-	t.Cleanup(func() {
-		out, err := bulwark(t, context.Background(), "cluster", "down", "--name", name)
-		if others, _ := filepath.Glob(filepath.Join(cluster.BaseDir, "*")); len(others) == 0 {
-			if after := hostTunables(); after != sysctlsBefore {
-				t.Errorf("kernel tunables after the last cluster went down: %q, before: %q", after, sysctlsBefore)
-			}
-		}
-		if err != nil {
-			t.Errorf("cluster down: %v\n%s", err, out)
-		}
-		if left := leftovers(name); len(left) > 0 {
-			t.Errorf("left behind after cluster down:\n%s", strings.Join(left, "\n"))
-		}
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	start := time.Now()
-	out, err := bulwark(t, ctx, "cluster", "up", "--name", name, "--nodes", "2", "--cni", "ptp",
-		"-f", filepath.Join(root, "testdata", "seed", "sample-app.yaml"))
-	if err != nil {
-		t.Fatalf("cluster up: %v\n%s", err, out)
-	}
-	t.Logf("cluster up --nodes 2 took %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
+	clusterUp(t, ctx, name, "ptp", nil)
 
 	kubeconfig, kubectlBin := env(t, name)
 	kubectl := func(args ...string) (string, error) {
@@ -246,7 +221,7 @@ func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	}
 
 	// Through the cluster DNS and the backend Service (kube-proxy).
-	out, err = kubectl("-n", "demo", "exec", "deploy/frontend", "--", "wget", "-qO-", "http://backend:8080")
+	out, err := kubectl("-n", "demo", "exec", "deploy/frontend", "--", "wget", "-qO-", "http://backend:8080")
 	if err != nil || !strings.Contains(out, "pod=backend-") {
 		t.Errorf("wget http://backend:8080 from frontend: %v\n%s", err, out)
 	}
@@ -285,4 +260,42 @@ func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 			}
 		}
 	}
+}
+
+// clusterUp brings cluster name up with two nodes, the pod network cni and
+// the seed's sample app, and takes it down when the test ends, checking
+// that nothing of it is left and, after the last cluster, that the host's
+// kernel tunables are as before. onFailure (if any) runs before the down
+// when the test failed.
+func clusterUp(t *testing.T, ctx context.Context, name, cni string, onFailure func()) {
+	t.Helper()
+	root, err := sandboxtest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sysctlsBefore := hostTunables()
+	t.Cleanup(func() {
+		if t.Failed() && onFailure != nil {
+			onFailure()
+		}
+		out, err := bulwark(t, context.Background(), "cluster", "down", "--name", name)
+		if others, _ := filepath.Glob(filepath.Join(cluster.BaseDir, "*")); len(others) == 0 {
+			if after := hostTunables(); after != sysctlsBefore {
+				t.Errorf("kernel tunables after the last cluster went down: %q, before: %q", after, sysctlsBefore)
+			}
+		}
+		if err != nil {
+			t.Errorf("cluster down: %v\n%s", err, out)
+		}
+		if left := leftovers(name); len(left) > 0 {
+			t.Errorf("left behind after cluster down:\n%s", strings.Join(left, "\n"))
+		}
+	})
+	start := time.Now()
+	out, err := bulwark(t, ctx, "cluster", "up", "--name", name, "--nodes", "2", "--cni", cni,
+		"-f", filepath.Join(root, "testdata", "seed", "sample-app.yaml"))
+	if err != nil {
+		t.Fatalf("cluster up --cni %s: %v\n%s", cni, err, out)
+	}
+	t.Logf("cluster up --nodes 2 --cni %s took %s", cni, time.Since(start).Round(100*time.Millisecond))
 }

@@ -153,30 +153,14 @@ func seedWalkthrough(t *testing.T, cni string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, n := range []string{"node-1", "node-2"} {
-				dir := filepath.Join(cluster.Dir(name), "nodes", n)
-				t.Logf("agent log of %s:\n%s", n, proc.LogTail(dir, node.Agent, 30))
-			}
-		}
-		out, err := bulwark(t, context.Background(), "cluster", "down", "--name", name)
-		if err != nil {
-			t.Errorf("cluster down: %v\n%s", err, out)
-		}
-		if left := leftovers(name); len(left) > 0 {
-			t.Errorf("left behind after cluster down:\n%s", strings.Join(left, "\n"))
-		}
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	start := time.Now()
-	out, err := bulwark(t, ctx, "cluster", "up", "--name", name, "--nodes", "2", "--cni", cni,
-		"-f", filepath.Join(root, "testdata", "seed", "sample-app.yaml"))
-	if err != nil {
-		t.Fatalf("cluster up --cni %s: %v\n%s", cni, err, out)
-	}
-	t.Logf("cluster up --nodes 2 --cni %s took %s", cni, time.Since(start).Round(100*time.Millisecond))
+	clusterUp(t, ctx, name, cni, func() {
+		for _, n := range []string{"node-1", "node-2"} {
+			dir := filepath.Join(cluster.Dir(name), "nodes", n)
+			t.Logf("agent log of %s:\n%s", n, proc.LogTail(dir, node.Agent, 30))
+		}
+	})
 	kubeconfig, kubectlBin := env(t, name)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -263,7 +247,7 @@ func seedWalkthrough(t *testing.T, cni string) {
 	for _, p := range []string{"frontend-to-backend", "backend-to-database", "allow-dns"} {
 		k.waitEnforcing("cnp", "demo", p, nodes)
 	}
-	out = k.mustKubectl("get", "cnp", "-n", "demo")
+	out := k.mustKubectl("get", "cnp", "-n", "demo")
 	if strings.Count(out, "True") != 3 {
 		t.Errorf("kubectl get cnp -n demo: want VALID True for the three policies:\n%s", out)
 	}
