@@ -100,38 +100,50 @@ type Agent struct {
 	health    *Health    // readiness: the datapath loaded and the source synced
 }
 
-// Run runs the agent until ctx ends or a client asks it to shut down. It
-// holds the instance lock for its whole life.
-func Run(ctx context.Context, opts Options) (err error) {
+// openAgent takes what an agent holds for its whole life, in either mode:
+// the instance lock, the state directory, the bound listeners, the health
+// endpoint and the log. close releases them, the health endpoint failing
+// first.
+func openAgent(opts Options) (_ *Agent, close func(), err error) {
+	var undo []func()
+	close = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			close()
+		}
+	}()
 	lock, err := AcquireLock(opts.Paths)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer lock.Release()
+	undo = append(undo, func() { lock.Release() })
 	if err := os.MkdirAll(opts.Paths.StateDir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
+		return nil, nil, fmt.Errorf("create state directory: %w", err)
 	}
 	// Bind before touching anything: an instance that cannot listen
 	// where it should does not start (and never serves another
 	// instance's clients by falling back elsewhere).
 	listenCfg, err := wantedListenConfig(opts.Paths, opts)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	lns, err := bindListeners(listenCfg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer lns.close()
+	undo = append(undo, lns.close)
 	health := NewHealth(ReadyDatapath, ReadySource)
 	stopHealth, err := startHealth(health, opts.HealthAddr)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer stopHealth()
-	defer health.Stopping()
+	undo = append(undo, stopHealth, health.Stopping)
 	if err := writeListenConfig(opts.Paths, listenCfg); err != nil {
-		return err
+		return nil, nil, err
 	}
 	log := opts.Log
 	if log == nil {
@@ -141,9 +153,9 @@ func Run(ctx context.Context, opts Options) (err error) {
 			// 'bulwark up' into the same file) follows it.
 			f, err := openRotatingLog(opts.Paths.LogFile, defaultLogMaxSize, defaultLogKeep, true)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
-			defer f.Close()
+			undo = append(undo, func() { f.Close() })
 			w = f
 		}
 		level := slog.LevelDebug
@@ -152,10 +164,22 @@ func Run(ctx context.Context, opts Options) (err error) {
 		}
 		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	}
-	a := &Agent{
-		opts: opts, listeners: lns, health: health, log: log.With("instance", opts.Paths.Instance), started: time.Now(),
+	return &Agent{
+		opts: opts, listeners: lns, health: health, log: log, started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
+	}, close, nil
+}
+
+// Run runs the agent until ctx ends or a client asks it to shut down. It
+// holds the instance lock for its whole life.
+func Run(ctx context.Context, opts Options) (err error) {
+	a, closeBase, err := openAgent(opts)
+	if err != nil {
+		return err
 	}
+	defer closeBase()
+	a.log = a.log.With("instance", opts.Paths.Instance)
+	health := a.health
 	a.log.Info("agent starting", "pid", os.Getpid(), "state", opts.Paths.StateDir)
 	defer a.ui.close()
 	if a.store, err = openStore(opts.Paths.Objects); err != nil {

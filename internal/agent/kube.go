@@ -9,8 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -125,54 +123,13 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	default:
 		return fmt.Errorf("--cni-mode %q: must be %s or %s", opts.CNIMode, cni.ModeStandalone, cni.ModeChained)
 	}
-	lock, err := AcquireLock(opts.Paths)
+	a, closeBase, err := openAgent(opts.Options)
 	if err != nil {
 		return err
 	}
-	defer lock.Release()
-	if err := os.MkdirAll(opts.Paths.StateDir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
-	listenCfg, err := wantedListenConfig(opts.Paths, opts.Options)
-	if err != nil {
-		return err
-	}
-	lns, err := bindListeners(listenCfg)
-	if err != nil {
-		return err
-	}
-	defer lns.close()
-	health := NewHealth(ReadyDatapath, ReadySource)
-	stopHealth, err := startHealth(health, opts.HealthAddr)
-	if err != nil {
-		return err
-	}
-	defer stopHealth()
-	defer health.Stopping()
-	if err := writeListenConfig(opts.Paths, listenCfg); err != nil {
-		return err
-	}
-	log := opts.Log
-	if log == nil {
-		var w io.Writer = os.Stderr
-		if !opts.Foreground {
-			f, err := openRotatingLog(opts.Paths.LogFile, defaultLogMaxSize, defaultLogKeep, true)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			w = f
-		}
-		level := slog.LevelDebug
-		if opts.LogLevel != nil {
-			level = *opts.LogLevel
-		}
-		log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-	}
-	a := &Agent{
-		opts: opts.Options, listeners: lns, health: health, log: log.With("node", opts.NodeName), started: time.Now(),
-		shutdown: make(chan agentapi.ShutdownRequest, 1),
-	}
+	defer closeBase()
+	a.log = a.log.With("node", opts.NodeName)
+	health := a.health
 	k := &kubeAgent{Agent: a, kopts: opts, ready: make(chan struct{}), k: newKubeState()}
 	a.log.Info("agent starting in kubernetes mode", "pid", os.Getpid(), "state", opts.Paths.StateDir, "node", opts.NodeName)
 	defer a.ui.close()
