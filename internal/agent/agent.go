@@ -106,14 +106,16 @@ type Agent struct {
 // first.
 func openAgent(opts Options) (_ *Agent, close func(), err error) {
 	var undo []func()
-	close = func() {
+	release := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
 		}
 	}
 	defer func() {
+		// Every error return sets close to nil: release through the
+		// local, not the named result.
 		if err != nil {
-			close()
+			release()
 		}
 	}()
 	lock, err := AcquireLock(opts.Paths)
@@ -167,7 +169,7 @@ func openAgent(opts Options) (_ *Agent, close func(), err error) {
 	return &Agent{
 		opts: opts, listeners: lns, health: health, log: log, started: time.Now(),
 		shutdown: make(chan agentapi.ShutdownRequest, 1),
-	}, close, nil
+	}, release, nil
 }
 
 // Run runs the agent until ctx ends or a client asks it to shut down. It

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -108,4 +110,48 @@ func TestBindListenersAddressInUse(t *testing.T) {
 	if _, err := bindListeners(listenConfig{HubbleSocket: p.Hubble}); err == nil {
 		t.Error("a second server on a live Hubble socket: no error")
 	}
+}
+
+// TestOpenAgentFailureReleases opens an agent whose health address is
+// taken: it fails with the flag named (no panic), and what it had taken
+// before failing (the instance lock, the Hubble and metrics listeners) is
+// free again, so a second attempt on free addresses opens.
+func TestOpenAgentFailureReleases(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	p := NewPaths(PathsOptions{Instance: "openfail", RunRoot: t.TempDir(), StateRoot: t.TempDir()})
+	hubble, metrics := freeLoopbackAddr(t), freeLoopbackAddr(t)
+	opts := Options{Paths: p, HubbleAddr: &hubble, MetricsAddr: &metrics,
+		HealthAddr: taken.Addr().String(), Foreground: true,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if _, _, err := openAgent(opts); err == nil || !strings.Contains(err.Error(), "--health-addr") {
+		t.Fatalf("open with the health address taken: %v, want an error naming --health-addr", err)
+	}
+	opts.HealthAddr = freeLoopbackAddr(t)
+	a, release, err := openAgent(opts)
+	if err != nil {
+		t.Fatalf("open after a failed open: %v (lock or listeners not released)", err)
+	}
+	if a == nil {
+		t.Fatal("nil agent")
+	}
+	release()
+	if l, err := AcquireLock(p); err != nil {
+		t.Errorf("lock after release: %v", err)
+	} else {
+		l.Release()
+	}
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
