@@ -51,6 +51,7 @@ func newClusterCmd() *cobra.Command {
 	up.Flags().IntVar(&o.Nodes, "nodes", 1, "number of nodes")
 	up.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest to apply once the cluster is up (repeatable)")
 	up.Flags().StringVar(&o.CNI, "cni", cluster.CNIPtp, "pod network: ptp (standard ptp + host-local plugins), bulwark (Bulwark's agent and CNI plugin, its own veth and IPAM) or bulwark-chained (bulwark-cni chained after ptp + host-local)")
+	up.Flags().StringVar(&o.Agents, "agents", "", "with --cni bulwark[-chained], how the agents run: daemonset (default: the shipped manifests, deploy/manifests/bulwark.yaml, as a DaemonSet pod per node) or process (a process beside each kubelet)")
 	up.Flags().StringVar(&o.BinDir, "kube-bin", "", "directory of the Kubernetes binaries (default: scripts/kube-binaries.sh's cache)")
 	up.Flags().StringVar(&o.BulwarkCNI, "bulwark-cni", "", "bulwark-cni plugin for --cni bulwark (default: beside this executable)")
 	up.Flags().BoolVar(&o.KeepOnFailure, "keep-on-failure", false, "leave a cluster that failed to come up in place for inspection (remove it with cluster down)")

@@ -79,6 +79,9 @@ type Options struct {
 	BinDir      string // Kubernetes binaries (default controlplane.DefaultBinDir())
 	Bulwark     string // bulwark executable (default: this one); runs in the images and as the agent
 	BulwarkCNI  string // bulwark-cni (default: beside Bulwark)
+	// Agents is how --cni bulwark[-chained] runs the agents:
+	// AgentsDaemonSet (default) or AgentsProcess.
+	Agents string
 	Busybox     string // static busybox (default /bin/busybox)
 	Runc        string // runc (default: from PATH)
 	Manifests   []string
@@ -102,6 +105,7 @@ type NodeState struct {
 type State struct {
 	Name        string       `json:"name"`
 	CNI         string       `json:"cni"`
+	Agents      string       `json:"agents,omitempty"`
 	BinDir      string       `json:"binDir"`
 	Subnet      netip.Prefix `json:"subnet,omitzero"`
 	ClusterCIDR netip.Prefix `json:"clusterCIDR"`
@@ -205,6 +209,18 @@ func (o *Options) defaults() error {
 	default:
 		return fmt.Errorf("--cni %q: use %q, %q or %q", o.CNI, CNIPtp, CNIBulwark, CNIBulwarkChained)
 	}
+	switch o.Agents {
+	case "":
+		if o.CNI != CNIPtp {
+			o.Agents = AgentsDaemonSet
+		}
+	case AgentsDaemonSet, AgentsProcess:
+		if o.CNI == CNIPtp {
+			return fmt.Errorf("--agents %s: Bulwark's agents run with --cni %s or %s", o.Agents, CNIBulwark, CNIBulwarkChained)
+		}
+	default:
+		return fmt.Errorf("--agents %q: use %q or %q", o.Agents, AgentsDaemonSet, AgentsProcess)
+	}
 	if o.BinDir == "" {
 		o.BinDir = controlplane.DefaultBinDir()
 	}
@@ -291,7 +307,7 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	st := &State{Name: o.Name, CNI: o.CNI, BinDir: o.BinDir, ClusterCIDR: o.ClusterCIDR, ServiceCIDR: o.ServiceCIDR}
+	st := &State{Name: o.Name, CNI: o.CNI, Agents: o.Agents, BinDir: o.BinDir, ClusterCIDR: o.ClusterCIDR, ServiceCIDR: o.ServiceCIDR}
 	for i := 1; i <= o.Nodes; i++ {
 		st.Nodes = append(st.Nodes, NodeState{Name: nodeName(i)})
 	}
@@ -350,7 +366,11 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 	imgPath := filepath.Join(dir, "images.tar")
 	imgErr := make(chan error, 1)
 	go func() {
-		_, err := image.BuildFile(imgPath, image.Options{Busybox: o.Busybox, Bulwark: o.Bulwark, CoreDNS: filepath.Join(o.BinDir, "coredns")})
+		imgOpts := image.Options{Busybox: o.Busybox, Bulwark: o.Bulwark, CoreDNS: filepath.Join(o.BinDir, "coredns")}
+		if o.Agents == AgentsDaemonSet {
+			imgOpts.BulwarkCNI = o.BulwarkCNI
+		}
+		_, err := image.BuildFile(imgPath, imgOpts)
 		imgErr <- err
 	}()
 
@@ -436,14 +456,22 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 			}
 		}
 	}
-	for i, n := range st.Nodes {
-		switch o.CNI {
-		case CNIPtp:
-			err = nodes[i].WritePtpConfig(n.PodCIDR)
-		case CNIBulwark, CNIBulwarkChained:
-			err = startAgent(cp, nodes[i], o)
+	switch {
+	case o.CNI == CNIPtp:
+		for i, n := range st.Nodes {
+			if err := nodes[i].WritePtpConfig(n.PodCIDR); err != nil {
+				return nil, err
+			}
 		}
-		if err != nil {
+	case o.Agents == AgentsProcess:
+		for i := range st.Nodes {
+			if err := startAgent(cp, nodes[i], o); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		o.Log("Bulwark: the agent DaemonSet (deploy/manifests), its CRDs and RBAC")
+		if err := applyAgents(ctx, cp, hs, o); err != nil {
 			return nil, err
 		}
 	}
@@ -487,6 +515,34 @@ func otherSubnets(name string) []netip.Prefix {
 // agentPinDir is where the agent of a cluster's node pins its datapath.
 func agentPinDir(cluster, node string) string {
 	return filepath.Join(agent.DefaultPinRoot, NodeAgentOf(cluster, node).Instance)
+}
+
+// applyAgents applies the shipped manifests, adapted to the cluster
+// (agentManifest), with kubectl as a user would; the agent pods write each
+// node's CNI configuration once they are ready.
+func applyAgents(ctx context.Context, cp *controlplane.ControlPlane, hs []cgroup.Hierarchy, o Options) error {
+	cniMode := "standalone"
+	if o.CNI == CNIBulwarkChained {
+		cniMode = "chained"
+	}
+	addr, err := netip.ParseAddrPort(strings.TrimPrefix(cp.Server, "https://"))
+	if err != nil {
+		return fmt.Errorf("API server address %q: %w", cp.Server, err)
+	}
+	m, err := agentManifest(o.Name, cniMode, addr, cgroup.V2Path(hs, cgroupBase(o.Name)))
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(Dir(o.Name), "bulwark.yaml")
+	if err := os.WriteFile(path, m, 0o644); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(o.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig,
+		"apply", "--server-side", "-f", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl apply --server-side -f %s: %v: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // startAgent runs Bulwark's agent in Kubernetes mode on the node (in its

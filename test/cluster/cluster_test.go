@@ -155,7 +155,7 @@ func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	name := uniqueName(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	clusterUp(t, ctx, name, "ptp", nil)
+	clusterUp(t, ctx, name, "ptp", "", nil)
 
 	kubeconfig, kubectlBin := env(t, name)
 	kubectl := func(args ...string) (string, error) {
@@ -262,12 +262,13 @@ func TestClusterUpTwoNodesSampleApp(t *testing.T) {
 	}
 }
 
-// clusterUp brings cluster name up with two nodes, the pod network cni and
-// the seed's sample app, and takes it down when the test ends, checking
+// clusterUp brings cluster name up with two nodes, the pod network cni
+// (with Bulwark's agents run as agents says, "" for ptp) and the seed's
+// sample app, and takes it down when the test ends, checking
 // that nothing of it is left and, after the last cluster, that the host's
 // kernel tunables are as before. onFailure (if any) runs before the down
 // when the test failed.
-func clusterUp(t *testing.T, ctx context.Context, name, cni string, onFailure func()) {
+func clusterUp(t *testing.T, ctx context.Context, name, cni, agents string, onFailure func()) {
 	t.Helper()
 	root, err := sandboxtest.RepoRoot()
 	if err != nil {
@@ -292,10 +293,14 @@ func clusterUp(t *testing.T, ctx context.Context, name, cni string, onFailure fu
 		}
 	})
 	start := time.Now()
-	out, err := bulwark(t, ctx, "cluster", "up", "--name", name, "--nodes", "2", "--cni", cni,
-		"-f", filepath.Join(root, "testdata", "seed", "sample-app.yaml"))
-	if err != nil {
-		t.Fatalf("cluster up --cni %s: %v\n%s", cni, err, out)
+	args := []string{"cluster", "up", "--name", name, "--nodes", "2", "--cni", cni,
+		"-f", filepath.Join(root, "testdata", "seed", "sample-app.yaml")}
+	if agents != "" {
+		args = append(args, "--agents", agents)
 	}
-	t.Logf("cluster up --nodes 2 --cni %s took %s", cni, time.Since(start).Round(100*time.Millisecond))
+	out, err := bulwark(t, ctx, args...)
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	t.Logf("%s took %s", strings.Join(args[:8], " ")+" "+agents, time.Since(start).Round(100*time.Millisecond))
 }

@@ -1,10 +1,13 @@
 package cluster_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,6 +85,79 @@ func (k *kube) resolves(ns, pod, name string) bool {
 	return err == nil && strings.TrimSpace(out) != ""
 }
 
+// heldConn is a long-lived TCP connection from a pod ('kubectl exec -i
+// POD -- nc HOST PORT') to a server that echoes (the workload's plain TCP
+// ports).
+type heldConn struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines chan string
+}
+
+// holdTCP connects from pod to host:port and reads the server's banner.
+func (k *kube) holdTCP(ns, pod, host, port string) *heldConn {
+	k.t.Helper()
+	cmd := exec.Command(k.kubectlBin, "exec", "-i", "-n", ns, pod, "--", "nc", host, port)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+k.kubeconfig)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		k.t.Fatal(err)
+	}
+	c := &heldConn{cmd: cmd, in: in, lines: make(chan string, 16)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	k.t.Cleanup(c.close)
+	if line, err := c.next(30 * time.Second); err != nil || !strings.HasPrefix(line, "pod=") {
+		k.t.Fatalf("%s/%s -> %s:%s: no banner: %q %v", ns, pod, host, port, line, err)
+	}
+	return c
+}
+
+func (c *heldConn) next(timeout time.Duration) (string, error) {
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			return "", errors.New("connection closed")
+		}
+		return l, nil
+	case <-time.After(timeout):
+		return "", fmt.Errorf("nothing read in %s", timeout)
+	}
+}
+
+// echo sends msg and waits for it to come back.
+func (c *heldConn) echo(msg string) error {
+	if _, err := fmt.Fprintln(c.in, msg); err != nil {
+		return err
+	}
+	l, err := c.next(15 * time.Second)
+	if err != nil {
+		return err
+	}
+	if l != msg {
+		return fmt.Errorf("read %q, want %q", l, msg)
+	}
+	return nil
+}
+
+func (c *heldConn) close() {
+	c.in.Close()
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+}
+
 // eventually fails the test unless check turns true within policyDelay.
 func (k *kube) eventually(what string, check func() (bool, string)) {
 	k.t.Helper()
@@ -140,13 +216,17 @@ func (k *kube) waitEnforcing(kind, ns, name string, nodes []string) {
 // the egress they leave out, checked pod to pod across the nodes; a node's
 // agent killed (its pods stay enforced) and restarted (it enforces
 // changes); the article's CiliumClusterwideNetworkPolicy.
-func TestSeedWalkthroughTwoNodes(t *testing.T) { seedWalkthrough(t, "bulwark") }
+func TestSeedWalkthroughTwoNodes(t *testing.T) {
+	seedWalkthrough(t, cluster.CNIBulwark, cluster.AgentsDaemonSet)
+}
 
 // TestSeedWalkthroughTwoNodesChained is the same walk-through with
 // bulwark-cni chained after the standard ptp and host-local plugins.
-func TestSeedWalkthroughTwoNodesChained(t *testing.T) { seedWalkthrough(t, "bulwark-chained") }
+func TestSeedWalkthroughTwoNodesChained(t *testing.T) {
+	seedWalkthrough(t, cluster.CNIBulwarkChained, cluster.AgentsProcess)
+}
 
-func seedWalkthrough(t *testing.T, cni string) {
+func seedWalkthrough(t *testing.T, cni, agents string) {
 	need(t)
 	name := uniqueName(t)
 	root, err := sandboxtest.RepoRoot()
@@ -155,7 +235,14 @@ func seedWalkthrough(t *testing.T, cni string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	clusterUp(t, ctx, name, cni, func() {
+	clusterUp(t, ctx, name, cni, agents, func() {
+		if agents == cluster.AgentsDaemonSet {
+			kc, kubectl := env(t, name)
+			out, _ := exec.Command(kubectl, "--kubeconfig", kc, "logs", "-n", "kube-system", "--prefix", "--tail", "30",
+				"-l", "app.kubernetes.io/component=agent").CombinedOutput()
+			t.Logf("agent pods' logs:\n%s", out)
+			return
+		}
 		for _, n := range []string{"node-1", "node-2"} {
 			dir := filepath.Join(cluster.Dir(name), "nodes", n)
 			t.Logf("agent log of %s:\n%s", n, proc.LogTail(dir, node.Agent, 30))
@@ -305,36 +392,70 @@ func seedWalkthrough(t *testing.T, cni string) {
 		t.Errorf("backend -> frontend:80 open: no policy allows it\n%s", out)
 	}
 
-	// Step 4: the agent of the database's node dies. Its pods keep their
-	// policy while no agent runs: allowed paths stay open, denied stay
-	// shut. A restarted agent adopts them and enforces changes.
+	// Step 4: the agent of the database's node goes away: its pod is
+	// deleted (the DaemonSet makes a new one, as on an upgrade), or its
+	// process is killed and later started again. Its pods keep their
+	// policy while no agent runs: an established allowed connection keeps
+	// carrying data, allowed paths stay open, denied stay shut. The new
+	// agent adopts them and enforces changes.
 	victim := db.Spec.NodeName
+	held := k.holdTCP("demo", be, "database", "5432")
+	if err := held.echo("before the agent goes"); err != nil {
+		t.Fatalf("%s -> database:5432 held connection: %v", be, err)
+	}
 	vdir := filepath.Join(cluster.Dir(name), "nodes", victim)
-	pid := proc.Pid(vdir, node.Agent)
-	if pid == 0 || !proc.Alive(vdir, node.Agent) {
-		t.Fatalf("no agent runs on %s", victim)
+	switch agents {
+	case cluster.AgentsDaemonSet:
+		sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=" + victim}
+		ps, err := cs.CoreV1().Pods("kube-system").List(ctx, sel)
+		if err != nil || len(ps.Items) != 1 {
+			t.Fatalf("agent pod of %s: %v %v", victim, ps, err)
+		}
+		old := ps.Items[0].Name
+		k.mustKubectl("delete", "pod", "-n", "kube-system", old, "--wait=false")
+		k.eventually("agent pod "+old+" gone", func() (bool, string) {
+			_, err := cs.CoreV1().Pods("kube-system").Get(ctx, old, metav1.GetOptions{})
+			return err != nil && strings.Contains(err.Error(), "not found"), fmt.Sprint(err)
+		})
+	default:
+		pid := proc.Pid(vdir, node.Agent)
+		if pid == 0 || !proc.Alive(vdir, node.Agent) {
+			t.Fatalf("no agent runs on %s", victim)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if !sandboxtest.Eventually(30*time.Second, func() bool { return !proc.Alive(vdir, node.Agent) }) {
+			t.Fatalf("agent of %s (pid %d) survived SIGKILL", victim, pid)
+		}
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if !sandboxtest.Eventually(30*time.Second, func() bool { return !proc.Alive(vdir, node.Agent) }) {
-		t.Fatalf("agent of %s (pid %d) survived SIGKILL", victim, pid)
+	if err := held.echo("while the agent is away"); err != nil {
+		t.Errorf("agent of %s away: the established %s -> database:5432 connection: %v", victim, be, err)
 	}
 	if ok, out := allPairs(true)(); !ok {
-		t.Errorf("agent of %s down: allowed frontend -> backend paths closed:\n%s", victim, out)
+		t.Errorf("agent of %s away: allowed frontend -> backend paths closed:\n%s", victim, out)
 	}
 	for _, b := range backends {
 		if ok, out := k.tcpConnect("demo", b.Name, "database", "5432"); !ok {
-			t.Errorf("agent of %s down: %s -> database:5432 closed\n%s", victim, b.Name, out)
+			t.Errorf("agent of %s away: %s -> database:5432 closed\n%s", victim, b.Name, out)
 		}
 	}
 	for _, f := range frontends {
 		if ok, out := k.tcpConnect("demo", f.Name, db.Status.PodIP, "5432"); ok {
-			t.Errorf("agent of %s down: %s -> database:5432 open\n%s", victim, f.Name, out)
+			t.Errorf("agent of %s away: %s -> database:5432 open\n%s", victim, f.Name, out)
 		}
 	}
-	if _, err := proc.Restart(vdir, node.Agent); err != nil {
-		t.Fatal(err)
+	switch agents {
+	case cluster.AgentsDaemonSet:
+		k.mustKubectl("rollout", "status", "daemonset/bulwark", "-n", "kube-system", "--timeout=180s")
+	default:
+		if _, err := proc.Restart(vdir, node.Agent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k.waitEnforcing("cnp", "demo", "backend-egress-to-database", nodes)
+	if err := held.echo("after the agent is back"); err != nil {
+		t.Errorf("the established %s -> database:5432 connection after the agent of %s is back: %v", be, victim, err)
 	}
 	// The restarted agent enforces a change: without the backend's egress
 	// allowance, backend -> database closes on every node.

@@ -10,7 +10,10 @@
 //     ports the stand-in image is known for: nginx HTTP on 80, `python -m
 //     http.server PORT` HTTP on PORT, postgres plain TCP on 5432;
 //   - the pod sandbox ("pause") image, the workload with no port;
-//   - the CoreDNS image, the cluster DNS.
+//   - the CoreDNS image, the cluster DNS;
+//   - the agent image, bulwark.local/bulwark:latest: the base with
+//     /usr/local/bin/bulwark and /usr/local/bin/bulwark-cni where the
+//     chart's DaemonSet runs them.
 //
 // Layers are uncompressed and written deterministically, so the same
 // inputs give the same digests and containerd stores one copy of the base
@@ -45,6 +48,7 @@ const (
 	Workload = "bulwark.local/workload:latest"
 	Pause    = "bulwark.local/pause:latest"
 	CoreDNS  = "bulwark.local/coredns:v1.15.0"
+	Agent    = "bulwark.local/bulwark:latest"
 )
 
 // BulwarkPath is where the Bulwark executable sits inside the images.
@@ -55,6 +59,9 @@ type Options struct {
 	Busybox string // a statically linked busybox (Debian busybox-static: /bin/busybox)
 	Bulwark string // the bulwark executable (static, or dynamic: its libraries are copied too)
 	CoreDNS string // the coredns executable (static); "" leaves the CoreDNS image out
+	// BulwarkCNI is the bulwark-cni executable; "" leaves the agent image
+	// out.
+	BulwarkCNI string
 }
 
 // Spec is one image: its names and how it starts.
@@ -63,10 +70,11 @@ type Spec struct {
 	Entrypoint []string
 	Cmd        []string
 	CoreDNS    bool // adds the CoreDNS layer
+	Agent      bool // adds the agent layer
 }
 
 // Specs are the images Build writes.
-func Specs(withCoreDNS bool) []Spec {
+func Specs(withCoreDNS, withAgent bool) []Spec {
 	serve := []string{"/usr/local/bin/bulwark-serve"}
 	s := []Spec{
 		{Names: []string{Workload}, Entrypoint: serve},
@@ -77,6 +85,9 @@ func Specs(withCoreDNS bool) []Spec {
 	}
 	if withCoreDNS {
 		s = append(s, Spec{Names: []string{CoreDNS}, Entrypoint: []string{"/coredns"}, CoreDNS: true})
+	}
+	if withAgent {
+		s = append(s, Spec{Names: []string{Agent}, Entrypoint: []string{"/usr/local/bin/bulwark"}, Agent: true})
 	}
 	return s
 }
@@ -364,6 +375,35 @@ func SharedLibraries(exe string) ([]string, error) {
 	return out, nil
 }
 
+// agentLayer puts bulwark and bulwark-cni (with the libraries it needs)
+// where the chart's DaemonSet runs them.
+func agentLayer(bulwarkCNI string) (layer, error) {
+	b, err := os.ReadFile(bulwarkCNI)
+	if err != nil {
+		return layer{}, fmt.Errorf("read bulwark-cni executable: %w", err)
+	}
+	libs, err := SharedLibraries(bulwarkCNI)
+	if err != nil {
+		return layer{}, err
+	}
+	return newLayer(func(tw *tar.Writer) error {
+		t := &tarTree{tw: tw, dirs: map[string]bool{}}
+		for _, l := range libs {
+			lb, err := os.ReadFile(l)
+			if err != nil {
+				return fmt.Errorf("read library %s: %w", l, err)
+			}
+			if err := t.file(l, 0o755, lb); err != nil {
+				return err
+			}
+		}
+		if err := t.symlink("/usr/local/bin/bulwark", BulwarkPath); err != nil {
+			return err
+		}
+		return t.file("/usr/local/bin/bulwark-cni", 0o755, b)
+	})
+}
+
 func coreDNSLayer(p string) (layer, error) {
 	b, err := readStatic(p, "coredns")
 	if err != nil {
@@ -390,15 +430,27 @@ func Build(w io.Writer, o Options) error {
 			return err
 		}
 	}
+	var agent layer
+	if o.BulwarkCNI != "" {
+		if agent, err = agentLayer(o.BulwarkCNI); err != nil {
+			return err
+		}
+	}
 	blobs := map[digest.Digest][]byte{base.digest: base.data}
 	if o.CoreDNS != "" {
 		blobs[dns.digest] = dns.data
 	}
+	if o.BulwarkCNI != "" {
+		blobs[agent.digest] = agent.data
+	}
 	index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
-	for _, s := range Specs(o.CoreDNS != "") {
+	for _, s := range Specs(o.CoreDNS != "", o.BulwarkCNI != "") {
 		layers := []layer{base}
 		if s.CoreDNS {
 			layers = append(layers, dns)
+		}
+		if s.Agent {
+			layers = append(layers, agent)
 		}
 		cfg := ocispec.Image{
 			Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},

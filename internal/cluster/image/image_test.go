@@ -48,7 +48,9 @@ func TestBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := Build(&buf, Options{Busybox: "/bin/busybox", Bulwark: exe}); err != nil {
+	// The test executable stands in for bulwark and bulwark-cni.
+	opts := Options{Busybox: "/bin/busybox", Bulwark: exe, BulwarkCNI: exe}
+	if err := Build(&buf, opts); err != nil {
 		t.Fatal(err)
 	}
 	files := readTar(t, buf.Bytes())
@@ -80,7 +82,18 @@ func TestBuild(t *testing.T) {
 		if len(cfg.RootFS.DiffIDs) != len(man.Layers) {
 			t.Errorf("%v: %d diff ids for %d layers", m.Annotations, len(cfg.RootFS.DiffIDs), len(man.Layers))
 		}
-		for _, l := range man.Layers {
+		if m.Annotations["io.containerd.image.name"] == Agent {
+			if len(man.Layers) != 2 {
+				t.Fatalf("agent image: %d layers, want the base and the agent's", len(man.Layers))
+			}
+			layer := readTar(t, blob(man.Layers[1].Digest))
+			for _, want := range []string{"usr/local/bin/bulwark", "usr/local/bin/bulwark-cni"} {
+				if _, ok := layer[want]; !ok {
+					t.Errorf("agent layer lacks %s", want)
+				}
+			}
+		}
+		for _, l := range man.Layers[:1] {
 			layer := readTar(t, blob(l.Digest))
 			for _, want := range []string{"bin/busybox", "bin/wget", "bin/nc", "bin/sh", "usr/local/bin/python", "usr/local/bin/getent", "opt/bulwark/bulwark"} {
 				if _, ok := layer[want]; !ok {
@@ -99,14 +112,14 @@ func TestBuild(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"docker.io/library/nginx:alpine", "docker.io/library/python:3.11-alpine",
-		"docker.io/library/postgres:15-alpine", Workload, Pause} {
+		"docker.io/library/postgres:15-alpine", Workload, Pause, Agent} {
 		if !names[want] {
 			t.Errorf("image %s missing (have %v)", want, names)
 		}
 	}
 	// Same inputs, same bytes.
 	var again bytes.Buffer
-	if err := Build(&again, Options{Busybox: "/bin/busybox", Bulwark: exe}); err != nil {
+	if err := Build(&again, opts); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(buf.Bytes(), again.Bytes()) {

@@ -329,7 +329,7 @@ func checkRendered(t *testing.T, objs []*unstructured.Unstructured, chained bool
 	}{
 		"/sys/fs/bpf": {false, bpfProp}, "/sys/fs/cgroup": {false, corev1.MountPropagationHostToContainer},
 		"/run/bulwark": {false, ""}, "/etc/cni/net.d": {false, ""}, "/opt/cni/bin": {true, ""},
-		"/var/lib/bulwark": {false, ""}, "/lib/modules": {true, ""},
+		"/var/lib/bulwark": {false, ""},
 	} {
 		m, ok := mounts[host]
 		if !ok {

@@ -38,7 +38,7 @@ type Config struct {
 	Netns      string // netns path entered before any socket is created ("" = current)
 	Pod        string // "namespace/name", reported in every answer
 	HTTPPorts  []int  // TCP ports answering HTTP
-	TCPPorts   []int  // TCP ports that accept, write a banner and hold the connection
+	TCPPorts   []int  // TCP ports that accept, write a banner and echo until the peer closes
 	UDPPorts   []int  // UDP ports echoing each datagram
 	DNSRecords string // if set, serve DNS from this records file on DNSPort (UDP+TCP)
 	DNSPort    int
@@ -272,7 +272,8 @@ func httpHandler(pod string) http.Handler {
 }
 
 // serveTCP accepts, writes a one-line banner naming the pod and the peer,
-// and holds each connection until the peer closes it.
+// and echoes what the peer sends until it closes (so a test can tell that
+// a long-lived connection still carries data both ways).
 func serveTCP(l net.Listener, pod string) error {
 	for {
 		c, err := l.Accept()
@@ -285,7 +286,7 @@ func serveTCP(l net.Listener, pod string) error {
 		go func() {
 			defer c.Close()
 			fmt.Fprintf(c, "pod=%s client=%s\n", pod, c.RemoteAddr())
-			_, _ = io.Copy(io.Discard, c)
+			_, _ = io.Copy(c, c)
 		}()
 	}
 }

@@ -83,11 +83,16 @@ func TestServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	banner, err := bufio.NewReader(c).ReadString('\n')
-	c.Close()
+	br := bufio.NewReader(c)
+	banner, err := br.ReadString('\n')
 	if err != nil || !strings.HasPrefix(banner, "pod=demo/web-1 client=127.0.0.1:") {
 		t.Errorf("TCP banner %q %v", banner, err)
 	}
+	fmt.Fprintf(c, "ping\n")
+	if echo, err := br.ReadString('\n'); err != nil || echo != "ping\n" {
+		t.Errorf("TCP echo %q %v, want ping", echo, err)
+	}
+	c.Close()
 
 	u, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", cfg.UDPPorts[0]))
 	if err != nil {
