@@ -73,15 +73,15 @@ func ValidateName(name string) error {
 
 // Options configure Up.
 type Options struct {
-	Name        string
-	Nodes       int
-	CNI         string // CNIPtp (default), CNIBulwark or CNIBulwarkChained
-	BinDir      string // Kubernetes binaries (default controlplane.DefaultBinDir())
-	Bulwark     string // bulwark executable (default: this one); runs in the images and as the agent
-	BulwarkCNI  string // bulwark-cni (default: beside Bulwark)
+	Name       string
+	Nodes      int
+	CNI        string // CNIPtp (default), CNIBulwark or CNIBulwarkChained
+	BinDir     string // Kubernetes binaries (default controlplane.DefaultBinDir())
+	Bulwark    string // bulwark executable (default: this one); runs in the images and as the agent
+	BulwarkCNI string // bulwark-cni (default: beside Bulwark)
 	// Agents is how --cni bulwark[-chained] runs the agents:
 	// AgentsDaemonSet (default) or AgentsProcess.
-	Agents string
+	Agents      string
 	Busybox     string // static busybox (default /bin/busybox)
 	Runc        string // runc (default: from PATH)
 	Manifests   []string
