@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"context"
+	"math/rand/v2"
 	"runtime/debug"
 	"time"
 
 	"github.com/bulwark-net/bulwark/internal/identity"
+	k8sidentity "github.com/bulwark-net/bulwark/internal/k8s/identity"
 	"github.com/bulwark-net/bulwark/internal/policy"
 )
 
@@ -38,6 +41,9 @@ func (n *node) collectIdentities(snap *policy.Snapshot) {
 	// ever changed. (A future consumer of Changes must take this over.)
 	n.repo.Changes()
 	in := identitiesInUse(snap)
+	n.mu.Lock()
+	n.inUse = in
+	n.mu.Unlock()
 	freed := n.repo.Allocator().Sweep(identity.SweepOptions{
 		InUse: func(id identity.NumericIdentity) bool { return in[id] },
 		Grace: n.identityGrace,
@@ -50,5 +56,59 @@ func (n *node) collectIdentities(snap *policy.Snapshot) {
 		// memberships, ipcache entries): give the memory back now
 		// rather than keep the agent's RSS at its peak.
 		debug.FreeOSMemory()
+	}
+}
+
+// lastInUse is what the last datapath sync used (nil before the first).
+func (n *node) lastInUse() map[identity.NumericIdentity]bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.inUse
+}
+
+// Defaults of the cluster identity collection (Cilium's operator:
+// --identity-gc-interval 15m, and an unused identity goes after a
+// heartbeat timeout of about as long).
+const (
+	defaultIdentityGCInterval = 15 * time.Minute
+	defaultIdentityGCGrace    = 15 * time.Minute
+)
+
+// collectClusterIdentities deletes, every interval (with up to 10%
+// jitter, so the agents do not all list at once), the CiliumIdentity
+// objects no pod of the cluster has used for grace: what Cilium's
+// operator does, done here by every agent (Collect is safe run by several
+// at once: an object is deleted only if unchanged since it was marked
+// unused). In use is what this agent's last sync used: its endpoints and
+// its ipcache, which holds every pod of the cluster with an address. It
+// starts after the first reconcile, when that covers the whole cluster.
+func (k *kubeAgent) collectClusterIdentities(ctx context.Context, num *k8sidentity.Numbering, interval, grace time.Duration) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-k.ready:
+	}
+	for {
+		wait := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		in := k.node.lastInUse()
+		if in == nil {
+			continue
+		}
+		deleted, err := num.Collect(ctx, k8sidentity.CollectOptions{
+			InUse: func(id identity.NumericIdentity) bool { return in[id] },
+			Grace: grace,
+		})
+		if err != nil && ctx.Err() == nil {
+			k.log.Warn("CiliumIdentity collection", "error", err, "deleted", len(deleted))
+			continue
+		}
+		if len(deleted) > 0 {
+			k.log.Info("unused CiliumIdentities deleted", "count", len(deleted), "first", deleted[0])
+		}
 	}
 }

@@ -71,6 +71,12 @@ type KubeOptions struct {
 	// Empty: no translation; kube-proxy's NAT then happens after the pod's
 	// egress policy, which sees the Service address (world).
 	CgroupRoot string
+	// IdentityGCInterval is how often the agent deletes the CiliumIdentity
+	// objects no pod uses (0: 15 minutes; negative: never), once they have
+	// been unused for IdentityGCGrace (0: 15 minutes). It must exceed
+	// IdentityGrace, the node's own grace.
+	IdentityGCInterval time.Duration
+	IdentityGCGrace    time.Duration
 }
 
 // ConfListName is the file the agent writes in a --cni-conf directory.
@@ -123,6 +129,15 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	default:
 		return fmt.Errorf("--cni-mode %q: must be %s or %s", opts.CNIMode, cni.ModeStandalone, cni.ModeChained)
 	}
+	if g := opts.IdentityGCGrace; g != 0 {
+		local := opts.IdentityGrace
+		if local == 0 {
+			local = defaultIdentityGrace
+		}
+		if g <= local {
+			return fmt.Errorf("--identity-gc-grace %s: must exceed the node's identity grace (%s), or an object could go while a node still holds its number", g, local)
+		}
+	}
 	a, closeBase, err := openAgent(opts.Options)
 	if err != nil {
 		return err
@@ -153,6 +168,7 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 	if k.src, err = source.New(source.Options{Client: client, Dynamic: dyn, NodeName: opts.NodeName, Batch: opts.Batch, Log: a.log}); err != nil {
 		return err
 	}
+	var clusterIDs *k8sidentity.Numbering
 	if !opts.LocalIdentities {
 		num, err := k8sidentity.New(dyn, k8sidentity.Options{FieldManager: "bulwark-agent/" + opts.NodeName})
 		if err != nil {
@@ -172,6 +188,7 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 			return err
 		}
 		k.numbering = num
+		clusterIDs = num
 	}
 	if !opts.NoPolicyStatus {
 		if k.status, err = status.NewWriter(dyn, opts.NodeName, status.Options{}); err != nil {
@@ -232,6 +249,16 @@ func RunKubernetes(ctx context.Context, opts KubeOptions) (err error) {
 		}
 	}()
 	k.reconcile(ctx)
+	if clusterIDs != nil && opts.IdentityGCInterval >= 0 {
+		interval, grace := opts.IdentityGCInterval, opts.IdentityGCGrace
+		if interval == 0 {
+			interval = defaultIdentityGCInterval
+		}
+		if grace == 0 {
+			grace = defaultIdentityGCGrace
+		}
+		go k.collectClusterIdentities(srcCtx, clusterIDs, interval, grace)
+	}
 	// Synced: the informers listed and their state was pushed once.
 	health.Set(ReadySource, nil)
 	resync := time.NewTicker(30 * time.Second)

@@ -81,7 +81,8 @@ type node struct {
 	dpLimits    rlTargets
 	policies    int
 
-	identityGrace time.Duration // see collectIdentities
+	identityGrace time.Duration                     // see collectIdentities
+	inUse         map[identity.NumericIdentity]bool // the identities the last sync used
 }
 
 func (n *node) identitiesFile() string { return filepath.Join(n.paths.StateDir, "identities.json") }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/rest"
@@ -28,6 +29,8 @@ type kubeFlags struct {
 	ipamDir       string
 	nativeRouting bool
 	cgroupRoot    string
+	idGCInterval  time.Duration
+	idGCGrace     time.Duration
 	localIDs      bool
 	installCRDs   bool
 }
@@ -43,6 +46,8 @@ func (f *kubeFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.cgroupRoot, "cgroup-root", "", "cgroup v2 directory of the node's pods (e.g. /sys/fs/cgroup): translate ClusterIPs at their sockets so that egress policy sees the backend pod (empty: none; kube-proxy's NAT comes after the policy, which then sees the Service address)")
 	fl.BoolVar(&f.nativeRouting, "native-routing", false, "route every other node's pod CIDRs via that node's InternalIP")
 	fl.BoolVar(&f.installCRDs, "install-crds", true, "install or update the cilium.io CRDs on start (as Cilium's agent does; an existing Cilium CRD of the same or a newer schema is kept)")
+	fl.DurationVar(&f.idGCInterval, "identity-gc-interval", 15*time.Minute, "how often to delete the CiliumIdentity objects no pod of the cluster uses (as Cilium's operator; every agent does it, safely; 0 or less: never)")
+	fl.DurationVar(&f.idGCGrace, "identity-gc-grace", 15*time.Minute, "how long a CiliumIdentity stays unused before it is deleted")
 	fl.BoolVar(&f.localIDs, "local-identities", false, "number identities on this node alone instead of through CiliumIdentity objects (single-node clusters only)")
 	fl.StringVar(&f.nodeNetns, "node-netns", "", "network namespace (path) of the node's pod interfaces and routes (default: the agent's own)")
 	_ = fl.MarkHidden("node-netns")
@@ -72,6 +77,16 @@ func runKubeAgent(ctx context.Context, opts agent.Options, f kubeFlags) error {
 	return agent.RunKubernetes(ctx, agent.KubeOptions{
 		Options: opts, REST: cfg, NodeName: f.nodeName, NodeNetns: f.nodeNetns,
 		CNIConf: f.cniConf, CNIMode: f.cniMode, IPAMDataDir: f.ipamDir, NativeRouting: f.nativeRouting, CgroupRoot: f.cgroupRoot,
+		IdentityGCInterval: gcInterval(f.idGCInterval), IdentityGCGrace: f.idGCGrace,
 		LocalIdentities: f.localIDs, SkipCRDs: !f.installCRDs,
 	})
+}
+
+// gcInterval maps the flag (0 or less: never) to KubeOptions (negative:
+// never).
+func gcInterval(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

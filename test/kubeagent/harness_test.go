@@ -141,6 +141,8 @@ type node struct {
 	done   chan error
 	cni    *libcni.CNIConfig
 	pods   map[string]*pod
+	// configure, when set, changes the agent's options before start.
+	configure func(*agent.KubeOptions)
 }
 
 // addNode makes node i: a netns whose eth0 is on a shared segment
@@ -239,6 +241,9 @@ func (n *node) start() {
 		REST: n.e.cluster.Config, NodeName: n.name, NodeNetns: n.ns,
 		CNIConf: n.conf, IPAMDataDir: filepath.Join(n.dir, "ipam"), NativeRouting: true,
 	}
+	if n.configure != nil {
+		n.configure(&opts)
+	}
 	go func() { n.done <- agent.RunKubernetes(ctx, opts) }()
 	t.Cleanup(n.stop)
 	// Ready when the CNI configuration is written and STATUS says so.
@@ -291,6 +296,7 @@ type pod struct {
 	netns    string
 	ip       netip.Addr
 	rt       *libcni.RuntimeConf
+	list     *libcni.NetworkConfigList
 }
 
 // runPod creates the pod object on node n and does what the kubelet and the
@@ -327,6 +333,7 @@ func (n *node) runPodWith(p *corev1.Pod, create bool, ports ...int) *pod {
 	must(t, err)
 	list, err := libcni.ConfListFromBytes(b)
 	must(t, err)
+	pd.list = list
 	var res *current.Result
 	must(t, n.inNode(func(ctx context.Context) error {
 		r, err := n.cni.AddNetworkList(ctx, list, pd.rt)
@@ -369,6 +376,16 @@ func (n *node) runPodWith(p *corev1.Pod, create bool, ports ...int) *pod {
 	}
 	n.pods[p.Namespace+"/"+p.Name] = pd
 	return pd
+}
+
+// removePod does what the kubelet does when a pod goes: CNI DEL, then
+// the API object is gone.
+func (n *node) removePod(pd *pod) {
+	t := n.e.t
+	must(t, n.inNode(func(ctx context.Context) error { return n.cni.DelNetworkList(ctx, pd.list, pd.rt) }))
+	zero := int64(0)
+	must(t, n.e.cluster.Client.CoreV1().Pods(pd.ns).Delete(context.Background(), pd.name, metav1.DeleteOptions{GracePeriodSeconds: &zero}))
+	delete(n.pods, pd.ns+"/"+pd.name)
 }
 
 // setStatus does the kubelet's part: the pod's phase and addresses.
