@@ -80,14 +80,10 @@ const (
 // operator does, done here by every agent (Collect is safe run by several
 // at once: an object is deleted only if unchanged since it was marked
 // unused). In use is what this agent's last sync used: its endpoints and
-// its ipcache, which holds every pod of the cluster with an address. It
-// starts after the first reconcile, when that covers the whole cluster.
+// its ipcache, which holds every pod of the cluster with an address.
+// RunKubernetes starts it after the first reconcile, when that covers the
+// whole cluster.
 func (k *kubeAgent) collectClusterIdentities(ctx context.Context, num *k8sidentity.Numbering, interval, grace time.Duration) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-k.ready:
-	}
 	for {
 		wait := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
 		select {

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/bulwark-net/bulwark/deploy/manifests"
+	"github.com/bulwark-net/bulwark/internal/agent"
 	"github.com/bulwark-net/bulwark/internal/cluster/image"
 )
 
@@ -147,22 +148,22 @@ func adaptDaemonSet(ds *appsv1.DaemonSet, name, cniMode string, apiServer netip.
 	ic.Env = append(ic.Env, nodeNameEnv)
 	setFlags(&ic.Command, map[string]string{"--to": filepath.Join(nodeDir, "cni", "bin")})
 
-	var agent *corev1.Container
+	var ac *corev1.Container
 	for i := range spec.Containers {
 		if spec.Containers[i].Name == "agent" {
-			agent = &spec.Containers[i]
+			ac = &spec.Containers[i]
 		}
 	}
-	if agent == nil {
+	if ac == nil {
 		return fmt.Errorf("no container agent")
 	}
-	agent.Image, agent.ImagePullPolicy = image.Agent, corev1.PullNever
-	mounts(agent)
-	setFlags(&agent.Args, map[string]string{
+	ac.Image, ac.ImagePullPolicy = image.Agent, corev1.PullNever
+	mounts(ac)
+	setFlags(&ac.Args, map[string]string{
 		"--instance":       ag.Instance,
 		"--run-dir":        ag.RunRoot,
 		"--state-root":     ag.StateRoot,
-		"--cni-conf":       filepath.Join(nodeDir, "cni", "net.d", "05-bulwark.conflist"),
+		"--cni-conf":       filepath.Join(nodeDir, "cni", "net.d", agent.ConfListName),
 		"--cni-ipam-dir":   filepath.Join(nodeDir, "cni", "ipam"),
 		"--cni-mode":       cniMode,
 		"--native-routing": "true",
@@ -172,12 +173,12 @@ func adaptDaemonSet(ds *appsv1.DaemonSet, name, cniMode string, apiServer netip.
 		"--cgroup-root": filepath.Join(cgroupV2Root, "$(NODE_NAME)"),
 	})
 	var env []corev1.EnvVar
-	for _, e := range agent.Env {
+	for _, e := range ac.Env {
 		if e.Name != "KUBERNETES_SERVICE_HOST" && e.Name != "KUBERNETES_SERVICE_PORT" {
 			env = append(env, e)
 		}
 	}
-	agent.Env = append(env,
+	ac.Env = append(env,
 		corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: apiServer.Addr().String()},
 		corev1.EnvVar{Name: "KUBERNETES_SERVICE_PORT", Value: fmt.Sprint(apiServer.Port())})
 	return nil

@@ -42,6 +42,7 @@ import (
 	"github.com/bulwark-net/bulwark/internal/cluster/network"
 	"github.com/bulwark-net/bulwark/internal/cluster/node"
 	"github.com/bulwark-net/bulwark/internal/cluster/proc"
+	"github.com/bulwark-net/bulwark/internal/cni"
 	"github.com/bulwark-net/bulwark/internal/sandbox/netns"
 )
 
@@ -489,9 +490,8 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 	}
 	for _, m := range o.Manifests {
 		o.Log("applying %s", m)
-		out, err := exec.CommandContext(ctx, filepath.Join(o.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig, "apply", "-f", m).CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("kubectl apply -f %s: %v: %s", m, err, strings.TrimSpace(string(out)))
+		if err := kubectl(ctx, o, cp, "apply", "-f", m); err != nil {
+			return nil, err
 		}
 	}
 	return st, nil
@@ -521,15 +521,11 @@ func agentPinDir(cluster, node string) string {
 // (agentManifest), with kubectl as a user would; the agent pods write each
 // node's CNI configuration once they are ready.
 func applyAgents(ctx context.Context, cp *controlplane.ControlPlane, hs []cgroup.Hierarchy, o Options) error {
-	cniMode := "standalone"
-	if o.CNI == CNIBulwarkChained {
-		cniMode = "chained"
-	}
 	addr, err := netip.ParseAddrPort(strings.TrimPrefix(cp.Server, "https://"))
 	if err != nil {
 		return fmt.Errorf("API server address %q: %w", cp.Server, err)
 	}
-	m, err := agentManifest(o.Name, cniMode, addr, cgroup.V2Path(hs, cgroupBase(o.Name)))
+	m, err := agentManifest(o.Name, o.cniMode(), addr, cgroup.V2Path(hs, cgroupBase(o.Name)))
 	if err != nil {
 		return err
 	}
@@ -537,22 +533,31 @@ func applyAgents(ctx context.Context, cp *controlplane.ControlPlane, hs []cgroup
 	if err := os.WriteFile(path, m, 0o644); err != nil {
 		return err
 	}
-	out, err := exec.CommandContext(ctx, filepath.Join(o.BinDir, "kubectl"), "--kubeconfig", cp.Kubeconfig,
-		"apply", "--server-side", "-f", path).CombinedOutput()
+	return kubectl(ctx, o, cp, "apply", "--server-side", "-f", path)
+}
+
+// kubectl runs the cluster's kubectl against its API server; an error
+// carries the command and its output.
+func kubectl(ctx context.Context, o Options, cp *controlplane.ControlPlane, args ...string) error {
+	out, err := exec.CommandContext(ctx, filepath.Join(o.BinDir, "kubectl"), append([]string{"--kubeconfig", cp.Kubeconfig}, args...)...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("kubectl apply --server-side -f %s: %v: %s", path, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// cniMode is the agent's --cni-mode for --cni bulwark[-chained].
+func (o Options) cniMode() string {
+	if o.CNI == CNIBulwarkChained {
+		return cni.ModeChained
+	}
+	return cni.ModeStandalone
 }
 
 // startAgent runs Bulwark's agent in Kubernetes mode on the node (in its
 // network namespace), which writes the node's CNI configuration for
 // bulwark-cni (installed into the node's CNI bin directory).
 func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
-	cniMode := "standalone"
-	if o.CNI == CNIBulwarkChained {
-		cniMode = "chained"
-	}
 	if err := n.InstallCNIPlugin(o.BulwarkCNI); err != nil {
 		return err
 	}
@@ -573,7 +578,7 @@ func startAgent(cp *controlplane.ControlPlane, n node.Config, o Options) error {
 		Args: []string{"agent", "--kubernetes", "--kubeconfig", kc, "--node-name", n.Name,
 			"--instance", ag.Instance, "--run-dir", ag.RunRoot, "--state-root", ag.StateRoot,
 			"--cni-conf", n.CNIConfDir(), "--cni-ipam-dir", filepath.Join(n.Dir, "cni", "ipam"),
-			"--cni-mode", cniMode, "--native-routing",
+			"--cni-mode", o.cniMode(), "--native-routing",
 			// The node's pods are below its cgroup root: their ClusterIPs
 			// are translated at the socket, before the egress policy.
 			"--cgroup-root", cgroup.V2Path(n.Hierarchies, n.CgroupRoot)}})
